@@ -45,7 +45,7 @@ class LoraConfig:
     targets: list[str] = field(default_factory=lambda: ["attn", "mlp"])
     # Which blocks: a Python slice over block indices ("-2:" = the last two, ":" = all) or a
     # comma-separated list ("0,3,5").
-    layers: str = ":"
+    layers: str = "-2:"
     init: str = "kaiming_uniform"
     init_std: float = 0.02  # sigma of the gaussian-type inits
     rslora: bool = False  # scaling alpha/sqrt(rank) instead of alpha/rank
@@ -82,10 +82,10 @@ class OptimConfig:
     momentum: float = 0.9  # SGD
     lora_plus_ratio: float = 1.0  # LoRA+: lr_B = ratio * lr_A (1 = off)
     schedule: str = "warmup_cosine"
-    warmup_steps: int = 5
+    warmup_steps: int = 6
     min_lr: float = 0.0
     gamma: float = 0.95  # ExponentialLR
-    steps: int = 40  # optimizer steps
+    steps: int = 60  # optimizer steps
     grad_accum: int = 1
     max_grad_norm: float = 1.0  # 0 = no clipping
     adafactor_relative_step: bool = False

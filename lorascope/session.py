@@ -1,0 +1,210 @@
+"""One recorded training run, from a RunConfig to a recording: build the model, the adapters, the
+data, the optimizer and the Recorder, run the loop, evaluate, save the adapters, close the file.
+
+This is the composition root: the only module that knows every other training-side module."""
+from __future__ import annotations
+
+import json
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+
+import lorascope
+from lorascope.amp import resolve_device, resolve_precision
+from lorascope.config import RunConfig, config_to_dict
+from lorascope.errors import UsageError
+from lorascope.evaluate import evaluate, generate_samples
+from lorascope.progress import StepProgress
+from lorascope.train import LoopState, StopOnSignal, train_loop
+
+__all__ = ["RunSummary", "run", "checkpoint_paths", "environment"]
+
+
+@dataclass
+class RunSummary:
+    recording: Path
+    adapters: Path
+    steps: int
+    interrupted: bool
+    final_loss: float
+    eval: dict[str, float] = field(default_factory=dict)
+    samples: list[tuple[str, str]] = field(default_factory=list)
+    wall_time: float = 0.0
+    recording_bytes: int = 0
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def checkpoint_paths(recording: Path) -> tuple[Path, Path]:
+    """Where the adapters (safetensors) and the resumable trainer state go, beside the recording."""
+    stem = recording.with_suffix("")
+    return stem.with_name(stem.name + ".adapters.safetensors"), stem.with_name(stem.name + ".state.pt")
+
+
+def environment(device: torch.device, precision_mode: str, world_size: int = 1) -> dict:
+    import transformers
+
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "lorascope": lorascope.__version__,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "amp": precision_mode,
+        "world_size": world_size,
+    }
+
+
+def _check_output(path: Path, resume: bool) -> None:
+    """Refuse before training starts what would only fail after it: an unwritable folder, or
+    overwriting a recording by accident."""
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create the output folder {folder}: {exc.strerror}; choose another path with -o") from None
+    probe = folder / f".lorascope-write-test-{id(path)}"
+    try:
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise UsageError(f"cannot write into {folder}: {exc.strerror}; choose another path with -o") from None
+    if path.exists() and not resume:
+        raise UsageError(f"{path} already exists; pass --resume to continue it, or choose another path with -o")
+
+
+def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> RunSummary:
+    from lorascope.data import build_data
+    from lorascope.lora import add_lora, load_adapters, save_adapters
+    from lorascope.model_report import model_report
+    from lorascope.models import load_model
+    from lorascope.optim import build_optimizer, build_schedule, current_lrs
+    from lorascope.record import Recorder
+
+    output = cfg.output_path()
+    _check_output(output, resume)
+    adapters_path, state_path = checkpoint_paths(output)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.amp, device)
+
+    log(f"loading model {cfg.model.name} ...")
+    model, tokenizer = load_model(cfg.model, task=cfg.data.task, num_labels=cfg.data.num_labels)
+    if cfg.head_only:
+        _train_head_only(model)
+    else:
+        add_lora(model, cfg.lora)
+    model.to(device)
+    data = build_data(cfg.data, tokenizer, seed=cfg.seed, task=cfg.data.task)
+    optimizer = build_optimizer(model, cfg.optim)
+    scheduler = build_schedule(optimizer, cfg.optim, cfg.optim.steps)
+    scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
+    log(model_report(model, optimizer).format())
+
+    state = LoopState()
+    if resume:
+        state = _restore(adapters_path, state_path, model, optimizer, scheduler, scaler, load_adapters)
+        log(f"resuming {output} at step {state.step}")
+        if state.step >= cfg.optim.steps:
+            raise UsageError(f"{output} already reached step {state.step} of {cfg.optim.steps}; raise --steps to train further")
+
+    recorder = Recorder(
+        output,
+        model,
+        config=cfg.record,
+        run_name=cfg.run_name(),
+        run_config=config_to_dict(cfg),
+        environment=environment(device, precision.mode),
+        total_steps=cfg.optim.steps,
+        resume=resume,
+    )
+    log(f"recording {len(recorder.modules)} modules to {output} (about {recorder.estimate_bytes() / 2**20:.1f} MiB)")
+
+    status = "failed"
+    try:
+        recorder.start(optimizer=optimizer, step=state.step)
+        with StopOnSignal() as stop, StepProgress(cfg.optim.steps, start=state.step) as progress:
+            result = train_loop(
+                model=model, optimizer=optimizer, scheduler=scheduler, train_data=data.train,
+                device=device, precision=precision, total_steps=cfg.optim.steps,
+                grad_accum=cfg.optim.grad_accum, max_grad_norm=cfg.optim.max_grad_norm,
+                hooks=recorder, lrs=lambda: current_lrs(optimizer, scheduler),
+                eval_data=data.val, eval_every=cfg.eval_every, eval_batches=cfg.eval_batches,
+                task=cfg.data.task, state=state, scaler=scaler, progress=progress.update, stop=stop,
+            )
+        final_eval = evaluate(model, data.val, device, precision, cfg.data.task, max_batches=cfg.eval_batches)
+        if final_eval:
+            recorder.log_eval(result.state.step, final_eval)
+        status = "interrupted" if result.interrupted else "complete"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        recorder.close(status=status)
+        save_adapters(model, adapters_path)
+        _save_state(state_path, state, optimizer, scheduler, scaler)
+
+    samples = []
+    if cfg.data.task != "classification" and cfg.generate_samples > 0 and not result.interrupted:
+        prompts = data.sample_prompts(cfg.generate_samples)
+        samples = list(zip(prompts, generate_samples(model, tokenizer, prompts, device)))
+    return RunSummary(
+        recording=output, adapters=adapters_path, steps=result.state.step, interrupted=result.interrupted,
+        final_loss=result.losses[-1] if result.losses else float("nan"), eval=final_eval, samples=samples,
+        wall_time=result.wall_time, recording_bytes=output.stat().st_size,
+    )
+
+
+def _train_head_only(model: torch.nn.Module) -> None:
+    """004's baseline: freeze everything but the classification head."""
+    head = getattr(model, "classifier", None) or getattr(model, "score", None)
+    if head is None:
+        raise UsageError("head-only tuning needs a sequence-classification model (set data.task = \"classification\")")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    for module_name in ("pre_classifier", "classifier", "score"):
+        module = getattr(model, module_name, None)
+        if module is not None:
+            for p in module.parameters():
+                p.requires_grad_(True)
+
+
+def _save_state(path: Path, state: LoopState, optimizer, scheduler, scaler) -> None:
+    payload = {
+        "loop": json.dumps(state.__dict__),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else {},
+        "scaler": scaler.state_dict(),
+        "torch_rng": torch.get_rng_state(),
+    }
+    tmp = path.with_suffix(".tmp")
+    torch.save(payload, tmp)
+    tmp.replace(path)  # atomic: a kill during the save never leaves half a checkpoint
+
+
+def _restore(adapters_path, state_path, model, optimizer, scheduler, scaler, load_adapters) -> LoopState:
+    if not adapters_path.exists() or not state_path.exists():
+        raise UsageError(
+            f"cannot resume: {adapters_path.name} and {state_path.name} must sit beside the recording; "
+            "start a new run instead"
+        )
+    load_adapters(model, adapters_path)
+    payload = torch.load(state_path, weights_only=True)  # data only, never code
+    optimizer.load_state_dict(payload["optimizer"])
+    if scheduler is not None and payload["scheduler"]:
+        scheduler.load_state_dict(payload["scheduler"])
+    scaler.load_state_dict(payload["scaler"])
+    torch.set_rng_state(payload["torch_rng"])
+    return LoopState(**json.loads(payload["loop"]))

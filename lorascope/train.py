@@ -1,0 +1,195 @@
+"""The training loop: gradient accumulation, AMP (fp16 + GradScaler or bf16), clipping, the LR
+schedule, periodic evaluation, and the Recorder's three hooks. Read it top to bottom: one optimizer
+step is `for micro in range(accum): forward, backward, on_micro_step` then `unscale, clip, step,
+on_optimizer_step`.
+
+The loop stops at a step boundary on SIGINT/SIGTERM (a second Ctrl-C aborts at once), so that the
+recording and the adapter checkpoint always describe a whole number of optimizer steps."""
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Iterator, Protocol
+
+import torch
+
+from lorascope.amp import Precision
+from lorascope.evaluate import evaluate
+
+__all__ = ["StepHooks", "LoopState", "LoopResult", "train_loop", "StopOnSignal"]
+
+
+class StepHooks(Protocol):
+    """What the loop calls; the Recorder implements it, and so does anything else that wants to
+    watch a run (the loop never imports the Recorder)."""
+
+    def on_micro_step(self, micro_step: int, loss_scale: float = 1.0) -> None: ...
+    def on_optimizer_step(self, step: int, scalars: dict[str, float], optimizer: Any = None) -> None: ...
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None: ...
+
+
+@dataclass
+class LoopState:
+    """Where a run stands; saved in checkpoints so that --resume continues exactly."""
+
+    step: int = 0  # optimizer steps taken
+    micro_step: int = 0  # micro-batches seen
+    tokens: int = 0  # non-padding tokens seen
+    skipped_steps: int = 0
+
+
+@dataclass
+class LoopResult:
+    state: LoopState
+    interrupted: bool
+    losses: list[float] = field(default_factory=list)
+    evals: list[dict[str, float]] = field(default_factory=list)
+    wall_time: float = 0.0
+
+
+class StopOnSignal:
+    """Turns the first SIGINT/SIGTERM into a request to stop at the next step boundary."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt  # a second Ctrl-C: the user wants out now
+        self.requested = True
+
+    def __enter__(self) -> "StopOnSignal":
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+def _forever(loader: Iterable) -> Iterator:
+    """Cycles through the loader epoch after epoch (steps, not epochs, bound a run)."""
+    while True:
+        yielded = False
+        for batch in loader:
+            yielded = True
+            yield batch
+        if not yielded:
+            raise ValueError("the training data loader is empty")
+
+
+def _to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _count_tokens(batch: dict[str, torch.Tensor]) -> int:
+    mask = batch.get("attention_mask")
+    return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
+
+
+def train_loop(
+    *,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    train_data: Iterable[dict[str, torch.Tensor]],
+    device: torch.device,
+    precision: Precision,
+    total_steps: int,
+    grad_accum: int = 1,
+    max_grad_norm: float = 0.0,
+    hooks: StepHooks | None = None,
+    lrs: Callable[[], dict[str, float]] | None = None,
+    eval_data: Iterable[dict[str, torch.Tensor]] | None = None,
+    eval_every: int = 0,
+    eval_batches: int = 4,
+    task: str = "causal_lm",
+    state: LoopState | None = None,
+    scaler: torch.amp.GradScaler | None = None,
+    progress: Callable[[LoopState, float], None] | None = None,
+    stop: StopOnSignal | None = None,
+) -> LoopResult:
+    state = state or LoopState()
+    scaler = scaler or torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    clip_norm = max_grad_norm if max_grad_norm > 0 else math.inf
+    batches = _forever(train_data)
+    for _ in range(state.micro_step):
+        # On resume, replay the data order up to where the run stopped (the loaders are seeded),
+        # so a resumed run sees the batches the uninterrupted one would have.
+        next(batches)
+    result = LoopResult(state=state, interrupted=False)
+    started = time.perf_counter()
+
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    while state.step < total_steps:
+        if stop is not None and stop.requested:
+            result.interrupted = True
+            break
+        step_loss = 0.0
+        for _ in range(grad_accum):
+            batch = _to_device(next(batches), device)
+            with precision.autocast(device):
+                loss = model(**batch).loss / grad_accum  # mean over the accumulation cycle
+            scaler.scale(loss).backward()
+            step_loss += float(loss.detach())
+            state.micro_step += 1
+            state.tokens += _count_tokens(batch)
+            if hooks is not None:
+                hooks.on_micro_step(state.micro_step, loss_scale=float(scaler.get_scale()) if scaler.is_enabled() else 1.0)
+
+        scale_before = float(scaler.get_scale()) if scaler.is_enabled() else 1.0
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, clip_norm))
+        finite = math.isfinite(step_loss) and math.isfinite(grad_norm)
+        if scaler.is_enabled():
+            # GradScaler skips the update itself when it found inf/NaN gradients, and lowers the scale.
+            scaler.step(optimizer)
+            scaler.update()
+            skipped = float(scaler.get_scale()) < scale_before or not finite
+        elif finite:
+            optimizer.step()
+            skipped = False
+        else:
+            skipped = True  # a NaN/Inf loss or gradient never reaches the weights
+        optimizer.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
+        state.step += 1
+        state.skipped_steps += int(skipped)
+        result.losses.append(step_loss)
+
+        scalars = {
+            "loss": step_loss,
+            "grad_norm": grad_norm,
+            "clipped": float(grad_norm > clip_norm),
+            "loss_scale": scale_before,
+            "skipped": float(skipped),
+            "tokens": float(state.tokens),
+            "micro_step": float(state.micro_step),
+        }
+        if lrs is not None:
+            group_lrs = lrs()
+            scalars["lr"] = next(iter(group_lrs.values()))
+            scalars.update({f"lr_{name}": value for name, value in group_lrs.items()})
+        if hooks is not None:
+            hooks.on_optimizer_step(state.step, scalars, optimizer=optimizer)
+
+        if eval_data is not None and eval_every > 0 and state.step % eval_every == 0 and state.step < total_steps:
+            metrics = evaluate(model, eval_data, device, precision, task, max_batches=eval_batches)
+            result.evals.append({"step": state.step, **metrics})
+            if hooks is not None:
+                hooks.log_eval(state.step, metrics)
+            model.train()
+        if progress is not None:
+            progress(state, step_loss)
+
+    result.wall_time = time.perf_counter() - started
+    return result
