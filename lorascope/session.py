@@ -19,6 +19,7 @@ import torch
 import lorascope
 from lorascope.amp import resolve_device, resolve_precision
 from lorascope.config import RunConfig, config_to_dict
+from lorascope.distributed import init_distributed, shard_batches, shutdown, wrap_model
 from lorascope.errors import UsageError
 from lorascope.evaluate import evaluate, generate_samples
 from lorascope.progress import StepProgress
@@ -94,10 +95,13 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
     from lorascope.record import Recorder
 
     output = cfg.output_path()
-    _check_output(output, resume)
     adapters_path, state_path = checkpoint_paths(output)
+    dist_info, device = init_distributed(resolve_device(cfg.device))
+    if dist_info.is_main:
+        _check_output(output, resume)
+    else:
+        log = lambda line: None  # noqa: E731 - one voice in the terminal: rank 0's
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.amp, device)
 
     log(f"loading model {cfg.model.name} ...")
@@ -119,51 +123,56 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
         log(f"resuming {output} at step {state.step}")
         if state.step >= cfg.optim.steps:
             raise UsageError(f"{output} already reached step {state.step} of {cfg.optim.steps}; raise --steps to train further")
+    train_model = wrap_model(model, dist_info, device)
 
-    recorder = Recorder(
-        output,
-        model,
-        config=cfg.record,
-        run_name=cfg.run_name(),
-        run_config=config_to_dict(cfg),
-        environment=environment(device, precision.mode),
-        total_steps=cfg.optim.steps,
-        resume=resume,
-    )
-    log(f"recording {len(recorder.modules)} modules to {output} (about {recorder.estimate_bytes() / 2**20:.1f} MiB)")
+    recorder = None
+    if dist_info.is_main:  # only rank 0 records
+        recorder = Recorder(
+            output, model, config=cfg.record, run_name=cfg.run_name(), run_config=config_to_dict(cfg),
+            environment=environment(device, precision.mode, dist_info.world_size),
+            total_steps=cfg.optim.steps, resume=resume,
+        )
+        log(f"recording {len(recorder.modules)} modules to {output} (about {recorder.estimate_bytes() / 2**20:.1f} MiB)")
 
     status = "failed"
+    result = None
+    final_eval: dict[str, float] = {}
     try:
-        recorder.start(optimizer=optimizer, step=state.step)
+        if recorder is not None:
+            recorder.start(optimizer=optimizer, step=state.step)
         with StopOnSignal() as stop, StepProgress(cfg.optim.steps, start=state.step) as progress:
             result = train_loop(
-                model=model, optimizer=optimizer, scheduler=scheduler, train_data=data.train,
-                device=device, precision=precision, total_steps=cfg.optim.steps,
-                grad_accum=cfg.optim.grad_accum, max_grad_norm=cfg.optim.max_grad_norm,
-                hooks=recorder, lrs=lambda: current_lrs(optimizer, scheduler),
-                eval_data=data.val, eval_every=cfg.eval_every, eval_batches=cfg.eval_batches,
-                task=cfg.data.task, state=state, scaler=scaler, progress=progress.update, stop=stop,
+                model=train_model, optimizer=optimizer, scheduler=scheduler,
+                train_data=shard_batches(data.train, dist_info), device=device, precision=precision,
+                total_steps=cfg.optim.steps, grad_accum=cfg.optim.grad_accum,
+                max_grad_norm=cfg.optim.max_grad_norm, hooks=recorder,
+                lrs=lambda: current_lrs(optimizer, scheduler), eval_data=data.val,
+                eval_every=cfg.eval_every, eval_batches=cfg.eval_batches, task=cfg.data.task,
+                state=state, scaler=scaler, progress=progress.update if dist_info.is_main else None, stop=stop,
             )
         final_eval = evaluate(model, data.val, device, precision, cfg.data.task, max_batches=cfg.eval_batches)
-        if final_eval:
+        if final_eval and recorder is not None:
             recorder.log_eval(result.state.step, final_eval)
         status = "interrupted" if result.interrupted else "complete"
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     finally:
-        recorder.close(status=status)
-        save_adapters(model, adapters_path)
-        _save_state(state_path, state, optimizer, scheduler, scaler)
+        if recorder is not None:
+            recorder.close(status=status)
+        if dist_info.is_main:
+            save_adapters(model, adapters_path)
+            _save_state(state_path, state, optimizer, scheduler, scaler)
+        shutdown(dist_info)
 
     samples = []
-    if cfg.data.task != "classification" and cfg.generate_samples > 0 and not result.interrupted:
+    if cfg.data.task != "classification" and cfg.generate_samples > 0 and not result.interrupted and dist_info.is_main:
         prompts = data.sample_prompts(cfg.generate_samples)
         samples = list(zip(prompts, generate_samples(model, tokenizer, prompts, device)))
     return RunSummary(
         recording=output, adapters=adapters_path, steps=result.state.step, interrupted=result.interrupted,
         final_loss=result.losses[-1] if result.losses else float("nan"), eval=final_eval, samples=samples,
-        wall_time=result.wall_time, recording_bytes=output.stat().st_size,
+        wall_time=result.wall_time, recording_bytes=output.stat().st_size if output.exists() else 0,
     )
 
 
