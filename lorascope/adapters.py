@@ -40,15 +40,16 @@ def _layer_meta(name: str, layer: LoRALinear) -> dict:
 
 def save_adapters(model: nn.Module, path: str | Path) -> Path:
     """Writes every LoRA layer's A and B (and base offsets), plus every other trainable
-    parameter, to ``path`` (safetensors). Returns the path."""
+    parameter (tuned LayerNorms, a classifier head), to ``path`` (safetensors). Returns the path."""
     from safetensors.torch import save_file
 
     from lorascope import __version__
 
     layers = lora_layers(model)
-    if not layers:
-        raise UsageError("the model has no LoRA layers to save; call add_lora (or load_adapters) first")
     lora_ids = {id(p) for layer in layers.values() for p in (layer.A, layer.B)}
+    extra = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in lora_ids]
+    if not layers and not extra:  # a head-only run has no LoRA but still something to save
+        raise UsageError("the model has nothing to save: no LoRA layers and no trainable parameters")
     tensors: dict[str, torch.Tensor] = {}
     for name, layer in layers.items():
         tensors[f"{name}.A"] = layer.A.detach()
@@ -56,7 +57,6 @@ def save_adapters(model: nn.Module, path: str | Path) -> Path:
         for key in _OFFSETS:
             if getattr(layer, key) is not None:
                 tensors[f"{name}.{key}"] = getattr(layer, key)
-    extra = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in lora_ids]
     for name in extra:
         tensors[name] = model.get_parameter(name).detach()
     metadata = {
