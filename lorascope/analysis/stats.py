@@ -1,0 +1,246 @@
+"""Per-snapshot statistics of a (T, m, n) series of matrices, batched over the time axis:
+moments, quantiles, norms, how far and how straight the matrix moves, and histograms on bin
+edges shared across steps and runs so that they can be compared."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from lorascope.analysis._batch import as_stack, finite_scale, time_chunks
+from lorascope.errors import UsageError
+
+__all__ = [
+    "DEFAULT_QUANTILES",
+    "STATUS_OK",
+    "moments",
+    "snapshot_status",
+    "dynamics",
+    "lowrank_dynamics",
+    "value_range",
+    "shared_edges",
+    "Histograms",
+    "histogram_counts",
+]
+
+DEFAULT_QUANTILES: tuple[float, ...] = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+STATUS_OK = "ok"
+# scipy.stats.skew calls the variance zero below this relative size: the moments of a matrix
+# whose spread is rounding noise would be noise, so they are reported as undefined (NaN).
+_RESOLUTION = np.finfo(np.float64).resolution
+
+
+def snapshot_status(nonfinite: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """'nonfinite', 'zero', 'constant' or 'ok' per snapshot: the cases where a statistic or a fit
+    would be meaningless are named instead of computed."""
+    status = np.full(nonfinite.shape, STATUS_OK, dtype=object)
+    constant = lo == hi
+    status[constant] = "constant"
+    status[constant & (lo == 0)] = "zero"
+    status[nonfinite > 0] = "nonfinite"
+    return status
+
+
+def moments(X: np.ndarray, quantiles: tuple[float, ...] = DEFAULT_QUANTILES) -> dict[str, np.ndarray]:
+    """Mean, std (population), min, max, skew, excess kurtosis, quantiles and the Frobenius norm
+    of every snapshot of X (T, m, n); each value is a (T,) array. Snapshots holding NaN/Inf get
+    NaN everywhere except `nonfinite` (their count) and `status`; skew and kurtosis of a constant
+    matrix are NaN (undefined), never rounding noise."""
+    X = as_stack(X)
+    T, N = X.shape[0], X.shape[1] * X.shape[2]
+    out = {k: np.full(T, np.nan) for k in ("mean", "std", "min", "max", "skew", "kurtosis", "frobenius")}
+    qs = np.asarray(quantiles, dtype=np.float64)
+    if np.any((qs < 0) | (qs > 1)):
+        raise UsageError(f"quantiles must lie in [0, 1], got {list(quantiles)}")
+    qvals = np.full((len(qs), T), np.nan)
+    nonfinite = np.zeros(T, dtype=np.int64)
+    for sl in time_chunks(T, N):
+        x = X[sl].reshape(-1, N).astype(np.float64)
+        bad = ~np.isfinite(x)
+        nonfinite[sl] = bad.sum(axis=1)
+        ok = nonfinite[sl] == 0
+        if not ok.any():
+            continue
+        x = x[ok]
+        idx = np.arange(sl.start, sl.stop)[ok]
+        # Work on x / max|x| so that squares and fourth powers of huge values cannot overflow.
+        s = finite_scale(x)
+        y = x / s[:, None]
+        mu = y.mean(axis=1)
+        d = y - mu[:, None]
+        d2 = d * d
+        m2 = d2.mean(axis=1)
+        m3 = (d2 * d).mean(axis=1)
+        m4 = (d2 * d2).mean(axis=1)
+        lo, hi = x.min(axis=1), x.max(axis=1)
+        constant = (lo == hi) | (m2 <= (_RESOLUTION * mu) ** 2)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            skew = np.where(constant, np.nan, m3 / m2**1.5)
+            kurt = np.where(constant, np.nan, m4 / m2**2 - 3.0)
+        out["mean"][idx] = np.where(lo == hi, lo, mu * s)
+        out["std"][idx] = np.where(lo == hi, 0.0, np.sqrt(m2) * s)
+        out["min"][idx], out["max"][idx] = lo, hi
+        out["skew"][idx], out["kurtosis"][idx] = skew, kurt
+        out["frobenius"][idx] = s * np.sqrt(N * (m2 + mu * mu))
+        qvals[:, idx] = np.quantile(x, qs, axis=1)
+    for q, row in zip(qs, qvals):
+        out[f"q{100 * q:g}"] = row
+    out["nonfinite"] = nonfinite
+    out["status"] = snapshot_status(nonfinite, out["min"], out["max"])
+    return out
+
+
+def _cosine(dot: np.ndarray, n1: np.ndarray, n2: np.ndarray) -> np.ndarray:
+    """dot / (n1 n2), NaN where either vector is zero: the angle to a non-move is undefined."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = dot / (n1 * n2)
+    c = np.where((n1 > 0) & (n2 > 0), c, np.nan)
+    return np.clip(c, -1.0, 1.0)
+
+
+def _series_scale(flat: np.ndarray) -> float:
+    """Largest finite |value| of a (T, N) series, chunk by chunk; 1 when there is none."""
+    best = 0.0
+    for sl in time_chunks(flat.shape[0], flat.shape[1]):
+        best = max(best, float(finite_scale(flat[sl].reshape(1, -1))[0]))
+    return best if best > 0 else 1.0
+
+
+def dynamics(X: np.ndarray) -> dict[str, np.ndarray]:
+    """How a dense series moves: `distance_from_first` ‖X_t − X_0‖_F, `update_size`
+    ‖X_t − X_{t−1}‖_F (NaN at t = 0) and `update_cosine`, the cosine between consecutive updates
+    (NaN for t < 2 or when an update is zero). NaN wherever a snapshot involved holds NaN/Inf."""
+    X = as_stack(X)
+    T, N = X.shape[0], X.shape[1] * X.shape[2]
+    flat = X.reshape(T, N)
+    # One scale for the whole series: differences stay exact and sums of squares stay finite.
+    scale = _series_scale(flat)
+    first = flat[0].astype(np.float64) / scale
+    first_ok = bool(np.isfinite(first).all())
+    dist, upd, cos = np.full(T, np.nan), np.full(T, np.nan), np.full(T, np.nan)
+    for sl in time_chunks(T, N):
+        lo = max(0, sl.start - 2)  # two earlier rows give the updates that end inside this chunk
+        x = flat[lo:sl.stop].astype(np.float64) / scale
+        fin = np.isfinite(x).all(axis=1)
+        x = np.where(fin[:, None], x, 0.0)
+        here = slice(sl.start - lo, None)
+        d0 = np.linalg.norm(x[here] - first, axis=1)
+        dist[sl] = np.where(fin[here] & first_ok, d0, np.nan)
+        d = np.diff(x, axis=0)  # updates ending at steps lo+1 .. stop-1
+        dn = np.where(fin[1:] & fin[:-1], np.linalg.norm(d, axis=1), np.nan)
+        upd[lo + 1:sl.stop] = dn
+        if len(d) > 1:
+            dots = np.einsum("ij,ij->i", d[1:], d[:-1])
+            cos[lo + 2:sl.stop] = _cosine(dots, dn[1:], dn[:-1])
+    return {"distance_from_first": dist * scale, "update_size": upd * scale, "update_cosine": cos}
+
+
+def _lowrank_sq(P: np.ndarray, Q: np.ndarray) -> np.ndarray:
+    """‖P Q‖²_F = tr((PᵀP)(QQᵀ)) for stacks P (T, out, k), Q (T, k, in), without forming PQ."""
+    return np.maximum(np.einsum("tij,tji->t", P.transpose(0, 2, 1) @ P, Q @ Q.transpose(0, 2, 1)), 0.0)
+
+
+def _lowrank_dot(P1, Q1, P2, Q2) -> np.ndarray:
+    """⟨P1 Q1, P2 Q2⟩_F = tr((P1ᵀP2)(Q2 Q1ᵀ)) for stacks, without forming either product."""
+    return np.einsum("tij,tji->t", P1.transpose(0, 2, 1) @ P2, Q2 @ Q1.transpose(0, 2, 1))
+
+
+def lowrank_dynamics(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[str, np.ndarray]:
+    """The same numbers as `dynamics` plus the Frobenius norm and mean for ΔW_t = scaling·B_t A_t,
+    computed from the rank-r factors only (never the out×in product). Differences are written
+    as (B_t − B_s) A_t + B_s (A_t − A_s), so small updates of large factors keep their digits."""
+    A, B = as_stack(A, "A"), as_stack(B, "B")
+    if A.shape[0] != B.shape[0] or A.shape[1] != B.shape[2]:
+        raise UsageError(f"A {A.shape} and B {B.shape} are not a LoRA pair over the same steps")
+    T, r, n_in = A.shape
+    n_out = B.shape[1]
+    sA = _series_scale(A.reshape(T, -1))
+    sB = _series_scale(B.reshape(T, -1))
+    c = abs(float(scaling)) * sA * sB
+    A0, B0 = A[0].astype(np.float64) / sA, B[0].astype(np.float64) / sB
+    first_ok = bool(np.isfinite(A0).all() and np.isfinite(B0).all())
+    keys = ("mean", "frobenius", "distance_from_first", "update_size", "update_cosine")
+    out = {k: np.full(T, np.nan) for k in keys}
+    for sl in time_chunks(T, r * (n_in + n_out)):
+        lo = max(0, sl.start - 2)
+        a = A[lo:sl.stop].astype(np.float64) / sA  # (k, r, in)
+        b = B[lo:sl.stop].astype(np.float64) / sB  # (k, out, r)
+        fin = np.isfinite(a).all(axis=(1, 2)) & np.isfinite(b).all(axis=(1, 2))
+        a, b = np.where(fin[:, None, None], a, 0.0), np.where(fin[:, None, None], b, 0.0)
+        here = slice(sl.start - lo, None)
+        ah, bh, fh = a[here], b[here], fin[here]
+        frob = c * np.sqrt(_lowrank_sq(bh, ah))
+        mean = np.sign(scaling) * c * np.einsum("tr,tr->t", bh.sum(axis=1), ah.sum(axis=2)) / (n_out * n_in)
+        P0 = np.concatenate([bh - B0, np.broadcast_to(B0, bh.shape)], axis=2)
+        Q0 = np.concatenate([ah, ah - A0], axis=1)
+        dist = c * np.sqrt(_lowrank_sq(P0, Q0))
+        out["frobenius"][sl] = np.where(fh, frob, np.nan)
+        out["mean"][sl] = np.where(fh, mean, np.nan)
+        out["distance_from_first"][sl] = np.where(fh & first_ok, dist, np.nan)
+        if len(a) < 2:
+            continue
+        P = np.concatenate([b[1:] - b[:-1], b[:-1]], axis=2)
+        Q = np.concatenate([a[1:], a[1:] - a[:-1]], axis=1)
+        norms = np.where(fin[1:] & fin[:-1], np.sqrt(_lowrank_sq(P, Q)), np.nan)
+        out["update_size"][lo + 1:sl.stop] = c * norms
+        if len(P) > 1:
+            dots = _lowrank_dot(P[1:], Q[1:], P[:-1], Q[:-1])
+            out["update_cosine"][lo + 2:sl.stop] = _cosine(dots, norms[1:], norms[:-1])
+    return out
+
+
+def value_range(X: np.ndarray) -> tuple[float, float] | None:
+    """(min, max) over the finite values of a series; None when it holds no finite value."""
+    X = as_stack(X)
+    lo, hi = np.inf, -np.inf
+    N = X.shape[1] * X.shape[2]
+    for sl in time_chunks(X.shape[0], N):
+        x = X[sl].reshape(-1)
+        f = x[np.isfinite(x)]
+        if f.size:
+            lo, hi = min(lo, float(f.min())), max(hi, float(f.max()))
+    return None if lo > hi else (lo, hi)
+
+
+def shared_edges(ranges, bins: int = 64) -> np.ndarray:
+    """Equal-width bin edges covering every (lo, hi) range given (None entries are skipped), so
+    that histograms of different steps and runs share bins and can be overlaid or subtracted.
+    A range of one value is widened by ±0.5, as numpy does."""
+    if bins < 1:
+        raise UsageError(f"the number of histogram bins must be at least 1, got {bins}")
+    got = [r for r in ranges if r is not None]
+    if not got:
+        raise UsageError("no finite values to build histogram bins from; every snapshot is NaN/Inf")
+    lo, hi = min(r[0] for r in got), max(r[1] for r in got)
+    if lo == hi:
+        lo, hi = lo - 0.5, hi + 0.5
+    return np.linspace(lo, hi, bins + 1)
+
+
+@dataclass(frozen=True)
+class Histograms:
+    edges: np.ndarray    # (bins + 1,)
+    counts: np.ndarray   # (T, bins) int64
+    outside: np.ndarray  # (T,) values outside the edges or NaN/Inf: counted, not dropped silently
+
+
+def histogram_counts(X: np.ndarray, edges: np.ndarray) -> Histograms:
+    """Counts of every snapshot on the given edges, batched: bins are half-open [a, b) except the
+    last, which is closed, exactly like `np.histogram`."""
+    X = as_stack(X)
+    edges = np.asarray(edges, dtype=np.float64)
+    if edges.ndim != 1 or len(edges) < 2 or np.any(np.diff(edges) <= 0):
+        raise UsageError("histogram edges must be an increasing 1-D array of at least 2 values")
+    T, N = X.shape[0], X.shape[1] * X.shape[2]
+    bins = len(edges) - 1
+    counts = np.zeros((T, bins), dtype=np.int64)
+    for sl in time_chunks(T, N):
+        x = X[sl].reshape(-1, N)
+        k = x.shape[0]
+        idx = np.searchsorted(edges, x, side="right") - 1
+        idx[x == edges[-1]] = bins - 1
+        valid = (idx >= 0) & (idx < bins) & np.isfinite(x)
+        rows = np.broadcast_to(np.arange(k)[:, None], x.shape)
+        flat = (rows * bins + idx)[valid]
+        counts[sl] = np.bincount(flat, minlength=k * bins).reshape(k, bins)
+    return Histograms(edges=edges, counts=counts, outside=N - counts.sum(axis=1))
