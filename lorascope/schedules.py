@@ -169,10 +169,14 @@ def build_schedule(
     return factory(optimizer, cfg, total)
 
 
-def current_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+def current_lrs(
+    optimizer: torch.optim.Optimizer, scheduler: LRScheduler | None = None
+) -> dict[str, float]:
     """The learning rate each group's next ``optimizer.step()`` will apply, by group name
     (``"name"`` key, else the group's index). Called before ``optimizer.step()`` it is the lr of
     that step; after ``scheduler.step()`` it is the next one, as ``get_last_lr()`` would say.
+    ``scheduler`` is accepted so a loop can pass the pair it holds, but is not needed: every
+    schedule writes its lr into the optimizer's groups, which is what is read here.
 
     Torch schedulers write the lr into the groups. Relative-step Adafactor ignores it and
     computes ``Adafactor._get_lr`` from the step count and the parameter's RMS; that depends on
