@@ -74,14 +74,16 @@ def random_baseline(dim: int, i: int, j: int) -> float:
 def w0_projection(W0: np.ndarray, U: np.ndarray, V: np.ndarray, dw_frobenius: np.ndarray) -> dict[str, np.ndarray]:
     """‖UᵀW0V‖_F for ΔW's top singular directions U (T, out, k), V (T, in, k), and the LoRA paper's
     amplification factor ‖ΔW‖_F / ‖UᵀW0V‖_F: how strongly ΔW boosts directions W0 already has
-    (NaN where the projection is zero)."""
+    (both NaN where ΔW = 0, the amplification also where the projection is zero)."""
     W0 = np.asarray(W0, dtype=np.float64)
     U, V = np.asarray(U, dtype=np.float64), np.asarray(V, dtype=np.float64)
     if W0.ndim != 2 or U.shape[-2] != W0.shape[0] or V.shape[-2] != W0.shape[1]:
         raise UsageError(f"W0 {W0.shape} does not match ΔW's singular vectors U {U.shape}, V {V.shape}")
     proj = np.linalg.norm(np.swapaxes(U, -1, -2) @ W0 @ V, axis=(-2, -1))
+    dw = np.asarray(dw_frobenius, dtype=np.float64)
+    proj = np.where(dw > 0, proj, np.nan)  # ΔW = 0 has no directions: U and V would be arbitrary
     with np.errstate(divide="ignore", invalid="ignore"):
-        amp = np.where(proj > 0, np.asarray(dw_frobenius, dtype=np.float64) / proj, np.nan)
+        amp = np.where(proj > 0, dw / proj, np.nan)
     return {"w0_projection": proj, "amplification": amp}
 
 

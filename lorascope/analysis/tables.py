@@ -1,0 +1,423 @@
+"""The thin layer from recordings to tidy DataFrames: one row per (run, module, matrix, step)
+with columns `run, module, layer, role, matrix, step`, then the metrics. It streams over modules,
+reading one module's A and B series at a time, so memory stays bounded by one module's series.
+
+Only this file touches a `Recording` (the reading API of docs/architecture.md); every number
+comes from the pure functions beside it."""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from lorascope.analysis import fits as _fits
+from lorascope.analysis import geometry as _geo
+from lorascope.analysis import health as _health
+from lorascope.analysis import spectra as _spectra
+from lorascope.analysis import stats as _stats
+from lorascope.errors import RecordingError, UsageError
+from lorascope.registry import Registry
+
+__all__ = [
+    "KEYS",
+    "Options",
+    "ModuleAnalysis",
+    "TABLES",
+    "Analysis",
+    "analyze",
+    "stats_table",
+    "fits_table",
+    "spectra_table",
+    "singular_values_table",
+    "geometry_table",
+    "similarity_table",
+    "histogram_table",
+    "best_family_changes",
+    "health_findings",
+]
+
+KEYS = ["run", "module", "layer", "role", "matrix", "step"]
+
+
+@dataclass(frozen=True)
+class Options:
+    quantiles: tuple[float, ...] = _stats.DEFAULT_QUANTILES
+    top_k: int = 1                     # energy share of the top-k singular values
+    fit_samples: int | None = 4096     # values per snapshot the fits use (None: all)
+    families: tuple[str, ...] | None = None
+    criterion: str = "aic"
+    max_steps: int | None = 100        # snapshots used by the SVD-heavy geometry (None: all)
+    thresholds: _health.Thresholds = field(default_factory=_health.Thresholds)
+
+
+def _role(name: str, layer: int | None) -> str:
+    """The module's job inside its block: 'transformer.h.11.attn.c_attn' → 'attn.c_attn'."""
+    if layer is not None:
+        m = re.search(rf"(?:^|\.){int(layer)}\.(.+)$", name)
+        if m:
+            return m.group(1)
+    return name.rsplit(".", 1)[-1]
+
+
+def _evenly(T: int, max_steps: int | None) -> np.ndarray:
+    """Up to max_steps snapshot indices spread over 0..T-1, always with the first and the last."""
+    if max_steps is None or T <= max_steps:
+        return np.arange(T)
+    return np.unique(np.linspace(0, T - 1, max(2, max_steps)).round().astype(int))
+
+
+class ModuleAnalysis:
+    """One module of one run, read once; every derived series is computed at most once and shared
+    by the tables that need it."""
+
+    def __init__(self, run: str, name: str, module, steps: np.ndarray, options: Options) -> None:
+        self.run, self.name, self.module, self.options = run, name, module, options
+        self.A = np.asarray(module.A[:])
+        self.B = np.asarray(module.B[:])
+        T = min(len(self.A), len(self.B))  # a file being written may be one snapshot ahead in A
+        if T == 0:
+            raise RecordingError(f"module {name!r} of run {run!r} holds no snapshots yet; wait for the first flush")
+        self.A, self.B = self.A[:T], self.B[:T]
+        self.steps = np.asarray(steps, dtype=np.int64)[:T]
+        if len(self.steps) < T:
+            raise RecordingError(
+                f"run {run!r} lists {len(self.steps)} snapshot steps but module {name!r} holds {T} snapshots; "
+                "the file is inconsistent, re-record it or report a bug"
+            )
+        self.layer = module.layer_index
+        self.role = _role(name, self.layer)
+        self.scaling = float(module.scaling)
+        self.rank = int(module.rank)
+        attrs = getattr(module, "attrs", {}) or {}
+        self.a_trainable = bool(attrs.get("a_trainable", True))
+        self.b_trainable = bool(attrs.get("b_trainable", True))
+
+    def frame(self, matrix: str, columns: dict[str, np.ndarray], index: np.ndarray | None = None) -> pd.DataFrame:
+        steps = self.steps if index is None else self.steps[index]
+        n = len(steps)
+        head = {"run": [self.run] * n, "module": [self.name] * n, "layer": [self.layer] * n,
+                "role": [self.role] * n, "matrix": [matrix] * n, "step": steps}
+        return pd.DataFrame({**head, **columns})
+
+    def dense(self, matrix: str) -> np.ndarray:
+        return {"A": self.A, "B": self.B}[matrix]
+
+    @cached_property
+    def moments(self) -> dict[str, dict[str, np.ndarray]]:
+        return {m: _stats.moments(self.dense(m), self.options.quantiles) for m in ("A", "B")}
+
+    @cached_property
+    def dynamics(self) -> dict[str, dict[str, np.ndarray]]:
+        d = {m: _stats.dynamics(self.dense(m)) for m in ("A", "B")}
+        d["dW"] = _stats.lowrank_dynamics(self.A, self.B, self.scaling)
+        return d
+
+    @cached_property
+    def singular_values(self) -> dict[str, np.ndarray]:
+        return {
+            "A": _spectra.singular_values(self.A),
+            "B": _spectra.singular_values(self.B),
+            "dW": _spectra.delta_w_singular_values(self.A, self.B, self.scaling),
+        }
+
+    @cached_property
+    def spectrum(self) -> dict[str, dict[str, np.ndarray]]:
+        return {m: _spectra.spectrum_metrics(s, self.options.top_k) for m, s in self.singular_values.items()}
+
+    def series(self) -> _health.ModuleSeries:
+        metrics: dict[str, dict[str, np.ndarray]] = {}
+        for m in ("A", "B"):
+            mo = self.moments[m]
+            metrics[m] = {"nonfinite": mo["nonfinite"],
+                          "max_abs": np.maximum(np.abs(mo["min"]), np.abs(mo["max"])),
+                          "frobenius": mo["frobenius"], **self.dynamics[m]}
+        metrics["dW"] = {**self.dynamics["dW"], **self.spectrum["dW"]}
+        return _health.ModuleSeries(self.name, self.rank, self.steps, metrics, self.a_trainable, self.b_trainable)
+
+
+# --- per-module table builders ---------------------------------------------------------------
+
+TableBuilder = Callable[[ModuleAnalysis], list[pd.DataFrame]]
+TABLES: Registry[TableBuilder] = Registry("analysis table")
+
+
+@TABLES.register("stats")
+def _stats_frames(ma: ModuleAnalysis) -> list[pd.DataFrame]:
+    frames = []
+    for m in ("A", "B"):
+        mo = dict(ma.moments[m])
+        status, nonfinite = mo.pop("status"), mo.pop("nonfinite")
+        cols = {**mo, "spectral_norm": ma.spectrum[m]["spectral_norm"], **ma.dynamics[m],
+                "nonfinite": nonfinite, "status": status}
+        frames.append(ma.frame(m, cols))
+    # ΔW's entries are never formed: its mean and norms come from the factors, the shape
+    # statistics (skew, quantiles) would need the out×in product and are left out.
+    dw = dict(ma.dynamics["dW"])
+    bad = ~np.isfinite(dw["frobenius"])
+    frames.append(ma.frame("dW", {
+        "mean": dw.pop("mean"), "frobenius": dw.pop("frobenius"),
+        "spectral_norm": ma.spectrum["dW"]["spectral_norm"], **dw,
+        "status": np.where(bad, "nonfinite", np.where(ma.spectrum["dW"]["spectral_norm"] == 0, "zero", "ok")),
+    }))
+    return frames
+
+
+@TABLES.register("spectra")
+def _spectra_frames(ma: ModuleAnalysis) -> list[pd.DataFrame]:
+    return [ma.frame(m, dict(ma.spectrum[m])) for m in ("A", "B", "dW")]
+
+
+@TABLES.register("singular_values")
+def _sv_frames(ma: ModuleAnalysis) -> list[pd.DataFrame]:
+    frames = []
+    for m, s in ma.singular_values.items():
+        T, k = s.shape
+        f = ma.frame(m, {}).loc[np.repeat(np.arange(T), k)].reset_index(drop=True)
+        f["index"] = np.tile(np.arange(1, k + 1), T)
+        f["value"] = s.reshape(-1)
+        frames.append(f)
+    return frames
+
+
+@TABLES.register("fits")
+def _fit_frames(ma: ModuleAnalysis) -> list[pd.DataFrame]:
+    o = ma.options
+    frames = []
+    for m in ("A", "B"):
+        r = _fits.fit_snapshots(ma.dense(m), o.families, o.fit_samples, o.criterion)
+        for fam, vals in r.families.items():
+            f = ma.frame(m, {
+                "family": fam,
+                "loc": vals["loc"], "scale": vals["scale"],
+                "shape": vals.get("df", vals.get("beta", np.full(len(ma.steps), np.nan))),
+                "ks": vals["ks"], "loglik": vals["loglik"], "aic": vals["aic"], "bic": vals["bic"],
+                "n": r.n, "status": r.status, "best": r.best == fam, "best_family": r.best,
+            })
+            frames.append(f)
+    return frames
+
+
+@TABLES.register("geometry")
+def _geometry_frames(ma: ModuleAnalysis) -> list[pd.DataFrame]:
+    W0 = getattr(ma.module, "W0", None)
+    if W0 is None:
+        return []
+    W0 = np.asarray(W0, dtype=np.float64)
+    idx = _evenly(len(ma.steps), ma.options.max_steps)
+    A, B = ma.A[idx].astype(np.float64), ma.B[idx].astype(np.float64)
+    ok = np.isfinite(A).all(axis=(1, 2)) & np.isfinite(B).all(axis=(1, 2))
+    cols = {k: np.full(len(idx), np.nan) for k in ("w0_projection", "amplification", "dora_magnitude", "dora_direction")}
+    if ok.any():
+        U, S, V = _spectra.delta_w_svd(A[ok], B[ok], ma.scaling)
+        proj = _geo.w0_projection(W0, U, V, np.sqrt((S**2).sum(axis=1)))
+        dora = _geo.dora_change(W0, A[ok], B[ok], ma.scaling)
+        for k, v in {**proj, **dora}.items():
+            cols[k][ok] = v
+    return [ma.frame("dW", cols, idx)]
+
+
+# --- the driver ------------------------------------------------------------------------------
+
+@dataclass
+class Analysis:
+    tables: dict[str, pd.DataFrame]
+    findings: list[_health.Finding]
+
+
+def _as_list(recs) -> list:
+    return list(recs) if isinstance(recs, (list, tuple)) else [recs]
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    frames = [f for f in frames if len(f)]
+    if not frames:
+        return pd.DataFrame(columns=KEYS)
+    return pd.concat(frames, ignore_index=True)
+
+
+def analyze(
+    recs,
+    tables: Sequence[str] = ("stats",),
+    options: Options | None = None,
+    health: bool = True,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> Analysis:
+    """Builds the named per-module tables (see `TABLES.names()`) for one or more recordings and,
+    with `health`, runs the health checks; `progress(done, total, label)` is called per module."""
+    o = options or Options()
+    builders = {name: TABLES.get(name) for name in tables}
+    recs = _as_list(recs)
+    total = sum(len(r.modules) for r in recs)
+    frames: dict[str, list[pd.DataFrame]] = {name: [] for name in builders}
+    findings: list[_health.Finding] = []
+    done = 0
+    for rec in recs:
+        if health:
+            findings.extend(_loss_findings(rec))
+        for name, module in rec.modules.items():
+            ma = ModuleAnalysis(rec.run_name, name, module, rec.steps, o)
+            for tname, build in builders.items():
+                frames[tname].extend(build(ma))
+            if health:
+                findings.extend(_health.check_module(ma.series(), o.thresholds))
+            del ma  # release this module's series before reading the next
+            done += 1
+            if progress is not None:
+                progress(done, total, f"{rec.run_name}:{name}")
+    return Analysis({t: _concat(f) for t, f in frames.items()}, findings)
+
+
+def _loss_findings(rec) -> list[_health.Finding]:
+    sc = getattr(rec, "scalars", None)
+    if sc is None or "loss" not in getattr(sc, "columns", ()) or "step" not in sc.columns:
+        return []
+    skipped = sc["skipped"].to_numpy() if "skipped" in sc.columns else None
+    found = _health.check_loss(sc["step"].to_numpy(), sc["loss"].to_numpy(), skipped)
+    return [_health.Finding(f.severity, None, None, f.step, f"run {rec.run_name}: {f.message}") for f in found]
+
+
+def stats_table(recs, options: Options | None = None) -> pd.DataFrame:
+    """Moments, quantiles, norms, distance from the first snapshot, update size and cosine of
+    consecutive updates for A, B and ΔW of every module and snapshot."""
+    return analyze(recs, ("stats",), options, health=False).tables["stats"]
+
+
+def spectra_table(recs, options: Options | None = None) -> pd.DataFrame:
+    """Spectral norm, smallest singular value, effective and stable rank, top-k energy share and
+    condition number of A, B and ΔW per snapshot."""
+    return analyze(recs, ("spectra",), options, health=False).tables["spectra"]
+
+
+def singular_values_table(recs, options: Options | None = None) -> pd.DataFrame:
+    """Every singular value of A, B and ΔW per snapshot, long form (`index` 1 = largest)."""
+    return analyze(recs, ("singular_values",), options, health=False).tables["singular_values"]
+
+
+def fits_table(recs, options: Options | None = None) -> pd.DataFrame:
+    """One row per family per snapshot of A and B: loc, scale, shape (t's df, gennorm's β), KS,
+    log-likelihood, AIC, BIC, and whether it is the best family of that snapshot."""
+    return analyze(recs, ("fits",), options, health=False).tables["fits"]
+
+
+def geometry_table(recs, options: Options | None = None) -> pd.DataFrame:
+    """For modules whose W0 was recorded: ‖UᵀW0V‖_F of ΔW's top-r directions, the amplification
+    factor and DoRA's magnitude/direction change, at up to `options.max_steps` snapshots."""
+    return analyze(recs, ("geometry",), options, health=False).tables["geometry"]
+
+
+def health_findings(recs, options: Options | None = None) -> list[_health.Finding]:
+    """Every health finding of the recordings, run-level (loss) first, then per module."""
+    return analyze(recs, (), options, health=True).findings
+
+
+def best_family_changes(fits: pd.DataFrame) -> pd.DataFrame:
+    """From a fits table: the steps at which the best family of a (run, module, matrix) changes,
+    with columns run, module, layer, role, matrix, step, before, after."""
+    rows = []
+    best = fits[fits["family"] == fits["family"].iloc[0]] if len(fits) else fits
+    for key, g in best.groupby(["run", "module", "matrix"], sort=False):
+        g = g.sort_values("step")
+        for step, before, after in _fits.best_family_changes(g["step"].to_numpy(), g["best_family"].to_numpy()):
+            rows.append({"run": key[0], "module": key[1], "layer": g["layer"].iloc[0], "role": g["role"].iloc[0],
+                         "matrix": key[2], "step": step, "before": before, "after": after})
+    return pd.DataFrame(rows, columns=[*KEYS, "before", "after"])
+
+
+# --- tables over several runs ----------------------------------------------------------------
+
+def _common_modules(recs: list) -> list[str]:
+    names = [n for n in recs[0].modules if all(n in r.modules for r in recs[1:])]
+    if len(recs) > 1 and not names:
+        raise UsageError(
+            "the recordings have no module in common, so they cannot be compared; "
+            f"{recs[0].run_name} has e.g. {', '.join(list(recs[0].modules)[:3])}"
+        )
+    return names
+
+
+def similarity_table(recs, options: Options | None = None) -> pd.DataFrame:
+    """The LoRA paper's subspace similarity φ (§7; right-singular vectors of A, left-singular of
+    B) for i = j = 1 and i = j = rank: each snapshot against its run's last snapshot
+    (`reference` 'final'), and every pair of runs at their last snapshots ('run'), each row with
+    the random baseline max(i, j)/d."""
+    o = options or Options()
+    recs = _as_list(recs)
+    rows: list[pd.DataFrame] = []
+    for name in _common_modules(recs):
+        finals = {}
+        for rec in recs:
+            m = rec.modules[name]
+            T = min(len(rec.steps), m.A.shape[0], m.B.shape[0])
+            idx = _evenly(T, o.max_steps)
+            dense = {"A": np.asarray(m.A[idx]), "B": np.asarray(m.B[idx])}
+            layer = m.layer_index
+            for matrix, X in dense.items():
+                ok = np.isfinite(X).all(axis=(1, 2))
+                if not ok[-1]:
+                    continue  # the last snapshot is the reference; without it there is nothing to compare
+                U = _geo.subspace_basis(X[ok], matrix)
+                finals[(rec.run_name, matrix)] = (U[-1], int(rec.steps[idx][ok][-1]), layer)
+                for i in sorted({1, U.shape[-1]}):
+                    rows.append(pd.DataFrame({
+                        "run": rec.run_name, "module": name, "layer": layer, "role": _role(name, layer),
+                        "matrix": matrix, "step": rec.steps[idx][ok], "reference": "final",
+                        "other_run": rec.run_name, "other_step": int(rec.steps[idx][ok][-1]), "i": i, "j": i,
+                        "phi": _geo.subspace_similarity(U, U[-1], i, i),
+                        "baseline": _geo.random_baseline(U.shape[-2], i, i),
+                    }))
+        for a in range(len(recs)):
+            for b in range(a + 1, len(recs)):
+                for matrix in ("A", "B"):
+                    ka, kb = (recs[a].run_name, matrix), (recs[b].run_name, matrix)
+                    if ka not in finals or kb not in finals:
+                        continue
+                    (U1, s1, layer), (U2, s2, _) = finals[ka], finals[kb]
+                    if U1.shape[0] != U2.shape[0]:
+                        continue
+                    for i, j in sorted({(1, 1), (U1.shape[1], U2.shape[1])}):
+                        rows.append(pd.DataFrame({
+                            "run": [ka[0]], "module": name, "layer": layer, "role": _role(name, layer),
+                            "matrix": matrix, "step": s1, "reference": "run", "other_run": kb[0],
+                            "other_step": s2, "i": i, "j": j, "phi": _geo.subspace_similarity(U1, U2, i, j),
+                            "baseline": _geo.random_baseline(U1.shape[0], i, j),
+                        }))
+    cols = [*KEYS, "reference", "other_run", "other_step", "i", "j", "phi", "baseline"]
+    return pd.concat(rows, ignore_index=True)[cols] if rows else pd.DataFrame(columns=cols)
+
+
+def histogram_table(recs, bins: int = 64, options: Options | None = None) -> pd.DataFrame:
+    """Histograms of A and B on bin edges shared by every run and snapshot of a module (so they
+    overlay and subtract), at up to `options.max_steps` snapshots; long form with bin edges
+    `left`, `right` and `count`, plus `outside` (NaN/Inf values, never silently dropped)."""
+    o = options or Options()
+    recs = _as_list(recs)
+    frames = []
+    for name in _common_modules(recs):
+        for matrix in ("A", "B"):
+            def series(rec):
+                m = rec.modules[name]
+                T = min(len(rec.steps), getattr(m, matrix).shape[0])
+                idx = _evenly(T, o.max_steps)
+                return idx, np.asarray(getattr(m, matrix)[idx])
+            ranges = [_stats.value_range(series(rec)[1]) for rec in recs]  # pass 1: the common range
+            if all(r is None for r in ranges):
+                continue
+            edges = _stats.shared_edges(ranges, bins)
+            for rec in recs:  # pass 2: counts, one run's series in memory at a time
+                idx, X = series(rec)
+                h = _stats.histogram_counts(X, edges)
+                T = len(idx)
+                layer = rec.modules[name].layer_index
+                frames.append(pd.DataFrame({
+                    "run": rec.run_name, "module": name, "layer": layer, "role": _role(name, layer),
+                    "matrix": matrix, "step": np.repeat(rec.steps[idx], bins),
+                    "bin": np.tile(np.arange(bins), T), "left": np.tile(edges[:-1], T),
+                    "right": np.tile(edges[1:], T), "count": h.counts.reshape(-1),
+                    "outside": np.repeat(h.outside, bins),
+                }))
+    cols = [*KEYS, "bin", "left", "right", "count", "outside"]
+    return pd.concat(frames, ignore_index=True)[cols] if frames else pd.DataFrame(columns=cols)
