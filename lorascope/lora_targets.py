@@ -175,8 +175,9 @@ def select_targets(model: nn.Module, targets: list[str], layers: str = ":") -> S
         )
     already = [t.name for t in found if isinstance(t.module, LoRALinear)]
     if already:
+        more = f" (and {len(already) - 1} more)" if len(already) > 1 else ""
         raise UsageError(
-            f"{already[0]} already has LoRA (and {len(already) - 1} more); LoRA is applied once "
-            "per module: call add_lora once, or choose targets that are not adapted yet"
+            f"{already[0]} already has LoRA{more}; LoRA is applied once per module: call "
+            "add_lora once, or choose targets that are not adapted yet"
         )
     return Selection(found, selected)
