@@ -1,0 +1,102 @@
+"""`lorascope analyze`: tidy tables of statistics, fits, spectra and geometry from recordings,
+written as CSV or Parquet; health findings are printed as warnings."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Callable, Optional
+
+import pandas as pd
+import typer
+
+from lorascope.analysis import tables as T
+from lorascope.cli.app import app
+from lorascope.errors import UsageError
+from lorascope.progress import StepProgress
+
+__all__ = ["analyze", "TABLE_NAMES", "write_table", "output_paths"]
+
+# Tables computed over several runs at once (the rest are per module, from `T.TABLES`).
+_MULTI_RUN: dict[str, Callable[[list, T.Options, int], pd.DataFrame]] = {
+    "similarity": lambda recs, o, bins: T.similarity_table(recs, o),
+    "histograms": lambda recs, o, bins: T.histogram_table(recs, bins, o),
+}
+TABLE_NAMES: list[str] = [*T.TABLES.names(), *_MULTI_RUN]
+_WRITERS: dict[str, Callable[[pd.DataFrame, Path], None]] = {
+    ".csv": lambda df, p: df.to_csv(p, index=False),
+    ".parquet": lambda df, p: _to_parquet(df, p),
+}
+
+
+def _to_parquet(df: pd.DataFrame, path: Path) -> None:
+    try:
+        df.to_parquet(path, index=False)
+    except ImportError:
+        raise UsageError("writing Parquet needs pyarrow: pip install 'lorascope[parquet]', or write .csv") from None
+
+
+def output_paths(output: Path, names: list[str]) -> dict[str, Path]:
+    """One table goes to `output` itself; several go beside it as `<stem>.<table><suffix>`."""
+    if output.suffix.lower() not in _WRITERS:
+        raise UsageError(f"the output must end in {' or '.join(_WRITERS)}, got {output.name!r}")
+    if len(names) == 1:
+        return {names[0]: output}
+    return {n: output.with_name(f"{output.stem}.{n}{output.suffix}") for n in names}
+
+
+def write_table(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _WRITERS[path.suffix.lower()](df, path)
+
+
+def _parse_tables(spec: str) -> list[str]:
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    if names == ["all"]:
+        return list(TABLE_NAMES)
+    unknown = [n for n in names if n not in TABLE_NAMES]
+    if unknown or not names:
+        raise UsageError(f"unknown table {', '.join(unknown) or '(none)'}; choose from: all, {', '.join(TABLE_NAMES)}")
+    return list(dict.fromkeys(names))
+
+
+@app.command()
+def analyze(
+    recordings: Annotated[list[Path], typer.Argument(help="Recording files (.h5).", exists=True, dir_okay=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="out.csv or out.parquet; several tables go to out.<table>.csv.", dir_okay=False)],
+    tables: Annotated[str, typer.Option(help=f"Comma-separated tables: all, {', '.join(TABLE_NAMES)}.")] = "stats",
+    fit_samples: Annotated[int, typer.Option(help="Values per snapshot used by the distribution fits (0: all).")] = 4096,
+    criterion: Annotated[str, typer.Option(help="How the best family is chosen: aic or bic.")] = "aic",
+    max_steps: Annotated[int, typer.Option(help="Snapshots used by similarity, geometry and histograms (0: all).")] = 100,
+    bins: Annotated[int, typer.Option(help="Histogram bins (shared by every run and step of a module).")] = 64,
+    health: Annotated[bool, typer.Option(help="Run the health checks and print what they find.")] = True,
+) -> None:
+    """Write tidy analysis tables (one row per run x module x matrix x step) for recordings."""
+    import lorascope
+
+    names = _parse_tables(tables)
+    paths = output_paths(output, names)
+    if criterion not in ("aic", "bic"):
+        raise UsageError(f"--criterion takes aic or bic, got {criterion!r}")
+    if fit_samples < 0 or max_steps < 0:
+        raise UsageError("--fit-samples and --max-steps take 0 (all) or a positive count")
+    options = T.Options(fit_samples=fit_samples or None, criterion=criterion, max_steps=max_steps or None)
+    recs = [lorascope.open(p) for p in recordings]
+    try:
+        per_module = [n for n in names if n in T.TABLES]
+        total = sum(len(r.modules) for r in recs)
+        with StepProgress(total, label="module") as bar:
+            result = T.analyze(recs, per_module, options, health=health,
+                               progress=lambda done, _total, _label: bar.update(done))
+        frames = dict(result.tables)
+        for name in names:
+            if name in _MULTI_RUN:
+                frames[name] = _MULTI_RUN[name](recs, options, bins)
+    finally:
+        for r in recs:
+            close = getattr(r, "close", None)
+            if close is not None:
+                close()
+    for name in names:
+        write_table(frames[name], paths[name])
+        typer.echo(f"{name}: {len(frames[name])} rows -> {paths[name]}")
+    for finding in result.findings:
+        typer.echo(f"warning: {finding}", err=True)
