@@ -91,9 +91,10 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
     from lorascope.lora import add_lora, load_adapters, save_adapters
     from lorascope.model_report import model_report
     from lorascope.models import load_model
-    from lorascope.optim import build_optimizer, build_schedule, current_lrs
+    from lorascope.optim import build_optimizer, build_schedule, current_lrs, validate_optim
     from lorascope.record import Recorder
 
+    validate_optim(cfg.optim)  # pairing mistakes fail before the model loads
     output = cfg.output_path()
     adapters_path, state_path = checkpoint_paths(output)
     dist_info, device = init_distributed(resolve_device(cfg.device))

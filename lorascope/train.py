@@ -146,6 +146,7 @@ def train_loop(
                 hooks.on_micro_step(state.micro_step, loss_scale=float(scaler.get_scale()) if scaler.is_enabled() else 1.0)
 
         scale_before = float(scaler.get_scale()) if scaler.is_enabled() else 1.0
+        group_lrs = lrs() if lrs is not None else {}  # the lr this update applies, read before it
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, clip_norm))
         finite = math.isfinite(step_loss) and math.isfinite(grad_norm)
@@ -175,8 +176,7 @@ def train_loop(
             "tokens": float(state.tokens),
             "micro_step": float(state.micro_step),
         }
-        if lrs is not None:
-            group_lrs = lrs()
+        if group_lrs:
             scalars["lr"] = next(iter(group_lrs.values()))
             scalars.update({f"lr_{name}": value for name, value in group_lrs.items()})
         if hooks is not None:

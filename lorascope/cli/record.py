@@ -20,9 +20,9 @@ def _choice(names: list[str]) -> click.Choice:
     return click.Choice(names, case_sensitive=False)
 
 
-def build_config(config_file: Path | None, overrides: dict[str, Any], settings: list[str]) -> RunConfig:
-    """The config file (or the embedded default), then --set key=value pairs, then the flags."""
-    cfg = load_config(config_file) if config_file else RunConfig()
+def build_config(base: RunConfig, overrides: dict[str, Any], settings: list[str]) -> RunConfig:
+    """The base config (a file's, or the embedded default), then --set key=value pairs, then flags."""
+    cfg = base
     pairs: dict[str, Any] = {}
     for item in settings:
         key, sep, value = item.partition("=")
@@ -73,7 +73,7 @@ def record(
         "lora.layers": layers, "data.batch_size": batch_size, "optim.grad_accum": grad_accum, "seed": seed,
         "device": device, "amp": amp, "record.every": record_every,
     }
-    cfg = build_config(config, flags, set_ or [])
+    cfg = build_config(load_config(config) if config else RunConfig(), flags, set_ or [])
     summary = run(cfg, resume=resume, log=lambda line: typer.echo(line, err=True))
 
     state = "interrupted at" if summary.interrupted else "finished"
