@@ -1,0 +1,410 @@
+"""The Recorder: attaches to any training loop through a few hook calls, captures A and B (and
+optionally gradients, optimizer state and W0) on the training thread into preallocated host
+buffers, and leaves the HDF5 writing to a background thread.
+
+    with Recorder("run.h5", model, RecordConfig(every=1)) as rec:
+        rec.start(optimizer)
+        for step in range(1, steps + 1):
+            ...; loss.backward(); rec.on_micro_step(micro); ...
+            optimizer.step()
+            rec.on_optimizer_step(step, {"loss": loss.item()}, optimizer)
+"""
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import os
+import platform
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import lorascope
+from lorascope.config import RecordConfig
+from lorascope.errors import RecordingError, UsageError
+from lorascope.record.capture import TORCH_DTYPES, Channel
+from lorascope.record.discover import LoraPair, find_lora_pairs, select_pairs
+from lorascope.record.estimate import SizeEstimate, estimate_size
+from lorascope.record.format import FORMAT_VERSION, STANDARD_SCALARS, STORAGE_DTYPES
+from lorascope.record.schedule import build_schedule
+from lorascope.record.writer import (
+    FileLayout, Grads, ModuleSpec, RecordingFile, Scalars, Snapshot, State, Updates, WriterThread,
+)
+
+__all__ = ["Recorder", "NullRecorder", "process_rank", "default_environment"]
+
+
+def process_rank() -> int:
+    """This process's rank under torchrun (0 when not distributed)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank()
+    return int(os.environ.get("RANK", "0"))
+
+
+def default_environment(device: torch.device) -> dict[str, Any]:
+    env: dict[str, Any] = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": str(device),
+        "world_size": int(os.environ.get("WORLD_SIZE", "1")),
+    }
+    for package in ("transformers", "peft"):
+        try:
+            env[package] = __import__(package).__version__
+        except ImportError:
+            pass
+    if device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(device)
+    return env
+
+
+def _check_options(cfg: RecordConfig) -> None:
+    if cfg.dtype not in STORAGE_DTYPES:
+        raise UsageError(f"record.dtype must be one of {', '.join(STORAGE_DTYPES)} (got {cfg.dtype!r})")
+    if cfg.compression not in ("none", "lzf", "gzip"):
+        raise UsageError(f"record.compression must be none, lzf or gzip (got {cfg.compression!r})")
+    if cfg.queue_size < 2:
+        raise UsageError(f"record.queue_size must be at least 2 (got {cfg.queue_size})")
+
+
+def _check_writable(path: Path) -> None:
+    """Refuses an output path that cannot be written, before any training time is spent."""
+    parent = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        raise UsageError(f"the output path {path} is a folder; give a file name such as {path / 'run.h5'}")
+    if not parent.is_dir():
+        raise UsageError(f"the folder {parent} does not exist; create it or choose another output path")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"cannot write {path}: permission denied; choose a writable output path")
+
+
+class Recorder:
+    """Records the LoRA pairs of ``model`` into ``path``. Under torchrun, ranks other than 0 get
+    a ``NullRecorder`` that accepts the same calls and writes nothing."""
+
+    def __new__(cls, *args: Any, **kwargs: Any):
+        if process_rank() != 0:
+            return NullRecorder()
+        return super().__new__(cls)
+
+    def __init__(self, path: str | Path, model: torch.nn.Module, config: RecordConfig | None = None,
+                 *, run_name: str = "", run_config: dict | None = None,
+                 environment: dict | None = None, total_steps: int | None = None) -> None:
+        self.path = Path(path)
+        self.config = cfg = config or RecordConfig()
+        _check_options(cfg)
+        self.pairs: dict[str, LoraPair] = select_pairs(find_lora_pairs(model), cfg.modules)
+        self.schedule = build_schedule(cfg, total_steps)
+        self.total_steps = total_steps
+        self.run_name = run_name or self.path.stem
+        self.run_config = run_config or {}
+        self.device = next(iter(self.pairs.values())).A.device
+        self.environment = environment or default_environment(self.device)
+        # A0, B0, A1, B1, ...: the order of every flat buffer
+        self._params = [t for p in self.pairs.values() for t in (p.A, p.B)]
+        self._writer: WriterThread | None = None
+        self._early: list[Any] = []  # messages captured before the file exists
+        self._optimizer = None
+        self._hooks: list[Any] = []
+        self._step = 0
+        self._micro = -1  # unknown until on_micro_step is called
+        self._last_snapshot = -1
+        self._started = self._closed = False
+        self._t0 = 0.0
+
+    # --- sizes ---------------------------------------------------------------------------------
+    @staticmethod
+    def estimate(model: torch.nn.Module, config: RecordConfig, total_steps: int,
+                 grad_accum: int = 1) -> SizeEstimate:
+        """The recording's size before the run: print it so nobody fills a disk by surprise."""
+        return estimate_size(model, config, total_steps, grad_accum)
+
+    # --- the hook protocol --------------------------------------------------------------------
+    def start(self, optimizer: torch.optim.Optimizer | None = None) -> "Recorder":
+        """Takes the step-0 snapshot (before any update) and, unless optimizer state must be
+        probed first, creates the file."""
+        if self._started:
+            raise UsageError("Recorder.start() was already called; call it once, before training")
+        _check_writable(self.path)
+        self._optimizer = optimizer
+        cfg, slots = self.config, self.config.queue_size
+        shapes = [tuple(t.shape) for t in self._params]
+        storage = TORCH_DTYPES[cfg.dtype]
+        self._weights = Channel(shapes, storage, self.device, slots)
+        self._updates = Channel([(len(self.pairs), 4)], torch.float32, self.device, 2 * slots)
+        self._grads = Channel(shapes, storage, self.device, slots) if cfg.grads else None
+        with torch.no_grad():
+            self._prev = [t.detach().clone() for t in self._params]
+            self._grad_prev = [torch.zeros_like(t) for t in self._params] if cfg.grads else []
+        self._grad_prev_zero = True
+        self._state_keys: list[tuple[torch.Tensor, str]] = []
+        self._started = True
+        self._t0 = time.perf_counter()
+        self._snapshot(0)
+        if not cfg.optimizer_state:
+            self._open_file({})
+        atexit.register(self._close_at_exit)
+        return self
+
+    def on_micro_step(self, micro_step: int, loss_scale: float = 1.0) -> None:
+        """After each backward(). With record.grads, stores this micro-batch's own gradient:
+        the growth of the accumulated .grad since the last call, divided by the loss scale."""
+        self._require_started()
+        self._micro = int(micro_step)
+        if self._grads is None or (self._step + 1) not in self.schedule:
+            return
+        with torch.no_grad():
+            grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in self._params]
+            if self._grad_prev_zero:
+                own = [g.detach().clone() for g in grads]
+            else:
+                own = torch._foreach_sub(grads, self._grad_prev)
+            if loss_scale != 1.0:
+                torch._foreach_div_(own, float(loss_scale))
+            torch._foreach_copy_(self._grad_prev, grads)
+            self._grad_prev_zero = False
+            slot, event = self._grads.capture(own, self._alive)
+        self._send(Grads(self._step + 1, self._micro, float(loss_scale), slot, event,
+                         self._grads.ring.release))
+
+    def on_optimizer_step(self, step: int, scalars: dict[str, float] | None = None,
+                          optimizer: torch.optim.Optimizer | None = None) -> None:
+        """After optimizer.step(): update norms and scalars always, weights on schedule."""
+        self._require_started()
+        optimizer = optimizer or self._optimizer
+        self._optimizer = optimizer
+        self._step = int(step)
+        self._grad_prev_zero = True  # the next micro-step starts a new accumulation cycle
+        self._send_update_norms()
+        values = dict(scalars or {})
+        if optimizer is not None:
+            groups = optimizer.param_groups
+            values.setdefault("lr", float(groups[0]["lr"]))
+            if len(groups) > 1:
+                for i, group in enumerate(groups):
+                    values.setdefault(f"lr_{i}", float(group["lr"]))
+        self._send(Scalars(self._step, values))
+        if self._writer is None and not self._closed:
+            self._open_file(self._probe_state(optimizer))
+        if self._step in self.schedule:
+            self._snapshot(self._step)
+            if self.config.optimizer_state:
+                self._capture_state(optimizer)
+
+    def log_scalars(self, step: int, scalars: dict[str, float]) -> None:
+        """Scalars that arrive apart from the optimizer step (a trainer's periodic log)."""
+        self._require_started()
+        self._send(Scalars(int(step), dict(scalars), optimizer_step=False))
+
+    def log_eval(self, step: int, metrics: dict[str, float]) -> None:
+        named = {k if k.startswith("eval_") else f"eval_{k}": float(v) for k, v in metrics.items()}
+        self.log_scalars(step, named)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> "Recorder":
+        """For a plain loop: calls on_optimizer_step after every optimizer.step() through the
+        optimizer's post-step hook (removed on close). Do not also call on_optimizer_step. A
+        GradScaler that skips a step skips the hook too, so the counts stay the optimizer's."""
+        def hook(opt, args, kwargs) -> None:
+            self.on_optimizer_step(self._step + 1, None, opt)
+
+        self._hooks.append(optimizer.register_step_post_hook(hook))
+        if not self._started:
+            self.start(optimizer)
+        return self
+
+    def close(self, status: str = "complete") -> None:
+        """Drains the queue, commits every captured snapshot and writes the final status."""
+        if self._closed or not self._started:
+            self._closed = True
+            return
+        for handle in self._hooks:
+            handle.remove()
+        self._hooks.clear()
+        atexit.unregister(self._close_at_exit)
+        try:
+            # the final weights matter most: keep them even when the schedule skipped them
+            if status == "complete" and self._step > self._last_snapshot and self._alive():
+                self._snapshot(self._step)
+            if self._writer is None:
+                self._open_file({})  # optimizer state was asked for but no step ever ran
+        finally:
+            self._closed = True
+            if self._writer is not None:
+                self._writer.close(status)
+        if self._writer is not None:
+            self._writer.raise_error()
+
+    def __enter__(self) -> "Recorder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if exc_type is None:
+            self.close("complete")
+        else:
+            status = "interrupted" if issubclass(exc_type, KeyboardInterrupt) else "failed"
+            try:
+                self.close(status)
+            except RecordingError:
+                pass  # the original exception is the one to show
+        return False
+
+    # --- internals ---------------------------------------------------------------------------
+    def _alive(self) -> bool:
+        return self._writer is None or self._writer.alive()
+
+    def _require_started(self) -> None:
+        if not self._started:
+            raise UsageError("call Recorder.start(optimizer) before training, to record step 0")
+        if self._closed:
+            raise UsageError("the Recorder is closed; open a new one to record another run")
+
+    def _send(self, msg: Any) -> None:
+        if self._writer is None:
+            self._early.append(msg)
+        else:
+            self._writer.put(msg)
+
+    def _snapshot(self, step: int) -> None:
+        slot, event = self._weights.capture([t.detach() for t in self._params], self._alive)
+        self._last_snapshot = step
+        self._send(Snapshot(step, self._micro, time.perf_counter() - self._t0, slot, event,
+                            self._weights.ring.release))
+
+    def _send_update_norms(self) -> None:
+        with torch.no_grad():
+            params = [t.detach() for t in self._params]
+            deltas = torch._foreach_norm(torch._foreach_sub(params, self._prev))
+            weights = torch._foreach_norm(params)
+            torch._foreach_copy_(self._prev, params)
+            norms = torch.stack([torch.stack(deltas[0::2]), torch.stack(deltas[1::2]),
+                                 torch.stack(weights[0::2]), torch.stack(weights[1::2])], dim=1)
+            slot, event = self._updates.capture([norms], self._alive)  # (modules, 4)
+        self._send(Updates(self._step, slot, event, self._updates.ring.release))
+
+    def _probe_state(self, optimizer) -> dict[int, dict[str, list[tuple[str, tuple[int, ...]]]]]:
+        """Which optimizer-state tensors exist for A and B. They only exist after the first
+        step, and SWMR forbids adding datasets later, so the file waits for this."""
+        if not self.config.optimizer_state:
+            return {}
+        if optimizer is None:
+            raise UsageError(
+                "record.optimizer_state needs the optimizer: pass it to Recorder.start(optimizer) "
+                "or to on_optimizer_step(..., optimizer=optimizer)"
+            )
+        layout: dict[int, dict[str, list[tuple[str, tuple[int, ...]]]]] = {}
+        self._state_keys = []
+        for i, pair in enumerate(self.pairs.values()):
+            layout[i] = {}
+            for matrix, param in (("A", pair.A), ("B", pair.B)):
+                state = optimizer.state.get(param, {})
+                # 0-d entries (the step count) are already in /state_snapshots/step
+                keys = sorted(k for k, v in state.items()
+                              if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0)
+                if keys:
+                    layout[i][matrix] = [(k, tuple(state[k].shape)) for k in keys]
+                    self._state_keys.extend((param, k) for k in keys)
+        shapes = [s for m in layout.values() for entries in m.values() for _, s in entries]
+        self._state = Channel(shapes, torch.float32, self.device, self.config.queue_size) if shapes else None
+        return layout
+
+    def _capture_state(self, optimizer) -> None:
+        if self._state is None or optimizer is None:
+            return
+        try:
+            tensors = [optimizer.state[param][key].detach() for param, key in self._state_keys]
+        except KeyError as exc:
+            raise RecordingError(
+                f"the optimizer's state lost the entry {exc} it had after the first step; record "
+                "this optimizer with record.optimizer_state off"
+            ) from None
+        with torch.no_grad():
+            slot, event = self._state.capture(tensors, self._alive)
+        self._send(State(self._step, slot, event, self._state.ring.release))
+
+    def _module_spec(self, index: int, pair: LoraPair, state: dict) -> ModuleSpec:
+        attrs = {
+            "name": pair.name, "kind": pair.kind, "in_features": pair.in_features,
+            "out_features": pair.out_features, "rank": pair.rank, "alpha": pair.alpha,
+            "scaling": pair.scaling, "init": pair.init, "a_trainable": bool(pair.A.requires_grad),
+            "b_trainable": bool(pair.B.requires_grad),
+            "layer_index": -1 if pair.layer_index is None else pair.layer_index,
+            "index": index, "param_dtype": str(pair.A.dtype).removeprefix("torch."),
+        }
+        w0 = None
+        if self.config.base_weights:
+            w0 = pair.base_weight().detach().to("cpu", torch.float32).numpy()
+        return ModuleSpec(pair.name, attrs, tuple(pair.A.shape), tuple(pair.B.shape), w0, state)
+
+    def _open_file(self, state_layout: dict) -> None:
+        cfg = self.config
+        root = {
+            "lorascope_format": FORMAT_VERSION,
+            "lorascope_version": lorascope.__version__,
+            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+            "run_name": self.run_name,
+            "config": self.run_config,
+            "environment": self.environment,
+            "record": {k: getattr(cfg, k) for k in cfg.__dataclass_fields__},
+            "schedule": self.schedule.describe(),
+            "planned_steps": -1 if self.total_steps is None else int(self.total_steps),
+            "storage_dtype": cfg.dtype,
+            "compression": cfg.compression,
+            "writer_pid": os.getpid(),
+            "writer_host": socket.gethostname(),
+        }
+        columns = list(STANDARD_SCALARS)
+        if self._optimizer is not None and len(self._optimizer.param_groups) > 1:
+            columns += [f"lr_{i}" for i in range(len(self._optimizer.param_groups))]
+        modules = [self._module_spec(i, p, state_layout.get(i, {}))
+                   for i, p in enumerate(self.pairs.values())]
+        layout = FileLayout(root, modules, cfg.dtype, cfg.compression, cfg.grads,
+                            cfg.optimizer_state, tuple(columns))
+        file = RecordingFile(self.path, layout)
+        self._writer = WriterThread(file, cfg.queue_size, cfg.flush_every_steps,
+                                    cfg.flush_every_seconds)
+        early, self._early = self._early, []
+        for msg in early:
+            self._writer.put(msg)
+
+    def _close_at_exit(self) -> None:
+        # a script that never closed its Recorder still keeps what it captured
+        try:
+            self.close("interrupted")
+        except Exception:
+            pass
+
+
+class NullRecorder:
+    """What ranks other than 0 get: the same calls, nothing written."""
+
+    estimate = staticmethod(Recorder.estimate)
+
+    def start(self, optimizer=None) -> "NullRecorder":
+        return self
+
+    def on_micro_step(self, micro_step: int, loss_scale: float = 1.0) -> None:
+        pass
+
+    def on_optimizer_step(self, step: int, scalars=None, optimizer=None) -> None:
+        pass
+
+    def log_scalars(self, step: int, scalars) -> None:
+        pass
+
+    def log_eval(self, step: int, metrics) -> None:
+        pass
+
+    def attach(self, optimizer) -> "NullRecorder":
+        return self
+
+    def close(self, status: str = "complete") -> None:
+        pass
+
+    def __enter__(self) -> "NullRecorder":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        return False

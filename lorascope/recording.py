@@ -1,0 +1,355 @@
+"""Reading a recording: ``lorascope.open(path)`` → ``Recording``. Needs numpy, h5py and pandas
+only (no torch, no model). Arrays are read lazily, one numpy slice at a time.
+
+Files are opened in SWMR-read mode without file locking: that reads a finished file, a file that
+is still being written, and the file of a run killed with SIGKILL, all without ``h5clear``."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import Any, Iterable
+
+import h5py
+import numpy as np
+import pandas as pd
+
+from lorascope.errors import RecordingError
+from lorascope.record.format import FORMAT_VERSION, STANDARD_SCALARS, UPDATE_COLUMNS, decode
+
+__all__ = ["Recording", "ModuleRecording", "LazyArray", "open_recording", "open_many"]
+
+
+def _damaged(path: Path, exc: Exception) -> RecordingError:
+    return RecordingError(
+        f"{path} is a damaged or truncated HDF5 file and cannot be read ({exc}); "
+        "record the run again or restore the file from a copy"
+    )
+
+
+def _plain(value: Any) -> Any:
+    """HDF5 attribute values → plain Python values."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace").rstrip("\x00")
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    return value
+
+
+class LazyArray:
+    """A read-only view of an HDF5 series (T, ...) cut to its committed length T. Indexing
+    reads only what is asked for and returns numpy (bfloat16 storage comes back as float32)."""
+
+    def __init__(self, dataset: h5py.Dataset, length: int, path: Path) -> None:
+        self._ds = dataset
+        self._path = path
+        self._encoding = _plain(dataset.attrs.get("encoding", ""))
+        self.shape = (int(length), *dataset.shape[1:])
+        self.dtype = np.dtype("float32") if self._encoding else dataset.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def __repr__(self) -> str:
+        return f"LazyArray(shape={self.shape}, dtype={self.dtype})"
+
+    def __array__(self, dtype=None, copy=None) -> np.ndarray:
+        out = self[:]
+        return out if dtype is None else out.astype(dtype)
+
+    def _read(self, selection) -> np.ndarray:
+        try:
+            return decode(self._ds[selection], self._encoding)
+        except OSError as exc:
+            raise _damaged(self._path, exc) from None
+
+    def __getitem__(self, key) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        first, rest = (key[0], key[1:]) if key else (slice(None), ())
+        n = len(self)
+        if isinstance(first, (int, np.integer)):
+            t = int(first) + n if first < 0 else int(first)
+            if not 0 <= t < n:
+                raise IndexError(f"snapshot index {first} is out of range for {n} snapshots")
+            return self._read(t)[rest] if rest else self._read(t)
+        if isinstance(first, slice):
+            start, stop, step = first.indices(n)
+            if step > 0:
+                data = self._read(slice(start, stop, step)) if stop > start else self._empty()
+                return data[(slice(None), *rest)] if rest else data
+            first = np.arange(start, stop, step)
+        index = np.asarray(first)
+        if index.dtype == bool:
+            index = np.flatnonzero(index)
+        index = np.where(index < 0, index + n, index).astype(np.int64)
+        if index.size and (index.min() < 0 or index.max() >= n):
+            raise IndexError(f"snapshot index out of range for {n} snapshots")
+        # h5py wants increasing unique indices: read those, then put them in the asked order
+        unique, inverse = np.unique(index, return_inverse=True)
+        data = self._read(unique) if unique.size else self._empty()
+        data = data[inverse.reshape(index.shape)]
+        return data[(slice(None), *rest)] if rest else data
+
+    def _empty(self) -> np.ndarray:
+        return np.empty((0, *self.shape[1:]), dtype=self.dtype)
+
+
+class ModuleRecording:
+    """One adapted module: its attributes and lazy A, B (and optional gradients, state, W0)."""
+
+    def __init__(self, group: h5py.Group, rec: "Recording") -> None:
+        self._group = group
+        self._rec = rec
+        self.attrs: dict[str, Any] = {k: _plain(v) for k, v in group.attrs.items()}
+        self.name: str = self.attrs.get("name", group.name.split("/", 2)[-1])
+        self.rank = int(self.attrs["rank"])
+        self.alpha = float(self.attrs["alpha"])
+        self.scaling = float(self.attrs["scaling"])
+        self.in_features = int(self.attrs["in_features"])
+        self.out_features = int(self.attrs["out_features"])
+        self.kind = str(self.attrs.get("kind", ""))
+        self.init = str(self.attrs.get("init", ""))
+        index = int(self.attrs.get("layer_index", -1))
+        self.layer_index = None if index < 0 else index
+        T, G, U = len(rec.steps), len(rec.grad_steps), len(rec.state_steps)
+        self.A = LazyArray(group["A"], T, rec.path)  # (T, rank, in)
+        self.B = LazyArray(group["B"], T, rec.path)  # (T, out, rank)
+        self.grad_A = LazyArray(group["grad_A"], G, rec.path) if "grad_A" in group else None
+        self.grad_B = LazyArray(group["grad_B"], G, rec.path) if "grad_B" in group else None
+        self.state_A = self._state("state_A", U)
+        self.state_B = self._state("state_B", U)
+
+    def _state(self, name: str, length: int) -> dict[str, LazyArray]:
+        if name not in self._group:
+            return {}
+        return {k: LazyArray(ds, length, self._rec.path) for k, ds in self._group[name].items()}
+
+    @property
+    def W0(self) -> np.ndarray | None:
+        """The frozen pretrained weight (out, in), when the run recorded it."""
+        return self._group["W0"][()] if "W0" in self._group else None
+
+    def delta_w(self, t: int) -> np.ndarray:
+        """ΔW = scaling · B[t] @ A[t], shape (out, in): what the adapter adds to W0."""
+        return (self.scaling * (self.B[t] @ self.A[t])).astype(np.float32)
+
+    @property
+    def updates(self) -> pd.DataFrame:
+        """Per optimizer step: ‖ΔA‖, ‖ΔB‖ (Frobenius), ‖A‖, ‖B‖ after the step, and the
+        update-to-weight ratios ‖ΔA‖/‖A‖, ‖ΔB‖/‖B‖ (NaN while the weight is zero)."""
+        norms = self._rec._update_norms()[:, int(self.attrs["index"]), :]  # (U, 4)
+        frame = pd.DataFrame(norms.astype(np.float64), columns=[f"{c}_norm" for c in UPDATE_COLUMNS])
+        frame.insert(0, "step", self._rec._update_steps())
+        with np.errstate(divide="ignore", invalid="ignore"):
+            for m in ("A", "B"):
+                w = frame[f"{m}_norm"].to_numpy()
+                frame[f"d{m}_ratio"] = np.where(w > 0, frame[f"d{m}_norm"].to_numpy() / w, np.nan)
+        return frame
+
+    def __repr__(self) -> str:
+        return (f"ModuleRecording({self.name!r}, rank={self.rank}, in={self.in_features}, "
+                f"out={self.out_features}, T={len(self.A)})")
+
+
+class Recording:
+    """One recording file, opened for reading. Use as a context manager or call ``close()``."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._f = _open_h5(self.path)
+        try:
+            self._load()
+        except RecordingError:
+            self._f.close()
+            raise
+        except (OSError, KeyError, ValueError) as exc:
+            self._f.close()
+            raise _damaged(self.path, exc) from None
+
+    def _load(self) -> None:
+        f = self._f
+        attrs = {k: _plain(v) for k, v in f.attrs.items()}
+        if "lorascope_format" not in attrs:
+            raise RecordingError(
+                f"{self.path} is an HDF5 file but not a lorascope recording (it has no "
+                "lorascope_format attribute); give a file written by `lorascope record`"
+            )
+        self.format_version = int(attrs["lorascope_format"])
+        if self.format_version > FORMAT_VERSION:
+            from lorascope import __version__
+
+            raise RecordingError(
+                f"{self.path} uses recording format v{self.format_version}, newer than this "
+                f"lorascope {__version__} reads (v{FORMAT_VERSION}); upgrade lorascope "
+                "(pip install -U lorascope) to read it"
+            )
+        self.attrs = attrs
+        self.run_name: str = attrs.get("run_name", self.path.stem)
+        self.config: dict = json.loads(attrs.get("config", "{}") or "{}")
+        self.environment: dict = json.loads(attrs.get("environment", "{}") or "{}")
+        self.lorascope_version: str = attrs.get("lorascope_version", "")
+        self.stored_status: str = attrs.get("status", "")
+        self.status = _effective_status(self.stored_status, attrs)
+        self.storage_dtype: str = attrs.get("storage_dtype", "float32")
+        # T is the committed count: /snapshots/step is extended only after the data it indexes
+        # is flushed, so every row below it is complete
+        self.steps = _committed(f, "snapshots", ("step", "micro_step", "time"))
+        T = len(self.steps)
+        self.micro_steps = f["snapshots/micro_step"][:T].astype(np.int64)
+        self.times = f["snapshots/time"][:T].astype(np.float64)
+        self.grad_steps = (_committed(f, "grad_snapshots", ("step", "micro_step", "loss_scale"))
+                           if "grad_snapshots" in f else np.zeros(0, np.int64))
+        G = len(self.grad_steps)
+        self.grad_micro_steps = (f["grad_snapshots/micro_step"][:G].astype(np.int64)
+                                 if G else np.zeros(0, np.int64))
+        self.state_steps = (f["state_snapshots/step"][:].astype(np.int64)
+                            if "state_snapshots" in f else np.zeros(0, np.int64))
+        order = json.loads(_plain(f["modules"].attrs.get("order", "[]")))
+        names = order or list(f["modules"])
+        self.modules: dict[str, ModuleRecording] = {
+            n: ModuleRecording(f["modules"][n], self) for n in names
+        }
+        self._scalars: pd.DataFrame | None = None
+
+    # --- scalars and updates -----------------------------------------------------------------
+    @property
+    def scalars(self) -> pd.DataFrame:
+        """One row per optimizer step, column ``step`` first; eval metrics as ``eval_*``."""
+        if self._scalars is None:
+            self._scalars = _read_scalars(self._f)
+        return self._scalars.copy()
+
+    def _update_steps(self) -> np.ndarray:
+        return self._f["updates/step"][:].astype(np.int64)
+
+    def _update_norms(self) -> np.ndarray:
+        n = self._f["updates/step"].shape[0]
+        return self._f["updates/norms"][:n]  # (U, modules, 4)
+
+    # --- selection ---------------------------------------------------------------------------
+    def index_of(self, step: int) -> int:
+        """The snapshot nearest to optimizer step ``step`` (the earlier one on a tie)."""
+        if len(self.steps) == 0:
+            raise RecordingError(f"{self.path} holds no complete snapshot yet")
+        return int(np.argmin(np.abs(self.steps - int(step))))
+
+    def __repr__(self) -> str:
+        return (f"Recording({str(self.path)!r}, run={self.run_name!r}, status={self.status}, "
+                f"modules={len(self.modules)}, snapshots={len(self.steps)})")
+
+    # --- lifetime ----------------------------------------------------------------------------
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "Recording":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _open_h5(path: Path) -> h5py.File:
+    if not path.exists():
+        raise RecordingError(f"no recording at {path}; check the path (recordings are .h5 files)")
+    if path.is_dir():
+        raise RecordingError(f"{path} is a folder; give the path of a .h5 recording inside it")
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise RecordingError(f"cannot read {path}: {exc.strerror}; check its permissions") from None
+    if not h5py.is_hdf5(path):
+        raise RecordingError(
+            f"{path} is not an HDF5 file; lorascope recordings are .h5 files written by "
+            "`lorascope record` or the Recorder"
+        )
+    try:
+        return h5py.File(path, "r", swmr=True, locking=False)
+    except OSError as exc:
+        raise _damaged(path, exc) from None
+
+
+def _committed(f: h5py.File, group: str, names: Iterable[str]) -> np.ndarray:
+    """The index column ``step`` cut to the length every column of the index has reached."""
+    g = f[group]
+    n = min(g[name].shape[0] for name in names)
+    return g["step"][:n].astype(np.int64)
+
+
+def _pid_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, owned by someone else
+        return False
+    try:  # a killed child that its parent has not reaped yet is a zombie: gone too
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return False
+
+
+def _effective_status(stored: str, attrs: dict) -> str:
+    """A file still marked "running" whose writer process is gone was interrupted (SIGKILL,
+    power loss). Only decidable on the machine that wrote it; elsewhere it stays "running"."""
+    if stored != "running":
+        return stored
+    pid, host = attrs.get("writer_pid"), attrs.get("writer_host")
+    if pid is not None and host == socket.gethostname() and _pid_gone(int(pid)):
+        return "interrupted"
+    return stored
+
+
+def _read_scalars(f: h5py.File) -> pd.DataFrame:
+    g = f["scalars"]
+    n = g["step"].shape[0]
+    columns = {"step": g["step"][:n].astype(np.int64)}
+    for name, ds in g.items():
+        if name not in ("step", "other") and ds.ndim == 1:
+            columns[name] = ds[:n].astype(np.float64)
+    frame = pd.DataFrame(columns)
+    # rows logged apart from the optimizer step (a trainer's periodic log) share its step
+    frame = frame.groupby("step", sort=True).last()
+    if "other" in g:
+        rows = int(g["other"].attrs.get("rows", 0))
+        other = g["other"][:rows]
+        if rows:
+            long = pd.DataFrame({
+                "step": other["step"].astype(np.int64),
+                "name": [b.decode("utf-8", "replace") for b in other["name"]],
+                "value": other["value"].astype(np.float64),
+            })
+            wide = long.pivot_table(index="step", columns="name", values="value", aggfunc="last")
+            wide.columns.name = None
+            frame = frame.combine_first(wide)
+    frame.index.name = "step"
+    frame = frame.reset_index()
+    standard = [c for c in STANDARD_SCALARS if c in frame.columns]
+    rest = sorted(c for c in frame.columns if c != "step" and c not in standard)
+    return frame[["step", *standard, *rest]]
+
+
+def open_recording(path: str | Path) -> Recording:
+    """Opens one recording; raises RecordingError with a sentence when it cannot."""
+    return Recording(path)
+
+
+def open_many(paths: Iterable[str | Path]) -> list[Recording]:
+    """Opens several recordings for comparison; if one fails, the others are closed again."""
+    opened: list[Recording] = []
+    try:
+        for path in paths:
+            opened.append(Recording(path))
+    except BaseException:
+        for rec in opened:
+            rec.close()
+        raise
+    return opened
