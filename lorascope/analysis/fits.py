@@ -248,7 +248,7 @@ def fit_snapshots(
     X: np.ndarray,
     families: tuple[str, ...] | None = None,
     max_samples: int | None = 4096,
-    criterion: str = "aic",
+    criterion: str = "bic",
     seed: int = 0,
 ) -> FitResult:
     """Fits every family to every snapshot of X (T, m, n). Matrices larger than `max_samples`

@@ -49,7 +49,7 @@ class Options:
     top_k: int = 1                     # energy share of the top-k singular values
     fit_samples: int | None = 4096     # values per snapshot the fits use (None: all)
     families: tuple[str, ...] | None = None
-    criterion: str = "aic"
+    criterion: str = "bic"  # with thousands of values AIC lets nested families (t, gennorm) win by noise
     max_steps: int | None = 100        # snapshots used by the SVD-heavy geometry (None: all)
     thresholds: _health.Thresholds = field(default_factory=_health.Thresholds)
 

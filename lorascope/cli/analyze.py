@@ -64,7 +64,7 @@ def analyze(
     output: Annotated[Path, typer.Option("--output", "-o", help="out.csv or out.parquet; several tables go to out.<table>.csv.", dir_okay=False)],
     tables: Annotated[str, typer.Option(help=f"Comma-separated tables: all, {', '.join(TABLE_NAMES)}.")] = "stats",
     fit_samples: Annotated[int, typer.Option(help="Values per snapshot used by the distribution fits (0: all).")] = 4096,
-    criterion: Annotated[str, typer.Option(help="How the best family is chosen: aic or bic.")] = "aic",
+    criterion: Annotated[str, typer.Option(help="How the best family is chosen: bic or aic.")] = "bic",
     max_steps: Annotated[int, typer.Option(help="Snapshots used by similarity, geometry and histograms (0: all).")] = 100,
     bins: Annotated[int, typer.Option(help="Histogram bins (shared by every run and step of a module).")] = 64,
     health: Annotated[bool, typer.Option(help="Run the health checks and print what they find.")] = True,

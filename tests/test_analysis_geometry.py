@@ -1,0 +1,88 @@
+"""LoRA geometry: subspace similarity's fixed points, the random baseline, W0 projection and
+DoRA's magnitude/direction against dense computations."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lorascope.analysis import geometry, spectra
+from lorascope.errors import UsageError
+
+
+def test_phi_of_a_subspace_with_itself_is_one_and_orthogonal_is_zero():
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.normal(size=(30, 8)))
+    assert geometry.subspace_similarity(Q[:, :4], Q[:, :4], 4, 4) == pytest.approx(1.0)
+    assert geometry.subspace_similarity(Q[:, :4], Q[:, 4:], 4, 4) == pytest.approx(0.0, abs=1e-14)
+    # a 2-dimensional subspace inside a 4-dimensional one: φ normalises by min(i, j)
+    assert geometry.subspace_similarity(Q[:, :2], Q[:, :4], 2, 4) == pytest.approx(1.0)
+
+
+def test_subspace_basis_sides():
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(2, 4, 20))
+    V = geometry.subspace_basis(A, "A")  # right-singular: spans A's rows
+    assert V.shape == (2, 20, 4)
+    np.testing.assert_allclose(V @ V.transpose(0, 2, 1) @ A.transpose(0, 2, 1), A.transpose(0, 2, 1), atol=1e-12)
+    B = rng.normal(size=(2, 20, 4))
+    U = geometry.subspace_basis(B, "B")  # left-singular: spans B's columns
+    np.testing.assert_allclose(U @ U.transpose(0, 2, 1) @ B, B, atol=1e-12)
+    # the same row space with other coefficients: φ = 1
+    mix = rng.normal(size=(4, 4))
+    assert geometry.subspace_similarity(V[0], geometry.subspace_basis(mix @ A[0], "A")[0], 4, 4) == pytest.approx(1.0)
+
+
+def test_random_baseline_matches_random_subspaces():
+    rng = np.random.default_rng(2)
+    d, i, j = 64, 4, 8
+    Q1 = np.linalg.qr(rng.normal(size=(400, d, i)))[0]
+    Q2 = np.linalg.qr(rng.normal(size=(400, d, j)))[0]
+    phi = geometry.subspace_similarity(Q1, Q2, i, j)
+    assert phi.mean() == pytest.approx(geometry.random_baseline(d, i, j), rel=0.05)
+
+
+def test_similarity_grid_equals_pointwise_phi():
+    rng = np.random.default_rng(3)
+    U1 = np.linalg.qr(rng.normal(size=(25, 4)))[0]
+    U2 = np.linalg.qr(rng.normal(size=(25, 6)))[0]
+    grid = geometry.similarity_grid(U1, U2)
+    for i in range(1, 5):
+        for j in range(1, 7):
+            assert grid[i - 1, j - 1] == pytest.approx(geometry.subspace_similarity(U1, U2, i, j))
+
+
+def test_w0_projection_and_amplification_against_dense():
+    rng = np.random.default_rng(4)
+    W0 = rng.normal(size=(30, 20))
+    A, B = rng.normal(size=(3, 4, 20)), rng.normal(size=(3, 30, 4))
+    B[0] = 0.0
+    U, S, V = spectra.delta_w_svd(A, B, 0.5)
+    r = geometry.w0_projection(W0, U, V, np.sqrt((S**2).sum(1)))
+    W = 0.5 * B @ A
+    Uf, Sf, Vtf = np.linalg.svd(W[1:])
+    proj = np.linalg.norm(Uf[:, :, :4].transpose(0, 2, 1) @ W0 @ Vtf[:, :4].transpose(0, 2, 1), axis=(1, 2))
+    np.testing.assert_allclose(r["w0_projection"][1:], proj, rtol=1e-10)
+    np.testing.assert_allclose(r["amplification"][1:], np.linalg.norm(W[1:], axis=(1, 2)) / proj, rtol=1e-10)
+    assert np.isnan(r["w0_projection"][0]) and np.isnan(r["amplification"][0])  # ΔW = 0 has no directions
+
+
+def test_dora_change_against_dense_rows():
+    rng = np.random.default_rng(5)
+    W0 = rng.normal(size=(12, 9))
+    A, B = rng.normal(size=(3, 2, 9)), rng.normal(size=(3, 12, 2))
+    B[0] = 0.0
+    Wp = W0 + 0.3 * B @ A
+    n0, n1 = np.linalg.norm(W0, axis=1), np.linalg.norm(Wp, axis=2)
+    got = geometry.dora_change(W0, A, B, 0.3)
+    np.testing.assert_allclose(got["dora_magnitude"], np.abs(n1 - n0).mean(1), atol=1e-12)
+    np.testing.assert_allclose(got["dora_direction"], (1 - (Wp * W0).sum(2) / (n0 * n1)).mean(1), atol=1e-12)
+    assert got["dora_magnitude"][0] == 0 and got["dora_direction"][0] == pytest.approx(0, abs=1e-15)
+
+
+def test_bad_input_is_a_usage_error():
+    with pytest.raises(UsageError, match="different spaces"):
+        geometry.subspace_similarity(np.eye(4)[:, :2], np.eye(5)[:, :2], 1, 1)
+    with pytest.raises(UsageError, match="NaN"):
+        geometry.subspace_basis(np.full((1, 2, 3), np.nan), "A")
+    with pytest.raises(UsageError, match="'A' or 'B'"):
+        geometry.subspace_basis(np.ones((1, 2, 3)), "dW")
