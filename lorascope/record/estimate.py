@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 
 from lorascope.config import RecordConfig
-from lorascope.record.discover import find_lora_pairs, select_pairs
+from lorascope.record.discover import LoraPair, find_lora_pairs, select_pairs
 from lorascope.record.format import numpy_storage_dtype
 from lorascope.record.schedule import build_schedule
 
@@ -44,9 +44,10 @@ class SizeEstimate:
                 f"{self.modules} modules, {self.dtype}{codec})")
 
 
-def estimate_size(model: torch.nn.Module, config: RecordConfig, total_steps: int,
-                  grad_accum: int = 1) -> SizeEstimate:
-    pairs = select_pairs(find_lora_pairs(model), config.modules)
+def estimate_size(model: torch.nn.Module | dict[str, LoraPair], config: RecordConfig,
+                  total_steps: int, grad_accum: int = 1) -> SizeEstimate:
+    """For a model (or its selected LoRA pairs) and ``total_steps`` optimizer steps."""
+    pairs = model if isinstance(model, dict) else select_pairs(find_lora_pairs(model), config.modules)
     itemsize = numpy_storage_dtype(config.dtype).itemsize
     values = sum(p.A.numel() + p.B.numel() for p in pairs.values())
     per_snapshot = values * itemsize

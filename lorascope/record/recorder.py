@@ -29,6 +29,7 @@ from lorascope.record.capture import TORCH_DTYPES, Channel
 from lorascope.record.discover import LoraPair, find_lora_pairs, select_pairs
 from lorascope.record.estimate import SizeEstimate, estimate_size
 from lorascope.record.format import FORMAT_VERSION, STANDARD_SCALARS, STORAGE_DTYPES
+from lorascope.record.resume import replace, resume_seed, temporary_path
 from lorascope.record.schedule import build_schedule
 from lorascope.record.writer import (
     FileLayout, Grads, ModuleSpec, RecordingFile, Scalars, Snapshot, State, Updates, WriterThread,
@@ -92,8 +93,10 @@ class Recorder:
 
     def __init__(self, path: str | Path, model: torch.nn.Module, config: RecordConfig | None = None,
                  *, run_name: str = "", run_config: dict | None = None,
-                 environment: dict | None = None, total_steps: int | None = None) -> None:
+                 environment: dict | None = None, total_steps: int | None = None,
+                 resume: bool = False) -> None:
         self.path = Path(path)
+        self.resume = resume
         self.config = cfg = config or RecordConfig()
         _check_options(cfg)
         self.pairs: dict[str, LoraPair] = select_pairs(find_lora_pairs(model), cfg.modules)
@@ -115,17 +118,32 @@ class Recorder:
         self._started = self._closed = False
         self._t0 = 0.0
 
+    @property
+    def modules(self) -> dict[str, LoraPair]:
+        """The recorded LoRA pairs by module name, in model order."""
+        return self.pairs
+
     # --- sizes ---------------------------------------------------------------------------------
     @staticmethod
     def estimate(model: torch.nn.Module, config: RecordConfig, total_steps: int,
                  grad_accum: int = 1) -> SizeEstimate:
-        """The recording's size before the run: print it so nobody fills a disk by surprise."""
+        """The size of a recording before a Recorder exists."""
         return estimate_size(model, config, total_steps, grad_accum)
 
+    def size_estimate(self, grad_accum: int = 1) -> SizeEstimate:
+        """This run's recording size: print it so nobody fills a disk by surprise."""
+        if not self.total_steps:
+            raise UsageError("the size estimate needs the planned steps: pass total_steps= to the Recorder")
+        return estimate_size(self.pairs, self.config, self.total_steps, grad_accum)
+
+    def estimate_bytes(self, grad_accum: int = 1) -> int:
+        return self.size_estimate(grad_accum).total_bytes
+
     # --- the hook protocol --------------------------------------------------------------------
-    def start(self, optimizer: torch.optim.Optimizer | None = None) -> "Recorder":
+    def start(self, optimizer: torch.optim.Optimizer | None = None, step: int = 0) -> "Recorder":
         """Takes the step-0 snapshot (before any update) and, unless optimizer state must be
-        probed first, creates the file."""
+        probed first, creates the file. Resuming at optimizer step ``step`` keeps the old file's
+        rows up to that step and continues after it."""
         if self._started:
             raise UsageError("Recorder.start() was already called; call it once, before training")
         _check_writable(self.path)
@@ -141,11 +159,20 @@ class Recorder:
             self._grad_prev = [torch.zeros_like(t) for t in self._params] if cfg.grads else []
         self._grad_prev_zero = True
         self._state_keys: list[tuple[torch.Tensor, str]] = []
+        self._state: Channel | None = None
         self._started = True
         self._t0 = time.perf_counter()
-        self._snapshot(0)
-        if not cfg.optimizer_state:
-            self._open_file({})
+        self._step = int(step)
+        if self.resume and self.path.exists():
+            # the checkpoint's optimizer already holds its state: the layout is known now
+            self._open_file(self._probe_state(optimizer) if cfg.optimizer_state else {},
+                            resume_step=self._step)
+            if self._last_snapshot < self._step:
+                self._snapshot(self._step)
+        else:
+            self._snapshot(self._step)
+            if not cfg.optimizer_state:
+                self._open_file({})
         atexit.register(self._close_at_exit)
         return self
 
@@ -338,7 +365,7 @@ class Recorder:
             w0 = pair.base_weight().detach().to("cpu", torch.float32).numpy()
         return ModuleSpec(pair.name, attrs, tuple(pair.A.shape), tuple(pair.B.shape), w0, state)
 
-    def _open_file(self, state_layout: dict) -> None:
+    def _open_file(self, state_layout: dict, resume_step: int | None = None) -> None:
         cfg = self.config
         root = {
             "lorascope_format": FORMAT_VERSION,
@@ -362,7 +389,16 @@ class Recorder:
                    for i, p in enumerate(self.pairs.values())]
         layout = FileLayout(root, modules, cfg.dtype, cfg.compression, cfg.grads,
                             cfg.optimizer_state, tuple(columns))
-        file = RecordingFile(self.path, layout)
+        if resume_step is None:
+            file = RecordingFile(self.path, layout)
+        else:
+            tmp = temporary_path(self.path)
+            file = RecordingFile(tmp, layout, seed=resume_seed(self.path, resume_step))
+            replace(tmp, self.path)
+            file.path = self.path
+            kept = file.f["snapshots/step"]
+            self._last_snapshot = int(kept[-1]) if kept.shape[0] else -1
+            self._t0 -= float(file.f.attrs["resumed_time_offset"])
         self._writer = WriterThread(file, cfg.queue_size, cfg.flush_every_steps,
                                     cfg.flush_every_seconds)
         early, self._early = self._early, []
@@ -381,8 +417,12 @@ class NullRecorder:
     """What ranks other than 0 get: the same calls, nothing written."""
 
     estimate = staticmethod(Recorder.estimate)
+    modules: dict = {}
 
-    def start(self, optimizer=None) -> "NullRecorder":
+    def estimate_bytes(self, grad_accum: int = 1) -> int:
+        return 0
+
+    def start(self, optimizer=None, step: int = 0) -> "NullRecorder":
         return self
 
     def on_micro_step(self, micro_step: int, loss_scale: float = 1.0) -> None:

@@ -118,7 +118,11 @@ def _attr_value(value: Any) -> Any:
 class RecordingFile:
     """One recording open for writing. Not thread-safe: one thread at a time uses it."""
 
-    def __init__(self, path: Path, layout: FileLayout) -> None:
+    def __init__(self, path: Path, layout: FileLayout,
+                 seed: Callable[[h5py.File], dict[str, int]] | None = None) -> None:
+        """Creates ``path`` with ``layout``. ``seed``, when given, fills the new file with rows
+        before it goes live (resuming copies the old recording's rows) and returns how many
+        snapshot, gradient and state rows it wrote."""
         self.path = Path(path)
         self.layout = layout
         self.modules = layout.modules
@@ -133,6 +137,8 @@ class RecordingFile:
             ) from None
         try:
             self._create()
+            if seed is not None:
+                self.written.update(seed(self.f))
             self.f.flush()
             # From here on the file cannot gain datasets, but it survives SIGKILL and can be read
             # while written.
