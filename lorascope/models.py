@@ -348,7 +348,11 @@ def _enable_gradient_checkpointing(model: nn.Module) -> None:
         )
     # Non-reentrant: with a frozen base the embeddings' outputs do not require grad, and the
     # reentrant variant would then silently drop the LoRA gradients inside checkpointed blocks.
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # the newer name; the old one warns
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
     model.config.use_cache = False  # a KV cache is useless in training and clashes with checkpointing
 
 
@@ -365,7 +369,9 @@ def load_model(cfg: ModelConfig, task: str = "causal_lm", num_labels: int = 2) -
     _ensure_pad_token(model, tokenizer)
     if cfg.gradient_checkpointing:
         _enable_gradient_checkpointing(model)
-    return model, tokenizer
+    # Eval mode whichever way the model was made (from_config leaves train mode, from_pretrained
+    # eval mode), so loading alone never turns dropout on; the trainer calls train().
+    return model.eval(), tokenizer
 
 
 def head_modules(model: nn.Module) -> dict[str, nn.Module]:
