@@ -1,0 +1,62 @@
+"""Recording a Hugging Face ``Trainer`` run: ``trainer.add_callback(LorascopeCallback("run.h5"))``.
+
+The Trainer gives no hook between the micro-batches of an accumulation cycle that sees clean
+per-micro-batch gradients (clipping happens before ``on_pre_optimizer_step``), so with
+``record.grads`` this adapter stores one gradient per optimizer step: the accumulated gradient as
+the optimizer receives it. Weights are captured at ``on_step_end``; loss, learning rate, grad
+norm and eval metrics come from the Trainer's own log (``on_log``)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from lorascope.config import RecordConfig
+from lorascope.record.recorder import Recorder
+
+__all__ = ["LorascopeCallback"]
+
+# the Trainer's log names → lorascope's scalar names
+_RENAMES = {"learning_rate": "lr"}
+
+
+class LorascopeCallback(TrainerCallback):
+    def __init__(self, path: str | Path, config: RecordConfig | None = None, *,
+                 run_name: str = "", environment: dict | None = None) -> None:
+        self.path = Path(path)
+        self.config = config or RecordConfig()
+        self.run_name = run_name
+        self.environment = environment
+        self.recorder: Recorder | None = None
+
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs: Any):
+        self.recorder = Recorder(
+            self.path, model, self.config, run_name=self.run_name or self.path.stem,
+            run_config={"trainer": json.loads(args.to_json_string())},
+            environment=self.environment, total_steps=state.max_steps or None,
+        )
+        self.recorder.start(optimizer, step=state.global_step)
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs: Any):
+        if self.recorder is not None:
+            micro = (state.global_step + 1) * args.gradient_accumulation_steps
+            self.recorder.on_micro_step(micro)
+
+    def on_step_end(self, args, state, control, optimizer=None, **kwargs: Any):
+        if self.recorder is not None:
+            self.recorder.on_optimizer_step(state.global_step, {}, optimizer)
+
+    def on_log(self, args, state, control, logs=None, **kwargs: Any):
+        if self.recorder is None or not logs:
+            return
+        values = {_RENAMES.get(k, k): float(v) for k, v in logs.items()
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if values:
+            self.recorder.log_scalars(state.global_step, values)
+
+    def on_train_end(self, args, state, control, **kwargs: Any):
+        if self.recorder is not None:
+            self.recorder.close("complete")
+            self.recorder = None
