@@ -1,0 +1,75 @@
+"""`lorascope report`: one HTML page plus PNG figures comparing one or more recordings."""
+from __future__ import annotations
+
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from lorascope.cli.app import app
+from lorascope.errors import UsageError
+from lorascope.progress import StepProgress
+from lorascope.report.build import DEFAULT_MAX_MODULES, DEFAULT_MAX_STEPS, build_report
+from lorascope.report.module_figures import MODULE_FIGURES
+from lorascope.report.paths import default_report_name
+
+__all__ = ["report", "parse_figure_kinds"]
+
+
+def parse_figure_kinds(text: str) -> list[str]:
+    """'all' or a comma-separated list of registered figure kinds, checked by the registry."""
+    names = [n.strip() for n in text.split(",") if n.strip()]
+    if not names or names == ["all"]:
+        return MODULE_FIGURES.names()
+    for name in names:
+        MODULE_FIGURES.get(name)  # an unknown kind raises a UsageError listing the valid ones
+    return names
+
+
+class _Progress:
+    """Adapts build_report's (done, total, what) calls to the shared one-line progress display."""
+
+    def __init__(self) -> None:
+        self.bar: StepProgress | None = None
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        if self.bar is None:
+            self.bar = StepProgress(total, label="module", stream=sys.stderr)
+        line = self.bar.line(done, what[-40:])
+        if self.bar.interactive:
+            self.bar.stream.write("\r" + line[:100].ljust(100))
+            if done == total:
+                self.bar.stream.write("\n")
+        else:
+            self.bar.stream.write(line + "\n")
+        self.bar.stream.flush()
+
+
+@app.command()
+def report(
+    recordings: Annotated[list[Path], typer.Argument(help="Recording files (.h5) to compare.", dir_okay=False)],
+    output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Report folder [default: reports/<name from the run names>].", file_okay=False)] = None,
+    modules: Annotated[str, typer.Option(help="Glob over module names to draw, such as '*.attn.*'.")] = "*",
+    max_modules: Annotated[int, typer.Option(help="Draw at most this many modules (the rest are listed).")] = DEFAULT_MAX_MODULES,
+    max_steps: Annotated[int, typer.Option(help="Snapshots read per run for series and heatmaps (evenly spaced).")] = DEFAULT_MAX_STEPS,
+    figures: Annotated[str, typer.Option(help=f"Figure kinds per module: all, or some of {', '.join(MODULE_FIGURES.names())}.")] = "all",
+    bins: Annotated[int, typer.Option(help="Histogram bins (shared by the runs on each axis).")] = 64,
+    title: Annotated[Optional[str], typer.Option(help="Page title [default: the run names].")] = None,
+) -> None:
+    """Write an HTML report (index.html plus PNG figures) comparing recordings."""
+    import lorascope
+
+    kinds = parse_figure_kinds(figures)
+    if max_steps < 2:
+        raise UsageError(f"--max-steps must be at least 2 (got {max_steps})")
+    with ExitStack() as stack:
+        recs = [stack.enter_context(lorascope.open(p)) for p in recordings]
+        if output is None:
+            # Run names come from files: safe_name keeps them from leaving reports/.
+            output = Path("reports") / default_report_name([r.run_name for r in recs])
+        index = build_report(recs, output, modules=modules, max_modules=max_modules,
+                             max_steps=max_steps, figure_kinds=kinds, bins=bins, title=title,
+                             progress=_Progress())
+    typer.echo(f"report written to {index}")
