@@ -109,6 +109,9 @@ def _fit_logistic(z, iterations: int = 30, tol: float = 1e-10):
         det = j11 * j22 - j12 * j21
         dmu = -(j22 * g1 - j12 * g2) / det
         ds = -(-j21 * g1 + j11 * g2) / det
+        # a singular Jacobian (data on a few distinct values) stops that row where it is
+        stuck = ~(np.isfinite(dmu) & np.isfinite(ds))
+        dmu, ds = np.where(stuck, 0.0, dmu), np.where(stuck, 0.0, ds)
         mu = mu + dmu
         s = np.maximum(s + ds, 0.5 * s)  # never let a step cross zero
         if np.all(np.abs(dmu) + np.abs(ds) < tol):

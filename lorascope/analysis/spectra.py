@@ -82,11 +82,11 @@ def _cores(a: np.ndarray, b: np.ndarray, mode: str):
 
 
 def delta_w_singular_values(A: np.ndarray, B: np.ndarray, scaling: float) -> np.ndarray:
-    """Singular values (T, r) of ΔW_t = scaling·B_t A_t, descending, from QR of B and Aᵀ and the
+    """Singular values (T, min(r, out, in)) of ΔW_t = scaling·B_t A_t, descending, from QR of B and Aᵀ and the
     SVD of the r×r core; the out×in product is never formed. NaN rows where A or B is not finite."""
     A, B = _pair(A, B)
     T, r, n_in = A.shape
-    out = np.full((T, r), np.nan)
+    out = np.full((T, min(r, n_in, B.shape[1])), np.nan)  # ΔW has at most this many
     for sl in time_chunks(T, r * (n_in + B.shape[1])):
         a, b = A[sl].astype(np.float64), B[sl].astype(np.float64)
         fin = np.isfinite(a).all(axis=(1, 2)) & np.isfinite(b).all(axis=(1, 2))
@@ -96,7 +96,8 @@ def delta_w_singular_values(A: np.ndarray, B: np.ndarray, scaling: float) -> np.
         sa, sb = finite_scale(a.reshape(len(a), -1)), finite_scale(b.reshape(len(b), -1))
         _, core, _ = _cores(a / sa[:, None, None], b / sb[:, None, None], "r")
         s = np.linalg.svd(core, compute_uv=False)
-        out[np.arange(sl.start, sl.stop)[fin]] = s * (abs(float(scaling)) * sa * sb)[:, None]
+        # one factor at a time: a zero singular value stays zero even where sa·sb overflows
+        out[np.arange(sl.start, sl.stop)[fin]] = s * sa[:, None] * sb[:, None] * abs(float(scaling))
     return out
 
 

@@ -106,6 +106,18 @@ def _series_scale(flat: np.ndarray) -> float:
     return best if best > 0 else 1.0
 
 
+def _row_norms(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Euclidean norms of the rows of d and the rows scaled to unit norm (zero rows stay zero).
+    Each row is divided by its own largest |value| first, so that a step 1e-300 times smaller
+    than the series' scale is not squared into underflow."""
+    m = np.abs(d).max(axis=1, keepdims=True) if d.shape[1] else np.zeros((len(d), 1))
+    m = np.where(m > 0, m, 1.0)
+    y = d / m
+    n = np.sqrt((y * y).sum(axis=1))
+    unit = y / np.where(n > 0, n, 1.0)[:, None]
+    return n * m[:, 0], unit
+
+
 def dynamics(X: np.ndarray) -> dict[str, np.ndarray]:
     """How a dense series moves: `distance_from_first` ‖X_t − X_0‖_F, `update_size`
     ‖X_t − X_{t−1}‖_F (NaN at t = 0) and `update_cosine`, the cosine between consecutive updates
@@ -124,25 +136,49 @@ def dynamics(X: np.ndarray) -> dict[str, np.ndarray]:
         fin = np.isfinite(x).all(axis=1)
         x = np.where(fin[:, None], x, 0.0)
         here = slice(sl.start - lo, None)
-        d0 = np.linalg.norm(x[here] - first, axis=1)
+        d0, _ = _row_norms(x[here] - first)
         dist[sl] = np.where(fin[here] & first_ok, d0, np.nan)
         d = np.diff(x, axis=0)  # updates ending at steps lo+1 .. stop-1
-        dn = np.where(fin[1:] & fin[:-1], np.linalg.norm(d, axis=1), np.nan)
+        dn, unit = _row_norms(d)
+        dn = np.where(fin[1:] & fin[:-1], dn, np.nan)
         upd[lo + 1:sl.stop] = dn
         if len(d) > 1:
-            dots = np.einsum("ij,ij->i", d[1:], d[:-1])
-            cos[lo + 2:sl.stop] = _cosine(dots, dn[1:], dn[:-1])
+            dots = np.einsum("ij,ij->i", unit[1:], unit[:-1])
+            cos[lo + 2:sl.stop] = _cosine(dots, np.where(dn[1:] > 0, 1.0, dn[1:]), np.where(dn[:-1] > 0, 1.0, dn[:-1]))
     return {"distance_from_first": dist * scale, "update_size": upd * scale, "update_cosine": cos}
 
 
-def _lowrank_sq(P: np.ndarray, Q: np.ndarray) -> np.ndarray:
-    """‖P Q‖²_F = tr((PᵀP)(QQᵀ)) for stacks P (T, out, k), Q (T, k, in), without forming PQ."""
-    return np.maximum(np.einsum("tij,tji->t", P.transpose(0, 2, 1) @ P, Q @ Q.transpose(0, 2, 1)), 0.0)
+def _unit_rows(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each matrix of a stack divided by its largest |value|, and that value (1 for zeros)."""
+    m = np.abs(P).max(axis=(1, 2))
+    m = np.where(m > 0, m, 1.0)
+    return P / m[:, None, None], m
+
+
+def _lowrank_norm(P: np.ndarray, Q: np.ndarray, sP: float, sQ: float):
+    """‖sP·P · sQ·Q‖_F = sqrt(tr((PᵀP)(QQᵀ)))·sP·sQ for stacks P (T, out, k), Q (T, k, in), without
+    forming PQ. Each factor is scaled by its own largest value first, and the scales are applied
+    pairwise (sP with P's, sQ with Q's), so that neither a small step of a large matrix underflows
+    nor a product of scales overflows. Also returns the factors rescaled to ‖P'Q'‖ = 1 (cosines)."""
+    Pu, mp = _unit_rows(P)
+    Qu, mq = _unit_rows(Q)
+    sq = np.maximum(np.einsum("tij,tji->t", Pu.transpose(0, 2, 1) @ Pu, Qu @ Qu.transpose(0, 2, 1)), 0.0)
+    n = np.sqrt(sq)
+    inv = 1.0 / np.where(n > 0, n, 1.0)
+    with np.errstate(over="ignore"):
+        return n * (mp * sP) * (mq * sQ), Pu * inv[:, None, None], Qu
 
 
 def _lowrank_dot(P1, Q1, P2, Q2) -> np.ndarray:
     """⟨P1 Q1, P2 Q2⟩_F = tr((P1ᵀP2)(Q2 Q1ᵀ)) for stacks, without forming either product."""
     return np.einsum("tij,tji->t", P1.transpose(0, 2, 1) @ P2, Q2 @ Q1.transpose(0, 2, 1))
+
+
+def _times(v: np.ndarray, factors: tuple[float, ...]) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        for f in factors:
+            v = v * f
+    return v
 
 
 def lowrank_dynamics(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[str, np.ndarray]:
@@ -156,7 +192,8 @@ def lowrank_dynamics(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[str, 
     n_out = B.shape[1]
     sA = _series_scale(A.reshape(T, -1))
     sB = _series_scale(B.reshape(T, -1))
-    c = abs(float(scaling)) * sA * sB
+    # applied one factor at a time, so that a zero stays zero when sA·sB alone would overflow
+    c = (sA, sB, abs(float(scaling)))
     A0, B0 = A[0].astype(np.float64) / sA, B[0].astype(np.float64) / sB
     first_ok = bool(np.isfinite(A0).all() and np.isfinite(B0).all())
     keys = ("mean", "frobenius", "distance_from_first", "update_size", "update_cosine")
@@ -169,11 +206,11 @@ def lowrank_dynamics(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[str, 
         a, b = np.where(fin[:, None, None], a, 0.0), np.where(fin[:, None, None], b, 0.0)
         here = slice(sl.start - lo, None)
         ah, bh, fh = a[here], b[here], fin[here]
-        frob = c * np.sqrt(_lowrank_sq(bh, ah))
-        mean = np.sign(scaling) * c * np.einsum("tr,tr->t", bh.sum(axis=1), ah.sum(axis=2)) / (n_out * n_in)
+        frob = _lowrank_norm(bh, ah, sB, sA)[0] * abs(float(scaling))
+        mean = np.sign(scaling) * _times(np.einsum("tr,tr->t", bh.sum(axis=1), ah.sum(axis=2)) / (n_out * n_in), c)
         P0 = np.concatenate([bh - B0, np.broadcast_to(B0, bh.shape)], axis=2)
         Q0 = np.concatenate([ah, ah - A0], axis=1)
-        dist = c * np.sqrt(_lowrank_sq(P0, Q0))
+        dist = _lowrank_norm(P0, Q0, sB, sA)[0] * abs(float(scaling))
         out["frobenius"][sl] = np.where(fh, frob, np.nan)
         out["mean"][sl] = np.where(fh, mean, np.nan)
         out["distance_from_first"][sl] = np.where(fh & first_ok, dist, np.nan)
@@ -181,11 +218,13 @@ def lowrank_dynamics(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[str, 
             continue
         P = np.concatenate([b[1:] - b[:-1], b[:-1]], axis=2)
         Q = np.concatenate([a[1:], a[1:] - a[:-1]], axis=1)
-        norms = np.where(fin[1:] & fin[:-1], np.sqrt(_lowrank_sq(P, Q)), np.nan)
-        out["update_size"][lo + 1:sl.stop] = c * norms
+        norms, Pu, Qu = _lowrank_norm(P, Q, sB, sA)
+        norms = np.where(fin[1:] & fin[:-1], norms, np.nan)
+        out["update_size"][lo + 1:sl.stop] = norms * abs(float(scaling))
         if len(P) > 1:
-            dots = _lowrank_dot(P[1:], Q[1:], P[:-1], Q[:-1])
-            out["update_cosine"][lo + 2:sl.stop] = _cosine(dots, norms[1:], norms[:-1])
+            dots = _lowrank_dot(Pu[1:], Qu[1:], Pu[:-1], Qu[:-1])  # unit-norm updates: the dot is the cosine
+            ones = np.where(norms > 0, 1.0, norms)
+            out["update_cosine"][lo + 2:sl.stop] = _cosine(dots, ones[1:], ones[:-1])
     return out
 
 
