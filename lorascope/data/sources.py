@@ -44,19 +44,19 @@ LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "
 def _quiet_datasets() -> Iterator[None]:
     """datasets logs its own copy of every parse error and draws progress bars for tiny files;
     the user gets our one sentence instead."""
+    import datasets
     from datasets.utils import logging as ds_logging
-    from datasets.utils import tqdm as ds_tqdm
 
     verbosity = ds_logging.get_verbosity()
-    bars_were_off = ds_tqdm.are_progress_bars_disabled()
+    bars_were_off = datasets.are_progress_bars_disabled()
     ds_logging.set_verbosity_error()
-    ds_tqdm.disable_progress_bars()
+    datasets.disable_progress_bars()
     try:
         yield
     finally:
         ds_logging.set_verbosity(verbosity)
         if not bars_were_off:
-            ds_tqdm.enable_progress_bars()
+            datasets.enable_progress_bars()
 
 
 def _class_label_names(dataset: Any) -> dict[str, list[str]]:
