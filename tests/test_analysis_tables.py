@@ -1,0 +1,150 @@
+"""The tables layer on objects with the reading API's attributes, and `lorascope analyze`."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+import lorascope
+from lorascope import analysis
+from lorascope.analysis import tables
+from lorascope.cli import app
+from lorascope.errors import UsageError
+
+from analysis_fakes import lora_run
+
+
+@pytest.fixture
+def runs():
+    return lora_run("adamw", seed=0), lora_run("came", seed=1)
+
+
+def test_stats_table_shape_and_values(runs):
+    df = analysis.stats_table(runs[0])
+    assert list(df.columns[:6]) == tables.KEYS
+    assert len(df) == 2 * 3 * 6  # modules × (A, B, dW) × steps
+    row = df[(df.module == "transformer.h.0.attn.c_attn") & (df.matrix == "A") & (df.step == 10)].iloc[0]
+    A = runs[0].modules["transformer.h.0.attn.c_attn"].A[2].astype(np.float64)
+    assert row["mean"] == pytest.approx(A.mean()) and row.spectral_norm == pytest.approx(np.linalg.norm(A, 2))
+    assert (row.layer, row.role) == (0, "attn.c_attn")
+    b0 = df[(df.matrix == "B") & (df.step == 0)]
+    assert (b0.status == "zero").all()
+    dw = df[(df.matrix == "dW") & (df.module == "transformer.h.1.mlp.c_fc")]
+    m = runs[0].modules["transformer.h.1.mlp.c_fc"]
+    want = [np.linalg.norm(m.delta_w(t).astype(np.float64)) for t in range(6)]
+    np.testing.assert_allclose(dw.frobenius, want, rtol=1e-6)
+
+
+def test_spectra_and_singular_values_tables(runs):
+    sv = analysis.singular_values_table(runs[0])
+    sp = analysis.spectra_table(runs[0])
+    m = runs[0].modules["transformer.h.1.mlp.c_fc"]
+    got = sv[(sv.module == "transformer.h.1.mlp.c_fc") & (sv.matrix == "dW") & (sv.step == 25)].sort_values("index")
+    np.testing.assert_allclose(got.value, np.linalg.svd(m.delta_w(5).astype(np.float64), compute_uv=False)[:4], rtol=1e-6)
+    assert sp[(sp.matrix == "dW") & (sp.step == 0)].effective_rank.isna().all()  # ΔW = 0 at init
+
+
+def test_fits_table_flags_zero_b_and_finds_uniform_a(runs):
+    df = analysis.fits_table(runs[0], tables.Options(fit_samples=None))
+    b0 = df[(df.matrix == "B") & (df.step == 0)]
+    assert (b0.status == "zero").all() and (b0.best_family == "zero").all() and b0.ks.isna().all()
+    a0 = df[(df.matrix == "A") & (df.step == 0) & df.best]
+    assert (a0.family == "uniform").all()  # kaiming-uniform-like A at init
+    changes = analysis.best_family_changes(df)
+    assert ((changes.matrix == "B") & (changes.step == 5) & (changes.before == "zero")).sum() == 2
+
+
+def test_geometry_table_only_with_w0(runs):
+    g = analysis.geometry_table(runs[0])
+    assert set(g.matrix) == {"dW"} and len(g) == 12
+    assert g[g.step == 0].w0_projection.isna().all() and (g[g.step > 0].amplification > 0).all()
+    no_w0 = lora_run("x", w0=False)
+    assert analysis.geometry_table(no_w0).empty
+
+
+def test_similarity_table(runs):
+    df = analysis.similarity_table(list(runs))
+    final = df[(df.reference == "final") & (df.step == df.other_step)]
+    np.testing.assert_allclose(final.phi, 1.0)
+    between = df[df.reference == "run"]
+    assert set(between.run) == {"adamw"} and set(between.other_run) == {"came"}
+    assert ((between.phi >= 0) & (between.phi <= 1)).all()
+    assert (df.baseline == np.maximum(df.i, df.j) / np.where(df.matrix == "A", 16, 24)).all()
+
+
+def test_runs_without_common_modules_are_refused():
+    with pytest.raises(UsageError, match="no module in common"):
+        analysis.similarity_table([lora_run("a"), lora_run("b", modules=("other.0.q",))])
+
+
+def test_histogram_table_shares_edges(runs):
+    h = analysis.histogram_table(list(runs), bins=8)
+    for _, g in h.groupby(["module", "matrix"]):
+        assert g.groupby(["run", "step"]).left.apply(tuple).nunique() == 1
+        per_snapshot = g.groupby(["run", "step"])["count"].sum()
+        assert (per_snapshot == per_snapshot.iloc[0]).all()
+
+
+def test_health_findings_name_a_dead_b():
+    rec = lora_run("dead")
+    m = rec.modules["transformer.h.0.attn.c_attn"]
+    m.B[:] = 0.0
+    found = analysis.health_findings(rec)
+    assert any(f.module == "transformer.h.0.attn.c_attn" and f.matrix == "B" and f.severity == "error" for f in found)
+
+
+def test_memory_bounded_by_one_module(runs, monkeypatch):
+    # every module's series is released before the next is read
+    alive = []
+    real = tables.ModuleAnalysis.__init__
+
+    def spy(self, *a, **k):
+        real(self, *a, **k)
+        alive.append(self)
+    monkeypatch.setattr(tables.ModuleAnalysis, "__init__", spy)
+    import gc
+    import weakref
+    refs = []
+    monkeypatch.setattr(tables, "_concat", lambda frames: pd.concat(frames) if frames else pd.DataFrame())
+    tables.analyze(runs[0], ("stats",), progress=lambda d, t, l: (refs.append(weakref.ref(alive.pop())), gc.collect()))
+    gc.collect()
+    assert len(refs) == 2 and all(r() is None for r in refs)
+
+
+def test_cli_writes_tables_and_prints_findings(tmp_path, monkeypatch):
+    dead = lora_run("dead")
+    dead.modules["transformer.h.1.mlp.c_fc"].B[:] = 0.0
+    recs = {"a.h5": lora_run("a"), "dead.h5": dead}
+    for name in recs:
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.setattr(lorascope, "open", lambda p, **k: recs[p.name])
+    out = tmp_path / "out" / "t.csv"
+    r = CliRunner().invoke(app, ["analyze", str(tmp_path / "a.h5"), str(tmp_path / "dead.h5"),
+                                 "-o", str(out), "--tables", "stats,similarity"])
+    assert r.exit_code == 0, r.output
+    stats = pd.read_csv(tmp_path / "out" / "t.stats.csv")
+    assert set(stats.run) == {"a", "dead"} and list(stats.columns[:6]) == tables.KEYS
+    assert len(pd.read_csv(tmp_path / "out" / "t.similarity.csv")) > 0
+    assert "warning: error: transformer.h.1.mlp.c_fc B" in r.output
+    one = tmp_path / "one.parquet"
+    r = CliRunner().invoke(app, ["analyze", str(tmp_path / "a.h5"), "-o", str(one), "--no-health"])
+    assert r.exit_code == 0, r.output
+    assert len(pd.read_parquet(one)) == len(stats[stats.run == "a"])
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--tables", "bogus"], "unknown table bogus"),
+    (["-o", "x.txt"], "must end in .csv or .parquet"),
+    (["--criterion", "waic"], "aic or bic"),
+])
+def test_cli_bad_input_is_one_line(tmp_path, monkeypatch, args, message):
+    (tmp_path / "a.h5").write_bytes(b"")
+    monkeypatch.setattr(lorascope, "open", lambda p, **k: lora_run("a"))
+    base = ["analyze", str(tmp_path / "a.h5")]
+    if "-o" not in args:
+        base += ["-o", str(tmp_path / "o.csv")]
+    r = CliRunner().invoke(app, base + args)
+    # the command raises a UsageError with the sentence; app.py's boundary turns it into one line
+    assert r.exit_code != 0 and message in r.output + str(r.exception)
+    assert r.exception is None or "UserError" in type(r.exception).__name__
