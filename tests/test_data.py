@@ -118,14 +118,14 @@ def test_sample_prompts_are_what_training_saw():
     tok = tiny_tokenizer(model_max_length=1024)
     source = str(FIXTURES / "alpaca_tiny.jsonl")
     bundle = build_data(DataConfig(source=source, max_length=1024, val_fraction=0.5), tok, seed=0)
-    samples = bundle.sample_prompts(2)
-    assert len(samples) == 2
+    samples = bundle.sample_pairs(2)
+    assert len(samples) == 2 and bundle.sample_prompts(2) == [p for p, _ in samples]
     for (prompt, reference), record in zip(samples, bundle.val_records):
         assert prompt == alpaca_prompt(record["instruction"], record["input"])
         assert reference == record["output"]
     # Cut short, the prompt is the truncated one that training used, header kept.
     short = build_data(DataConfig(source=source, max_length=128, val_fraction=0.5), tok, seed=0)
-    for (prompt, _), (full, _) in zip(short.sample_prompts(2), samples):
+    for prompt, (full, _) in zip(short.sample_prompts(2), samples):
         assert prompt.endswith("\n\n### Response:\n") and full.startswith(prompt[:80])
         assert len(prompt.encode("utf-8")) < 128
 
@@ -332,7 +332,7 @@ def test_news_records_are_real_headline_tasks():
 def test_the_default_news_source_builds_instruction_batches(tok):
     bundle = build_data(DataConfig(max_examples=40, max_length=128), tok, seed=0)
     assert bundle.task == "instruction" and bundle.num_records == 40 and bundle.num_val == 4
-    prompt, reference = bundle.sample_prompts(1)[0]
+    prompt, reference = bundle.sample_pairs(1)[0]
     assert prompt.endswith("### Response:\n") and reference == bundle.val_records[0]["output"]
 
 
@@ -344,4 +344,4 @@ def test_rotten_tomatoes_is_binary_sentiment_with_names(bert_tok):
                         bert_tok, seed=0)
     assert bundle.label_names == ["rotten", "fresh"]
     assert {e["labels"] for e in _all_examples(bundle)} == {0, 1}
-    assert bundle.sample_prompts(3) == []
+    assert bundle.sample_pairs(3) == [] and bundle.sample_prompts(3) == []

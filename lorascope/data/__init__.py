@@ -53,12 +53,17 @@ class DataBundle:
     tokenizer: Any = field(default=None, repr=False)
     config: DataConfig | None = field(default=None, repr=False)
 
-    def sample_prompts(self, n: int) -> list[tuple[str, str]]:
-        """(prompt, reference) pairs from the first n held-out records, for a causal task: the
-        prompt as training saw it, decoded. [] for classification."""
+    def sample_pairs(self, n: int) -> list[tuple[str, str]]:
+        """(prompt, reference) from the first n held-out records, for a causal task: the prompt as
+        training saw it (truncated the same way), decoded; the reference is what the data says
+        should follow. [] for classification."""
         task = TASKS.get(self.task)
         pairs = (task.sample(record, self.tokenizer, self.config) for record in self.val_records[:n])
         return [pair for pair in pairs if pair is not None]
+
+    def sample_prompts(self, n: int) -> list[str]:
+        """The prompts of sample_pairs(n), to generate from."""
+        return [prompt for prompt, _ in self.sample_pairs(n)]
 
     def summary(self) -> dict[str, Any]:
         return {"task": self.task, "source": self.source, "records": self.num_records,
