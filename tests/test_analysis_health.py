@@ -70,6 +70,9 @@ def test_loss_nan_and_skipped_steps():
     # an fp16 overflow step that the scaler skipped is expected, not a finding
     assert health.check_loss(steps, [3, np.inf, 2, 2, 1], skipped=[0, 1, 0, 0, 0]) == []
     assert health.check_loss(steps, [np.inf] * 5, skipped=[1] * 5)[0].severity == "error"
+    # a column of NaN means the loop did not report skips: nothing was skipped
+    assert names(health.check_loss(steps, [3, np.inf, 2, 2, 1], skipped=[np.nan] * 5)) == [(None, 2)]
+    assert health.check_loss(steps, [3, 2, 2, 2, 1], skipped=[np.nan] * 5) == []
 
 
 def test_finding_reads_as_a_sentence():

@@ -170,7 +170,8 @@ def check_loss(steps: np.ndarray, loss: np.ndarray, skipped: np.ndarray | None =
     steps, loss = np.asarray(steps), np.asarray(loss, dtype=np.float64)
     bad = ~np.isfinite(loss)
     if skipped is not None:
-        sk = np.asarray(skipped).astype(bool)
+        # NaN means "not reported" (a loop without fp16 scaling), not "skipped"
+        sk = np.nan_to_num(np.asarray(skipped, dtype=np.float64), nan=0.0) != 0
         if len(sk) and sk.all():
             return [Finding("error", None, None, None, "every optimizer step was skipped for fp16 "
                             "overflow; lower the learning rate or train in bfloat16/float32")]

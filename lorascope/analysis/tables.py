@@ -74,8 +74,10 @@ class ModuleAnalysis:
     """One module of one run, read once; every derived series is computed at most once and shared
     by the tables that need it."""
 
-    def __init__(self, run: str, name: str, module, steps: np.ndarray, options: Options) -> None:
+    def __init__(self, run: str, name: str, module, steps: np.ndarray, options: Options,
+                 grad_steps: np.ndarray | None = None) -> None:
         self.run, self.name, self.module, self.options = run, name, module, options
+        self.grad_steps = None if grad_steps is None else np.asarray(grad_steps, dtype=np.int64)
         self.A = np.asarray(module.A[:])
         self.B = np.asarray(module.B[:])
         T = min(len(self.A), len(self.B))  # a file being written may be one snapshot ahead in A
@@ -154,6 +156,7 @@ def _stats_frames(ma: ModuleAnalysis) -> list[pd.DataFrame]:
         cols = {**mo, "spectral_norm": ma.spectrum[m]["spectral_norm"], **ma.dynamics[m],
                 "nonfinite": nonfinite, "status": status}
         frames.append(ma.frame(m, cols))
+    frames.extend(_gradient_frames(ma))
     # ΔW's entries are never formed: its mean and norms come from the factors, the shape
     # statistics (skew, quantiles) would need the out×in product and are left out.
     dw = dict(ma.dynamics["dW"])
@@ -163,6 +166,26 @@ def _stats_frames(ma: ModuleAnalysis) -> list[pd.DataFrame]:
         "spectral_norm": ma.spectrum["dW"]["spectral_norm"], **dw,
         "status": np.where(bad, "nonfinite", np.where(ma.spectrum["dW"]["spectral_norm"] == 0, "zero", "ok")),
     }))
+    return frames
+
+
+def _gradient_frames(ma: ModuleAnalysis) -> list[pd.DataFrame]:
+    """Moments and norms of recorded gradients (matrix 'grad_A', 'grad_B'), on their own step
+    axis (/grad_snapshots: per micro-step or per optimizer step), read one series at a time."""
+    frames = []
+    for g in ("grad_A", "grad_B"):
+        series = getattr(ma.module, g, None)
+        if series is None or ma.grad_steps is None or len(series) == 0:
+            continue
+        X = np.asarray(series[:])
+        n = min(len(X), len(ma.grad_steps))
+        X, steps = X[:n], ma.grad_steps[:n]
+        mo = _stats.moments(X, ma.options.quantiles)
+        status, nonfinite = mo.pop("status"), mo.pop("nonfinite")
+        head = {"run": ma.run, "module": ma.name, "layer": ma.layer, "role": ma.role, "matrix": g, "step": steps}
+        frames.append(pd.DataFrame({**head, **mo, "spectral_norm": _spectra.singular_values(X).max(axis=1),
+                                    "nonfinite": nonfinite, "status": status}))
+        del X
     return frames
 
 
@@ -259,7 +282,7 @@ def analyze(
         if health:
             findings.extend(_loss_findings(rec))
         for name, module in rec.modules.items():
-            ma = ModuleAnalysis(rec.run_name, name, module, rec.steps, o)
+            ma = ModuleAnalysis(rec.run_name, name, module, rec.steps, o, getattr(rec, "grad_steps", None))
             for tname, build in builders.items():
                 frames[tname].extend(build(ma))
             if health:
