@@ -157,7 +157,7 @@ def convert_gguf(gguf_path: Path, name: str | None = None) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     _remove_orphaned_temps(target)
     tmp = target.parent / f".{target.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    log.info("converting %s to safetensors once, into %s (about 15 s)", gguf_path.name, target)
+    log.info("converting %s to safetensors once, into %s (under a minute)", gguf_path.name, target)
     try:
         _write_converted(gguf_path, tmp)
         (tmp / _MARKER).write_text(json.dumps(stamp))
