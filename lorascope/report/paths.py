@@ -36,10 +36,10 @@ def default_report_name(run_names: Sequence[str]) -> str:
 def inside(folder: Path, name: str) -> Path:
     """`folder / name`, refusing anything that would resolve outside `folder`."""
     root = folder.resolve()
-    path = (root / name).resolve()
-    if not path.is_relative_to(root) or path == root:
+    resolved = (root / name).resolve()
+    if not resolved.is_relative_to(root) or resolved == root:
         raise UsageError(
             f"the report file name {name!r} would leave the output folder {folder}; "
             "this is a bug in lorascope, please report it with the recording's run name"
         )
-    return path
+    return folder / name

@@ -1,0 +1,213 @@
+"""The report's pieces with known answers: step selection, safe names, config differences, the
+runs table, figure functions (what they draw, read back from the axes), and the HTML escaping."""
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.figure import Figure
+
+from lorascope.errors import UsageError
+from lorascope.report import figures
+from lorascope.report.canvas import Canvas
+from lorascope.report.collect import common_modules, histogram_steps, read_module, snapshot_indices
+from lorascope.report.html import FigureRef, ModuleBlock, ModuleGroup, Page, render_page, render_table
+from lorascope.report.paths import default_report_name, inside, safe_name
+from lorascope.report.runs import config_differences, runs_table, scalar_series
+from lorascope.report.spectral_figures import final_similarity
+from lorascope.report.summary import normal_from
+from report_fakes import fake_recording
+
+
+def test_snapshot_indices_bounded_keep_both_ends():
+    assert snapshot_indices(10, 4).tolist() == [0, 3, 6, 9]
+    assert snapshot_indices(5, 10).tolist() == [0, 1, 2, 3, 4]
+    idx = snapshot_indices(2001, 120)
+    assert len(idx) <= 120 and idx[0] == 0 and idx[-1] == 2000
+    with pytest.raises(UsageError):
+        snapshot_indices(10, 1)
+
+
+def test_histogram_steps_first_early_last():
+    # 101 snapshots: early picks are geometric within the first 20 %: indices 1, 4, 20.
+    assert histogram_steps(np.arange(101) * 10) == [0, 10, 40, 200, 1000]
+    assert histogram_steps(np.array([0, 5, 9])) == [0, 5, 9]
+    assert histogram_steps(np.array([], dtype=int)) == []
+
+
+@pytest.mark.parametrize("raw, expected", [
+    ("../../x", "x"),
+    ("<script>alert(1)</script>", "script-alert-1-script"),
+    ("/etc/passwd", "etc-passwd"),
+    ("..", "run"),
+    ("adamw-r8.s0", "adamw-r8.s0"),
+    (".hidden", "hidden"),
+])
+def test_safe_name(raw, expected):
+    assert safe_name(raw) == expected
+
+
+def test_inside_refuses_escape(tmp_path):
+    assert inside(tmp_path, "a.png") == tmp_path / "a.png"
+    for bad in ("../a.png", "/tmp/a.png", "."):
+        with pytest.raises(UsageError):
+            inside(tmp_path, bad)
+
+
+def test_default_report_name():
+    assert default_report_name(["../../x"]) == "x"
+    assert default_report_name(["a", "b"]) == "a_vs_b"
+    assert default_report_name([f"run{i}" for i in range(6)]) == "run0-and-5-more"
+
+
+def test_config_differences_only_differing_keys():
+    a = {"optim": {"optimizer": "adamw", "lr": 1e-3}, "lora": {"rank": 8, "targets": ["attn"]}}
+    b = {"optim": {"optimizer": "came", "lr": 1e-3}, "lora": {"rank": 8, "targets": ["attn", "mlp"]}}
+    assert config_differences([a, b]) == ["optim.optimizer", "lora.targets"]
+    assert config_differences([a, dict(a, seed=1)]) == ["seed"]
+
+
+def test_runs_table_final_and_best_loss():
+    rec = fake_recording("r")
+    scalars = rec.scalars.copy()
+    scalars.loc[len(scalars) - 1, "loss"] = np.nan  # the last step's loss was not reported
+    rec.scalars = scalars
+    table = runs_table([rec, fake_recording("s", seed=1, optimizer="came")])
+    loss = rec.scalars["loss"].to_numpy()
+    assert table.loc["final loss", "r"] == pytest.approx(loss[-2])
+    assert table.loc["best loss", "r"] == pytest.approx(np.nanmin(loss))
+    assert table.loc["optim.optimizer", "s"] == "came"
+    assert table.loc["final eval_loss", "r"] == pytest.approx(2.0)
+    assert table.loc["LoRA parameters (recorded modules)", "r"] == 2 * 4 * (24 + 16)
+    # eval metrics exist only where evaluated: NaN rows are dropped from the series
+    x, y = scalar_series([rec], "eval_loss")["r"]
+    assert x.tolist() == [4.0, 8.0, 12.0] and np.all(y == 2.0)
+
+
+def test_common_modules_and_no_common_module_error():
+    a = fake_recording("a", modules=("h.0.q", "h.0.v"))
+    b = fake_recording("b", modules=("h.0.v", "h.1.v"))
+    assert common_modules([a, b]) == ["h.0.v"]
+    c = fake_recording("c", modules=("h.1.k",))
+    with pytest.raises(UsageError, match="no module in common"):
+        common_modules([a, c])
+    with pytest.raises(UsageError, match="matches"):
+        common_modules([a, b], pattern="*.k")
+
+
+def test_read_module_picks_the_chosen_snapshots():
+    rec = fake_recording("a", steps=30)
+    data = read_module([rec], "h.0.attn.c_attn", max_steps=5, early=3)
+    rm = data.runs["a"]
+    assert rm.steps[0] == 0 and rm.steps[-1] == 30
+    for panel in data.histogram_steps:
+        step = panel.steps["a"]
+        np.testing.assert_array_equal(rm.A[panel.rows["a"]], rec.modules["h.0.attn.c_attn"].A[step])
+    assert [p.steps["a"] for p in data.histogram_steps] == histogram_steps(rec.steps)
+
+
+def _axes() -> object:
+    return Figure().subplots()
+
+
+def test_histogram_overlay_draws_the_counts():
+    ax = _axes()
+    edges = np.array([0.0, 1.0, 2.0, 3.0])
+    figures.plot_histogram_overlay(ax, edges, {"a": np.array([1, 5, 2]), "b": np.array([0, 1, 0])},
+                                   {"a": "#000000", "b": "#ffffff"}, title="t")
+    lines = ax.get_lines()
+    assert [line.get_label() for line in lines] == ["a", "b"]
+    assert lines[0].get_ydata().tolist() == [1, 5, 2, 2]
+    assert ax.get_xlim() == (0.0, 3.0)
+
+
+def test_series_and_similarity_figures():
+    ax = _axes()
+    figures.plot_series(ax, {"a": (np.arange(3), np.array([1.0, 2.0, 4.0]))}, {"a": "#000000"},
+                        ylabel="loss", logy=True)
+    assert ax.get_yscale() == "log" and ax.get_ylabel() == "loss"
+    ax = _axes()
+    figures.plot_similarity_matrix(ax, np.array([[1.0, 0.25], [0.25, 1.0]]), ["a", "b"])
+    assert sorted(t.get_text() for t in ax.texts) == ["0.25", "0.25", "1.00", "1.00"]
+
+
+def test_plain_text_escapes_mathtext():
+    assert figures.plain_text("a$b$") == r"a\$b\$"
+    ax = _axes()
+    figures.plot_series(ax, {"cost $5": (np.arange(2), np.ones(2))}, {"cost $5": "#000000"}, ylabel="y")
+    ax.figure.savefig(__import__("io").BytesIO(), format="png")  # a bare $ would raise here
+
+
+def test_run_colors_stable_and_distinct():
+    colors = figures.run_colors(["a", "b", "c"])
+    assert len(set(colors.values())) == 3
+    assert figures.run_colors(["a", "b"])["a"] == colors["a"]
+
+
+def test_canvas_reuses_one_figure_per_layout():
+    canvas = Canvas()
+    first = canvas.grid(1, 2)
+    first.axes[0, 0].plot([0, 1], [0, 1])
+    again = canvas.grid(1, 2)
+    assert again.figure is first.figure and not again.axes[0, 0].get_lines()
+    assert canvas.grid(2, 2).figure is not first.figure
+
+
+def test_final_similarity_of_identical_and_orthogonal_runs():
+    a = fake_recording("a", modules=("m",), shape=(8, 8), rank=2)
+    b = fake_recording("b", modules=("m",), shape=(8, 8), rank=2)
+    eye = np.eye(8, dtype=np.float32)
+    a.modules["m"].A[-1] = eye[:2]
+    a.modules["m"].B[-1] = eye[:, :2]
+    b.modules["m"].A[-1] = eye[2:4]  # orthogonal row space
+    b.modules["m"].B[-1] = eye[:, :2]  # the same column space
+    data = read_module([a, b], "m", max_steps=4)
+    np.testing.assert_allclose(final_similarity(data, "A"), [[1, 0], [0, 1]], atol=1e-12)
+    np.testing.assert_allclose(final_similarity(data, "B"), [[1, 1], [1, 1]], atol=1e-12)
+
+
+def test_normal_from():
+    steps = np.array([0, 5, 10, 15])
+    assert normal_from(steps, np.array(["uniform", "uniform", "normal", "t"], dtype=object)) == 10
+    assert np.isnan(normal_from(steps, np.array(["uniform"] * 4, dtype=object)))
+
+
+class _Collect(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.tags, self.text = [], []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data):
+        self.text.append(data)
+
+
+def test_page_escapes_every_recording_string():
+    evil = '<script>alert(1)</script>'
+    table = pd.DataFrame({evil: [evil, 1.5]}, index=["optim.optimizer", "final loss"])
+    page = Page(
+        title=f"report {evil}", run_colors={evil: "#000000"}, runs_table=table,
+        training_figures=[FigureRef("training.png", evil)],
+        groups=[ModuleGroup(f"layer 0 · {evil}", [ModuleBlock(evil, "rank 2", [FigureRef('a".png', evil)])])],
+        summary_table=pd.DataFrame({"run": [evil]}), warnings={evil: [evil]}, notes=[evil],
+    )
+    text = render_page(page)
+    parser = _Collect()
+    parser.feed(text)
+    assert "script" not in [tag for tag, _ in parser.tags]
+    assert "<script" not in text.lower()
+    assert any(evil in chunk for chunk in parser.text)  # shown as text, not markup
+    assert ('img', {'src': 'a".png', 'alt': evil, 'loading': 'lazy'}) in parser.tags
+
+
+def test_render_table_formats_numbers():
+    text = render_table(pd.DataFrame({"n": [1234567], "x": [0.000123456], "y": [float("nan")]}))
+    assert "1,234,567" in text and "0.0001235" in text and "—" in text
