@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorascope import models
+from lorascope import gguf_cache, models
 from lorascope.config import ModelConfig
 from lorascope.errors import UsageError
 from lorascope.models import MODELS, convert_gguf, head_modules, load_model, tiny_tokenizer
@@ -162,7 +162,7 @@ def fake_gguf(tmp_path, monkeypatch):
         out_dir.mkdir(parents=True)
         (out_dir / "config.json").write_text("{}")
 
-    monkeypatch.setattr(models, "_write_converted", write)
+    monkeypatch.setattr(gguf_cache, "_write_converted", write)
     return gguf, calls
 
 
@@ -191,7 +191,7 @@ def test_a_failed_conversion_leaves_no_cache(fake_gguf, tmp_path, monkeypatch):
         (out_dir / "model.safetensors").write_bytes(b"half")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(models, "_write_converted", crash)
+    monkeypatch.setattr(gguf_cache, "_write_converted", crash)
     with pytest.raises(KeyboardInterrupt):
         convert_gguf(gguf, "fake")
     assert list((tmp_path / "cache").iterdir()) == []
