@@ -169,6 +169,41 @@ def _lowrank_norm(P: np.ndarray, Q: np.ndarray, sP: float, sQ: float):
         return n * (mp * sP) * (mq * sQ), Pu * inv[:, None, None], Qu
 
 
+def _terms_dot(t1: list, t2: list) -> np.ndarray:
+    """⟨Σ_a X_a Y_a, Σ_b X'_b Y'_b⟩_F = Σ_ab tr((X_aᵀX'_b)(Y'_b Y_aᵀ)) for stacks X (T, out, r),
+    Y (T, r, in): r×r products only, no concatenation, no out×in matrix."""
+    total = 0.0
+    for X, Y in t1:
+        for X2, Y2 in t2:
+            total = total + np.einsum("tij,tji->t", X.transpose(0, 2, 1) @ X2, Y2 @ Y.transpose(0, 2, 1))
+    return total
+
+
+# Below this a squared norm may have lost digits to underflow: those rows are redone with every
+# factor rescaled to its own largest value (slower, rare).
+_TINY = 1e-250
+
+
+def _terms_norm(terms: list, sP: float, sQ: float) -> np.ndarray:
+    """‖Σ X_a Y_a‖_F·sP·sQ, fast by Gram traces, exact for rows that would underflow."""
+    sq = np.maximum(_terms_dot(terms, terms), 0.0)
+    out = np.sqrt(sq) * sP * sQ
+    tiny = sq < _TINY
+    if tiny.any():
+        P = np.concatenate([X[tiny] for X, _ in terms], axis=2)
+        Q = np.concatenate([Y[tiny] for _, Y in terms], axis=1)
+        out[tiny] = _lowrank_norm(P, Q, sP, sQ)[0]
+    return out
+
+
+def _robust_cosine(t1: list, t2: list) -> float:
+    """Cosine between two single-step sums of products, each factor rescaled first."""
+    units = [_lowrank_norm(np.concatenate([X for X, _ in t], axis=2), np.concatenate([Y for _, Y in t], axis=1),
+                           1.0, 1.0)[1:] for t in (t1, t2)]
+    (P1, Q1), (P2, Q2) = units
+    return float(_lowrank_dot(P1, Q1, P2, Q2)[0])
+
+
 def _lowrank_dot(P1, Q1, P2, Q2) -> np.ndarray:
     """⟨P1 Q1, P2 Q2⟩_F = tr((P1ᵀP2)(Q2 Q1ᵀ)) for stacks, without forming either product."""
     return np.einsum("tij,tji->t", P1.transpose(0, 2, 1) @ P2, Q2 @ Q1.transpose(0, 2, 1))
@@ -206,25 +241,33 @@ def lowrank_dynamics(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[str, 
         a, b = np.where(fin[:, None, None], a, 0.0), np.where(fin[:, None, None], b, 0.0)
         here = slice(sl.start - lo, None)
         ah, bh, fh = a[here], b[here], fin[here]
-        frob = _lowrank_norm(bh, ah, sB, sA)[0] * abs(float(scaling))
+        s_abs = abs(float(scaling))
+        frob = _terms_norm([(bh, ah)], sB, sA) * s_abs
         mean = np.sign(scaling) * _times(np.einsum("tr,tr->t", bh.sum(axis=1), ah.sum(axis=2)) / (n_out * n_in), c)
-        P0 = np.concatenate([bh - B0, np.broadcast_to(B0, bh.shape)], axis=2)
-        Q0 = np.concatenate([ah, ah - A0], axis=1)
-        dist = _lowrank_norm(P0, Q0, sB, sA)[0] * abs(float(scaling))
+        B0s = np.broadcast_to(B0, bh.shape)
+        dist = _terms_norm([(bh - B0, ah), (B0s, ah - A0)], sB, sA) * s_abs
         out["frobenius"][sl] = np.where(fh, frob, np.nan)
         out["mean"][sl] = np.where(fh, mean, np.nan)
         out["distance_from_first"][sl] = np.where(fh & first_ok, dist, np.nan)
         if len(a) < 2:
             continue
-        P = np.concatenate([b[1:] - b[:-1], b[:-1]], axis=2)
-        Q = np.concatenate([a[1:], a[1:] - a[:-1]], axis=1)
-        norms, Pu, Qu = _lowrank_norm(P, Q, sB, sA)
-        norms = np.where(fin[1:] & fin[:-1], norms, np.nan)
-        out["update_size"][lo + 1:sl.stop] = norms * abs(float(scaling))
-        if len(P) > 1:
-            dots = _lowrank_dot(Pu[1:], Qu[1:], Pu[:-1], Qu[:-1])  # unit-norm updates: the dot is the cosine
-            ones = np.where(norms > 0, 1.0, norms)
-            out["update_cosine"][lo + 2:sl.stop] = _cosine(dots, ones[1:], ones[:-1])
+        # ΔW_t − ΔW_{t−1} = (B_t − B_{t−1}) A_t + B_{t−1} (A_t − A_{t−1})
+        terms = [(b[1:] - b[:-1], a[1:]), (b[:-1], a[1:] - a[:-1])]
+        raw = _terms_norm(terms, 1.0, 1.0)
+        norms = np.where(fin[1:] & fin[:-1], raw, np.nan)
+        out["update_size"][lo + 1:sl.stop] = norms * sB * sA * s_abs
+        if len(raw) > 1:
+            prev = [(X[:-1], Y[:-1]) for X, Y in terms]
+            last = [(X[1:], Y[1:]) for X, Y in terms]
+            ok = (raw[1:] > 0) & (raw[:-1] > 0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                cos = _terms_dot(last, prev) / (raw[1:] * raw[:-1])
+            small = ok & ((raw[1:] ** 2 < _TINY) | (raw[:-1] ** 2 < _TINY))
+            for k in np.flatnonzero(small):  # rare: unit-scaled factors keep tiny updates' digits
+                cos[k] = _robust_cosine([(X[k + 1:k + 2], Y[k + 1:k + 2]) for X, Y in terms],
+                                        [(X[k:k + 1], Y[k:k + 1]) for X, Y in terms])
+            out["update_cosine"][lo + 2:sl.stop] = _cosine(cos, np.where(norms[1:] > 0, 1.0, norms[1:]),
+                                                          np.where(norms[:-1] > 0, 1.0, norms[:-1]))
     return out
 
 
