@@ -71,7 +71,7 @@ def test_report_files_exist_and_are_valid(runs, tmp_path):
     assert {p.name for p in out.iterdir()} == {"index.html", *images}
     assert [tag for tag, _ in page.tags].count("details") == 1 + 2  # one layer group, two modules
     text = " ".join(page.text)
-    for heading in ("Runs side by side", "Training", "Summary per run and matrix", "Modules"):
+    for heading in ("Runs side by side", "Training", "Summary per module and run", "Modules"):
         assert heading in text
     assert "final ‖ΔW‖_F" in text and "A normal from step" in text
     assert calls[-1][0] == calls[-1][1] and [d for d, _ in calls] == sorted(d for d, _ in calls)

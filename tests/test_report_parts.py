@@ -16,7 +16,9 @@ from matplotlib.figure import Figure
 from lorascope.errors import UsageError
 from lorascope.report import figures
 from lorascope.report.canvas import Canvas
-from lorascope.report.collect import common_modules, histogram_steps, read_module, snapshot_indices
+from lorascope.report.collect import (
+    common_modules, histogram_steps, module_role, read_module, snapshot_indices,
+)
 from lorascope.report.html import FigureRef, ModuleBlock, ModuleGroup, Page, render_page, render_table
 from lorascope.report.paths import default_report_name, inside, safe_name
 from lorascope.report.runs import config_differences, runs_table, scalar_series
@@ -170,6 +172,12 @@ def test_final_similarity_of_identical_and_orthogonal_runs():
     data = read_module([a, b], "m", max_steps=4)
     np.testing.assert_allclose(final_similarity(data, "A"), [[1, 0], [0, 1]], atol=1e-12)
     np.testing.assert_allclose(final_similarity(data, "B"), [[1, 1], [1, 1]], atol=1e-12)
+
+
+def test_module_role():
+    assert module_role("transformer.h.11.attn.c_attn", 11) == "attn.c_attn"
+    assert module_role("model.layers.3.mlp.down_proj", 3) == "mlp.down_proj"
+    assert module_role("classifier.dense", None) == "dense"
 
 
 def test_normal_from():

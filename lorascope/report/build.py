@@ -115,7 +115,7 @@ def build_report(
             refs = [ref for _, kind in draw for ref in kind(data, slug, ctx)]
             first = recs[0].modules[name]
             shape = f"rank {first.rank} · {first.in_features} → {first.out_features}"
-            groups.setdefault(data.layer, []).append(ModuleBlock(name, shape, refs))
+            groups.setdefault(data.layer, []).append(ModuleBlock(name, shape, refs, data.role))
             for run, found in module_findings(data).items():
                 warnings[run].extend(str(f) for f in found)
             datas.append(data)
@@ -149,7 +149,7 @@ def build_report(
 
 def _group_title(layer: int | None, blocks: list[ModuleBlock]) -> str:
     where = "no layer index" if layer is None else f"layer {layer}"
-    roles = ", ".join(dict.fromkeys(b.name.rsplit(".", 1)[-1] for b in blocks))
+    roles = ", ".join(dict.fromkeys(b.role for b in blocks))
     return f"{where} · {roles}"
 
 
@@ -157,7 +157,7 @@ def _training_figures(recs: Sequence[Any], ctx: FigureContext) -> list[FigureRef
     """Loss, learning rate and every evaluation metric over steps, runs overlaid, in one figure."""
     columns = [("loss", "training loss", False), ("lr", "learning rate", False)]
     evals = dict.fromkeys(c for r in recs for c in eval_columns(r.scalars))
-    columns += [(c, c.removeprefix("eval_").replace("_", " "), False) for c in evals]
+    columns += [(c, "eval " + c.removeprefix("eval_").replace("_", " "), False) for c in evals]
     ncols = min(len(columns), 3)
     nrows = math.ceil(len(columns) / ncols)
     panels = ctx.canvas.grid(nrows, ncols, panel=(4.2, 2.8))

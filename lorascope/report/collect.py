@@ -3,6 +3,7 @@ set of snapshots (evenly spaced, first and last always kept), and the few steps 
 are drawn side by side (first, a few early ones, the last), as in the seed study `000_*.txt`."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any, Sequence
@@ -84,8 +85,13 @@ def histogram_steps(steps: np.ndarray, early: int = 3) -> list[int]:
     return [int(steps[0])] + [int(steps[i]) for i in picks] + [int(steps[-1])]
 
 
-def module_role(name: str) -> str:
-    """The projection a module is, from the last part of its name (`c_attn`, `q_proj`, ...)."""
+def module_role(name: str, layer: int | None = None) -> str:
+    """The module's job inside its block, the part of its name after the block index
+    (`transformer.h.11.attn.c_attn` → `attn.c_attn`), or its last part without a block."""
+    if layer is not None:
+        match = re.search(rf"(?:^|\.){int(layer)}\.(.+)$", name)
+        if match:
+            return match.group(1)
     return name.rsplit(".", 1)[-1]
 
 
@@ -139,7 +145,7 @@ def read_module(recordings: Sequence[Any], name: str, max_steps: int, early: int
     return ModuleData(
         name=name,
         layer=first.layer_index,
-        role=module_role(name),
+        role=module_role(name, first.layer_index),
         in_features=int(first.in_features),
         out_features=int(first.out_features),
         runs=runs,

@@ -25,6 +25,7 @@ class ModuleBlock:
     name: str
     shape: str  # "rank 8 · 576 → 576"
     figures: list[FigureRef]
+    role: str = ""  # "attn.c_attn": the module's job inside its block
 
 
 @dataclass
@@ -85,7 +86,7 @@ def render_page(page: Page) -> str:
     if page.comparison_figures:
         parts.append("<h2>Between runs</h2>")
         parts.extend(_figure(f) for f in page.comparison_figures)
-    parts.append("<h2>Summary per run and matrix</h2>")
+    parts.append("<h2>Summary per module and run</h2>")
     parts.append(render_table(page.summary_table))
     parts.append("<h2>Modules</h2>")
     parts.extend(_group(g) for g in page.groups)
