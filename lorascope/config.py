@@ -61,7 +61,7 @@ class DataConfig:
     # "instruction" (Alpaca-style, prompt masked from the loss), "causal_lm" (plain text),
     # "classification" (single sentences or pairs with a label).
     task: str = "instruction"
-    max_length: int = 64
+    max_length: int = 128
     batch_size: int = 4
     val_fraction: float = 0.1
     max_examples: int = 0  # 0 = all
@@ -82,13 +82,18 @@ class OptimConfig:
     momentum: float = 0.9  # SGD
     lora_plus_ratio: float = 1.0  # LoRA+: lr_B = ratio * lr_A (1 = off)
     schedule: str = "warmup_cosine"
-    warmup_steps: int = 6
+    # Warmup of the warmup schedules: a fraction of the steps (< 1, as 002 gave it) or a step count.
+    warmup: float = 0.1
     min_lr: float = 0.0
     gamma: float = 0.95  # ExponentialLR
     steps: int = 60  # optimizer steps
     grad_accum: int = 1
     max_grad_norm: float = 1.0  # 0 = no clipping
     adafactor_relative_step: bool = False
+
+    @property
+    def warmup_steps(self) -> int:
+        return int(round(self.warmup * self.steps)) if self.warmup < 1 else int(self.warmup)
 
 
 @dataclass
@@ -154,6 +159,8 @@ def validate(cfg: RunConfig) -> None:
     _positive(cfg.data.max_length, "data.max_length", "use a length such as 64 or 128")
     _positive(cfg.record.every, "record.every", "use 1 to snapshot after every step")
     _positive(cfg.record.queue_size, "record.queue_size", "use 2 or more")
+    if cfg.optim.warmup < 0:
+        raise UsageError(f"optim.warmup must be >= 0: a fraction of the steps or a step count (got {cfg.optim.warmup})")
     if cfg.optim.grad_accum < 1:
         raise UsageError(
             f"optim.grad_accum (--grad-accum) must be at least 1 (got {cfg.optim.grad_accum})"

@@ -143,13 +143,11 @@ def validate_optim(cfg: OptimConfig) -> None:
         raise UsageError(f"AdamW takes two betas (got {cfg.betas}); three are for CAME")
     if not all(0 <= beta < 1 for beta in cfg.betas):
         raise UsageError(f"optim.betas must each be in [0, 1) (got {cfg.betas})")
-    if cfg.warmup_steps < 0:
-        raise UsageError(f"optim.warmup_steps must be 0 or more (got {cfg.warmup_steps})")
     if cfg.schedule in WARMUP_SCHEDULES and cfg.warmup_steps >= cfg.steps:
         raise UsageError(
-            f"optim.warmup_steps ({cfg.warmup_steps}) must be smaller than optim.steps "
-            f"({cfg.steps}) for the {cfg.schedule!r} schedule, or the peak lr is never reached; "
-            "lower --warmup-steps"
+            f"optim.warmup ({cfg.warmup:g} = {cfg.warmup_steps} steps) must be shorter than "
+            f"optim.steps ({cfg.steps}) for the {cfg.schedule!r} schedule, or the peak lr is never "
+            "reached; give a fraction such as --set optim.warmup=0.1"
         )
     if not 0 <= cfg.momentum < 1:
         raise UsageError(f"optim.momentum must be in [0, 1) (got {cfg.momentum}); try 0.9")

@@ -46,7 +46,7 @@ def test_no_warmup_starts_at_the_peak():
 def _run(schedule: str, steps: int = TOTAL, **extra) -> tuple[list[dict[str, float]], list[list[float]]]:
     """current_lrs and get_last_lr before each of ``steps`` updates (and after the last one)."""
     cfg = OptimConfig(
-        optimizer="sgd", lr=PEAK, min_lr=MIN, warmup_steps=WARMUP, steps=steps,
+        optimizer="sgd", lr=PEAK, min_lr=MIN, warmup=WARMUP, steps=steps,
         schedule=schedule, **extra,
     )
     net, x, y = quadratic_problem()

@@ -8,7 +8,7 @@ from lorascope.cli.app import app
 __all__ = ["app", "main"]
 
 # Importing a command module registers its command on `app`; the order is the order in --help.
-_COMMANDS: tuple[str, ...] = ("analyze", "info", "report")
+_COMMANDS: tuple[str, ...] = ("record", "sweep", "info", "analyze", "report")
 for _name in _COMMANDS:
     importlib.import_module(f"lorascope.cli.{_name}")
 

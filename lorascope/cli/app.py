@@ -2,29 +2,22 @@
 becomes one line on stderr and exit code 2; anything else is a bug and keeps its traceback."""
 from __future__ import annotations
 
-import click
 import typer
 from typer.core import TyperGroup
 
 from lorascope.errors import LorascopeError
 
 
-class _UserError(click.ClickException):
-    exit_code = 2
-
-    def show(self, file=None) -> None:  # one plain line, no box, no traceback
-        click.echo(f"error: {self.format_message()}", err=True)
-
-
 class _Group(TyperGroup):
-    def invoke(self, ctx: click.Context):
+    def invoke(self, ctx):
         try:
             return super().invoke(ctx)
         except LorascopeError as exc:
-            raise _UserError(str(exc)) from None
+            typer.echo(f"error: {exc}", err=True)  # one plain line, no traceback
+            raise typer.Exit(2) from None
         except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            raise SystemExit(130) from None
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
 
 
 app = typer.Typer(

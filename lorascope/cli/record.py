@@ -1,10 +1,10 @@
 """`lorascope record`: train with LoRA and record A and B into an HDF5 file."""
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
-import click
 import typer
 
 from lorascope.cli.app import app
@@ -16,8 +16,15 @@ from lorascope.optim import OPTIMIZERS, SCHEDULES
 __all__ = ["record", "build_config"]
 
 
-def _choice(names: list[str]) -> click.Choice:
-    return click.Choice(names, case_sensitive=False)
+def choices(kind: str, names: list[str]) -> type[Enum]:
+    """A str Enum of a registry's names: Typer lists them in --help and refuses anything else."""
+    return Enum(kind, {name: name for name in names}, type=str)
+
+
+Optimizer = choices("Optimizer", OPTIMIZERS.names())
+Schedule = choices("Schedule", SCHEDULES.names())
+Init = choices("Init", INITS.names())
+Amp = choices("Amp", ["auto", "off", "fp16", "bf16"])
 
 
 def build_config(base: RunConfig, overrides: dict[str, Any], settings: list[str]) -> RunConfig:
@@ -45,16 +52,16 @@ def record(
     rank: Annotated[Optional[int], typer.Option(help="LoRA rank r.")] = None,
     alpha: Annotated[Optional[float], typer.Option(help="LoRA alpha (scaling = alpha / rank).")] = None,
     lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
-    optimizer: Annotated[Optional[str], typer.Option(click_type=_choice(OPTIMIZERS.names()), help="Optimizer.")] = None,
-    schedule: Annotated[Optional[str], typer.Option(click_type=_choice(SCHEDULES.names()), help="Learning-rate schedule.")] = None,
-    init: Annotated[Optional[str], typer.Option(click_type=_choice(INITS.names()), help="How A and B are initialised.")] = None,
+    optimizer: Annotated[Optional[Optimizer], typer.Option(help="Optimizer.")] = None,
+    schedule: Annotated[Optional[Schedule], typer.Option(help="Learning-rate schedule.")] = None,
+    init: Annotated[Optional[Init], typer.Option(help="How A and B are initialised.")] = None,
     targets: Annotated[Optional[str], typer.Option(help="Comma-separated roles (attn, mlp, q, k, v, o, ...) or module-name globs.")] = None,
     layers: Annotated[Optional[str], typer.Option(help="Blocks to adapt: a slice such as -2: or : , or a list such as 0,3,5.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Micro-batch size.")] = None,
     grad_accum: Annotated[Optional[int], typer.Option(help="Micro-batches per optimizer step.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed (same config + seed = same recording on CPU).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-    amp: Annotated[Optional[str], typer.Option(click_type=_choice(["auto", "off", "fp16", "bf16"]), help="Mixed precision.")] = None,
+    amp: Annotated[Optional[Amp], typer.Option(help="Mixed precision.")] = None,
     record_every: Annotated[Optional[int], typer.Option(help="Snapshot A and B every N optimizer steps.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config field, dotted: --set optim.weight_decay=0.1 (repeatable).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run at --output from its checkpoint, appending to its recording.")] = False,
@@ -73,6 +80,7 @@ def record(
         "lora.layers": layers, "data.batch_size": batch_size, "optim.grad_accum": grad_accum, "seed": seed,
         "device": device, "amp": amp, "record.every": record_every,
     }
+    flags = {k: v.value if isinstance(v, Enum) else v for k, v in flags.items()}
     cfg = build_config(load_config(config) if config else RunConfig(), flags, set_ or [])
     summary = run(cfg, resume=resume, log=lambda line: typer.echo(line, err=True))
 
