@@ -63,16 +63,18 @@ def moments(X: np.ndarray, quantiles: tuple[float, ...] = DEFAULT_QUANTILES) -> 
             continue
         x = x[ok]
         idx = np.arange(sl.start, sl.stop)[ok]
-        # Work on x / max|x| so that squares and fourth powers of huge values cannot overflow.
-        s = finite_scale(x)
-        y = x / s[:, None]
+        lo, hi = x.min(axis=1), x.max(axis=1)
+        # Fourth powers overflow (or underflow) beyond ~1e±75: only such rows are divided by
+        # their max|x| first; the others skip that pass.
+        big = np.maximum(np.abs(lo), np.abs(hi))
+        s = np.where((big > 1e60) | ((big < 1e-60) & (big > 0)), big, 1.0)
+        y = x / s[:, None] if (s != 1.0).any() else x
         mu = y.mean(axis=1)
         d = y - mu[:, None]
         d2 = d * d
         m2 = d2.mean(axis=1)
         m3 = (d2 * d).mean(axis=1)
         m4 = (d2 * d2).mean(axis=1)
-        lo, hi = x.min(axis=1), x.max(axis=1)
         constant = (lo == hi) | (m2 <= (_RESOLUTION * mu) ** 2)
         with np.errstate(divide="ignore", invalid="ignore"):
             skew = np.where(constant, np.nan, m3 / m2**1.5)
@@ -118,6 +120,21 @@ def _row_norms(d: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return n * m[:, 0], unit
 
 
+def _diff(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """x − y row by row, and a factor per row: rows whose difference overflows (two values near
+    ±1e308) are computed as x/2 − y/2 with factor 2, instead of dividing everything by one scale
+    (which would flush tiny rows of a series that also holds huge ones to zero)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        d = x - y
+    f = np.ones(len(d))
+    over = ~np.isfinite(d).all(axis=1)
+    if over.any():
+        yy = np.broadcast_to(y, x.shape)
+        d[over] = x[over] / 2 - yy[over] / 2
+        f[over] = 2.0
+    return d, f
+
+
 def dynamics(X: np.ndarray) -> dict[str, np.ndarray]:
     """How a dense series moves: `distance_from_first` ‖X_t − X_0‖_F, `update_size`
     ‖X_t − X_{t−1}‖_F (NaN at t = 0) and `update_cosine`, the cosine between consecutive updates
@@ -125,27 +142,29 @@ def dynamics(X: np.ndarray) -> dict[str, np.ndarray]:
     X = as_stack(X)
     T, N = X.shape[0], X.shape[1] * X.shape[2]
     flat = X.reshape(T, N)
-    # One scale for the whole series: differences stay exact and sums of squares stay finite.
-    scale = _series_scale(flat)
-    first = flat[0].astype(np.float64) / scale
+    first = flat[0].astype(np.float64)
     first_ok = bool(np.isfinite(first).all())
+    first0 = np.where(np.isfinite(first), first, 0.0)
     dist, upd, cos = np.full(T, np.nan), np.full(T, np.nan), np.full(T, np.nan)
     for sl in time_chunks(T, N):
         lo = max(0, sl.start - 2)  # two earlier rows give the updates that end inside this chunk
-        x = flat[lo:sl.stop].astype(np.float64) / scale
+        x = flat[lo:sl.stop].astype(np.float64)
         fin = np.isfinite(x).all(axis=1)
         x = np.where(fin[:, None], x, 0.0)
         here = slice(sl.start - lo, None)
-        d0, _ = _row_norms(x[here] - first)
-        dist[sl] = np.where(fin[here] & first_ok, d0, np.nan)
-        d = np.diff(x, axis=0)  # updates ending at steps lo+1 .. stop-1
+        d0, f0 = _diff(x[here], first0)
+        n0, _ = _row_norms(d0)
+        with np.errstate(over="ignore"):
+            dist[sl] = np.where(fin[here] & first_ok, n0 * f0, np.nan)
+        d, f = _diff(x[1:], x[:-1])  # updates ending at steps lo+1 .. stop-1
         dn, unit = _row_norms(d)
-        dn = np.where(fin[1:] & fin[:-1], dn, np.nan)
+        with np.errstate(over="ignore"):
+            dn = np.where(fin[1:] & fin[:-1], dn * f, np.nan)
         upd[lo + 1:sl.stop] = dn
         if len(d) > 1:
             dots = np.einsum("ij,ij->i", unit[1:], unit[:-1])
             cos[lo + 2:sl.stop] = _cosine(dots, np.where(dn[1:] > 0, 1.0, dn[1:]), np.where(dn[:-1] > 0, 1.0, dn[:-1]))
-    return {"distance_from_first": dist * scale, "update_size": upd * scale, "update_cosine": cos}
+    return {"distance_from_first": dist, "update_size": upd, "update_cosine": cos}
 
 
 def _unit_rows(P: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
