@@ -36,7 +36,7 @@ class RunSummary:
     interrupted: bool
     final_loss: float
     eval: dict[str, float] = field(default_factory=dict)
-    samples: list[tuple[str, str]] = field(default_factory=list)
+    samples: list[tuple[str, str]] = field(default_factory=list)  # (reference, generated)
     wall_time: float = 0.0
     recording_bytes: int = 0
 
@@ -116,7 +116,8 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_schedule(optimizer, cfg.optim, cfg.optim.steps)
     scaler = torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
-    log(model_report(model, optimizer).format())
+    log(model_report(model, optimizer, model_name=cfg.model.name).format())
+    log("data: " + ", ".join(f"{k} {v}" for k, v in data.summary().items() if v not in (None, [], "")))
 
     state = LoopState()
     if resume:
@@ -127,7 +128,9 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
     train_model = wrap_model(model, dist_info, device)
 
     recorder = None
-    if dist_info.is_main:  # only rank 0 records
+    if cfg.head_only:
+        log("head-only run: there is no LoRA to record; the adapters file keeps the trained head")
+    elif dist_info.is_main:  # only rank 0 records
         recorder = Recorder(
             output, model, config=cfg.record, run_name=cfg.run_name(), run_config=config_to_dict(cfg),
             environment=environment(device, precision.mode, dist_info.world_size),
@@ -151,7 +154,8 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
                 eval_every=cfg.eval_every, eval_batches=cfg.eval_batches, task=cfg.data.task,
                 state=state, scaler=scaler, progress=progress.update if dist_info.is_main else None, stop=stop,
             )
-        final_eval = evaluate(model, data.val, device, precision, cfg.data.task, max_batches=cfg.eval_batches)
+        if not result.interrupted:  # after Ctrl-C the user wants out, not another evaluation
+            final_eval = evaluate(model, data.val, device, precision, cfg.data.task, max_batches=cfg.eval_batches)
         if final_eval and recorder is not None:
             recorder.log_eval(result.state.step, final_eval)
         status = "interrupted" if result.interrupted else "complete"
@@ -168,8 +172,9 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
 
     samples = []
     if cfg.data.task != "classification" and cfg.generate_samples > 0 and not result.interrupted and dist_info.is_main:
-        prompts = data.sample_prompts(cfg.generate_samples)
-        samples = list(zip(prompts, generate_samples(model, tokenizer, prompts, device)))
+        pairs = data.sample_pairs(cfg.generate_samples)
+        generated = generate_samples(model, tokenizer, [prompt for prompt, _ in pairs], device)
+        samples = [(reference, text) for (_, reference), text in zip(pairs, generated)]
     return RunSummary(
         recording=output, adapters=adapters_path, steps=result.state.step, interrupted=result.interrupted,
         final_loss=result.losses[-1] if result.losses else float("nan"), eval=final_eval, samples=samples,
@@ -179,16 +184,14 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
 
 def _train_head_only(model: torch.nn.Module) -> None:
     """004's baseline: freeze everything but the classification head."""
-    head = getattr(model, "classifier", None) or getattr(model, "score", None)
-    if head is None:
-        raise UsageError("head-only tuning needs a sequence-classification model (set data.task = \"classification\")")
+    from lorascope.models import head_modules
+
+    heads = head_modules(model)  # refuses a model without a classification head
     for p in model.parameters():
         p.requires_grad_(False)
-    for module_name in ("pre_classifier", "classifier", "score"):
-        module = getattr(model, module_name, None)
-        if module is not None:
-            for p in module.parameters():
-                p.requires_grad_(True)
+    for module in heads.values():
+        for p in module.parameters():
+            p.requires_grad_(True)
 
 
 def _save_state(path: Path, state: LoopState, optimizer, scheduler, scaler) -> None:

@@ -88,8 +88,11 @@ def record(
     typer.echo(f"{state} step {summary.steps} in {summary.wall_time:.1f} s, final loss {summary.final_loss:.4f}")
     for key, value in summary.eval.items():
         typer.echo(f"  eval {key}: {value:.4f}")
-    for prompt, completion in summary.samples:
-        typer.echo(f"  sample: ...{prompt[-60:]!r} -> {completion.strip()[:120]!r}")
-    typer.echo(f"recording: {summary.recording} ({summary.recording_bytes / 2**20:.1f} MiB)")
+    for reference, generated in summary.samples:
+        typer.echo(f"  sample  reference: {reference.strip()[:100]}")
+        typer.echo(f"          generated: {generated.strip()[:100]}")
+    if summary.recording_bytes:
+        typer.echo(f"recording: {summary.recording} ({summary.recording_bytes / 2**20:.1f} MiB)")
     typer.echo(f"adapters:  {summary.adapters}")
-    typer.echo(f"next: lorascope report {summary.recording}")
+    if summary.recording_bytes:
+        typer.echo(f"next: lorascope report {summary.recording}")
