@@ -16,7 +16,7 @@ import torch.distributed as dist
 
 from lorascope.errors import UsageError
 
-__all__ = ["DistInfo", "init_distributed", "shard_batches", "wrap_model", "unwrap_model", "shutdown"]
+__all__ = ["DistInfo", "init_distributed", "shard_batches", "wrap_model", "unwrap_model", "global_sums", "shutdown"]
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,16 @@ def wrap_model(model: torch.nn.Module, info: DistInfo, device: torch.device) -> 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
     return getattr(model, "module", model)
+
+
+def global_sums(*values: float) -> list[float]:
+    """Sums of per-rank numbers over all ranks (themselves when not distributed): one all-reduce
+    per step, so the loss and token counts that rank 0 records describe the global batch."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64)
+    dist.all_reduce(t)
+    return t.tolist()
 
 
 def shutdown(info: DistInfo) -> None:

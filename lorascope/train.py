@@ -15,8 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
 import torch
+import torch.distributed as dist
 
 from lorascope.amp import Precision
+from lorascope.distributed import global_sums
 from lorascope.evaluate import evaluate
 
 __all__ = ["StepHooks", "LoopState", "LoopResult", "train_loop", "StopOnSignal"]
@@ -116,6 +118,7 @@ def train_loop(
     stop: StopOnSignal | None = None,
 ) -> LoopResult:
     state = state or LoopState()
+    world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     scaler = scaler or torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
     trainable = [p for p in model.parameters() if p.requires_grad]
     clip_norm = max_grad_norm if max_grad_norm > 0 else math.inf
@@ -133,7 +136,7 @@ def train_loop(
         if stop is not None and stop.requested:
             result.interrupted = True
             break
-        step_loss = 0.0
+        step_loss, step_tokens = 0.0, 0
         for _ in range(grad_accum):
             batch = _to_device(next(batches), device)
             with precision.autocast(device):
@@ -141,10 +144,14 @@ def train_loop(
             scaler.scale(loss).backward()
             step_loss += float(loss.detach())
             state.micro_step += 1
-            state.tokens += _count_tokens(batch)
+            step_tokens += _count_tokens(batch)
             if hooks is not None:
                 hooks.on_micro_step(state.micro_step, loss_scale=float(scaler.get_scale()) if scaler.is_enabled() else 1.0)
 
+        if world_size > 1:  # what rank 0 records describes the global batch
+            loss_sum, step_tokens = global_sums(step_loss, step_tokens)
+            step_loss = loss_sum / world_size  # each rank's loss is the mean over its share
+        state.tokens += int(step_tokens)
         scale_before = float(scaler.get_scale()) if scaler.is_enabled() else 1.0
         group_lrs = lrs() if lrs is not None else {}  # the lr this update applies, read before it
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
