@@ -270,10 +270,33 @@ def _open_h5(path: Path) -> h5py.File:
             f"{path} is not an HDF5 file; lorascope recordings are .h5 files written by "
             "`lorascope record` or the Recorder"
         )
+    # A finished file opens normally, and only then does HDF5 check its length against the
+    # superblock; SWMR-read mode skips that check and retries failed reads for a long time.
+    try:
+        return h5py.File(path, "r", locking=False)
+    except OSError as exc:
+        if "truncated" in str(exc):
+            raise _damaged(path, exc) from None
+    # A file whose SWMR writer is still running, or was killed, is marked open for writing: only
+    # SWMR-read mode opens it. Check its length first ourselves.
+    stored_eof = _superblock_eof(path)
+    if stored_eof is not None and path.stat().st_size < stored_eof:
+        raise _damaged(path, OSError(f"file is {path.stat().st_size} bytes, its superblock says {stored_eof}"))
     try:
         return h5py.File(path, "r", swmr=True, locking=False)
     except OSError as exc:
         raise _damaged(path, exc) from None
+
+
+def _superblock_eof(path: Path) -> int | None:
+    """The end-of-file address in a version 2/3 superblock at offset 0 (what lorascope writes
+    with libver="latest"), or None for any other layout."""
+    with open(path, "rb") as fh:
+        head = fh.read(48)
+    if len(head) < 36 or head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3) or head[9] != 8:
+        return None
+    base = int.from_bytes(head[12:20], "little")
+    return base + int.from_bytes(head[28:36], "little")
 
 
 def _committed(f: h5py.File, group: str, names: Iterable[str]) -> np.ndarray:

@@ -1,0 +1,121 @@
+"""The reading API: lazy numpy slicing, selection by step, scalars, and a sentence for every
+file it cannot read."""
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+import lorascope
+from lorascope.config import RecordConfig
+from lorascope.errors import RecordingError
+from lorascope.record import Recorder
+from tests.record_helpers import lora_params, tiny_lora_gpt2, train
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    model = tiny_lora_gpt2()
+    opt = torch.optim.SGD(lora_params(model), lr=1e-2)
+    path = tmp_path_factory.mktemp("rec") / "run.h5"
+    with Recorder(path, model, RecordConfig(every=3, dense_first=2)) as rec:
+        rec.start(opt)
+        train(model, opt, rec, steps=7)
+    return path
+
+
+def test_lazy_slicing_behaves_like_numpy(recording):
+    with lorascope.open(recording) as r:
+        m = r.modules["transformer.h.0.mlp.c_fc"]
+        full = m.A[:]
+        assert full.shape == (len(r.steps), 4, 32) == m.A.shape
+        np.testing.assert_array_equal(m.A[-1], full[-1])
+        np.testing.assert_array_equal(m.A[::2], full[::2])
+        np.testing.assert_array_equal(m.A[::-1], full[::-1])
+        np.testing.assert_array_equal(m.A[[3, 0, 3]], full[[3, 0, 3]])
+        np.testing.assert_array_equal(m.A[1:3, 0, :5], full[1:3, 0, :5])
+        np.testing.assert_array_equal(m.B[np.array([True, False, True, False, False, True])], full_B := m.B[:][[0, 2, 5]])
+        assert full_B.shape == (3, 128, 4)
+        np.testing.assert_array_equal(np.asarray(m.A), full)
+        with pytest.raises(IndexError):
+            m.A[len(r.steps)]
+
+
+def test_steps_and_index_of(recording):
+    with lorascope.open(recording) as r:
+        assert r.steps.tolist() == [0, 1, 2, 3, 6, 7]
+        assert r.index_of(0) == 0
+        assert r.index_of(4) == 3  # 3 is nearer than 6
+        assert r.index_of(5) == 4
+        assert r.index_of(100) == 5
+        assert r.micro_steps.tolist() == [-1, 1, 2, 3, 6, 7]
+        assert np.all(np.diff(r.times) >= 0)
+
+
+def test_open_many_and_metadata(recording):
+    recs = lorascope.open_many([recording, recording])
+    try:
+        assert [r.run_name for r in recs] == ["run", "run"]
+        assert recs[0].format_version == 1 and recs[0].status == "complete"
+    finally:
+        for r in recs:
+            r.close()
+    with pytest.raises(RecordingError, match="no recording"):
+        lorascope.open_many([recording, recording.parent / "nope.h5"])
+
+
+def _error(path) -> str:
+    with pytest.raises(RecordingError) as info:
+        lorascope.open(path)
+    return str(info.value)
+
+
+def test_missing_file(tmp_path):
+    assert "no recording at" in _error(tmp_path / "missing.h5")
+
+
+def test_folder(tmp_path):
+    assert "is a folder" in _error(tmp_path)
+
+
+def test_not_hdf5(tmp_path):
+    path = tmp_path / "notes.h5"
+    path.write_text("just text")
+    assert "not an HDF5 file" in _error(path)
+
+
+def test_truncated_hdf5(recording, tmp_path):
+    data = recording.read_bytes()
+    path = tmp_path / "cut.h5"
+    path.write_bytes(data[: len(data) // 3])
+    assert "damaged or truncated" in _error(path)
+
+
+def test_hdf5_that_is_not_a_recording(tmp_path):
+    path = tmp_path / "other.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.arange(3)
+    assert "not a lorascope recording" in _error(path)
+
+
+def test_newer_format_version(recording, tmp_path):
+    path = tmp_path / "future.h5"
+    path.write_bytes(recording.read_bytes())
+    with h5py.File(path, "r+") as f:
+        f.attrs["lorascope_format"] = 99
+    message = _error(path)
+    assert "format v99" in message and "upgrade lorascope" in message
+
+
+def test_stale_running_status_reads_as_interrupted(recording, tmp_path):
+    import socket
+
+    path = tmp_path / "stale.h5"
+    path.write_bytes(recording.read_bytes())
+    with h5py.File(path, "r+") as f:
+        f.attrs.modify("status", np.bytes_(b"running"))
+        f.attrs["writer_host"] = socket.gethostname()
+        f.attrs["writer_pid"] = 2**22 + 12345  # above pid_max's default: no such process
+    with lorascope.open(path) as r:
+        assert r.stored_status == "running" and r.status == "interrupted"
