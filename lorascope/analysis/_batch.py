@@ -48,6 +48,9 @@ def time_chunks(T: int, values_per_step: int, budget: int = CHUNK_VALUES) -> Ite
 def finite_scale(x: np.ndarray) -> np.ndarray:
     """Largest finite |value| of each row of a (k, N) array, 1 where there is none or it is 0.
     Dividing by it keeps sums of squares and Gram matrices of huge values from overflowing."""
-    with np.errstate(invalid="ignore"):
-        a = np.where(np.isfinite(x), np.abs(x), 0.0).max(axis=1)
+    a = np.abs(x).max(axis=1) if x.shape[1] else np.zeros(len(x))
+    bad = ~np.isfinite(a)  # NaN or Inf somewhere: only those rows take the slower masked pass
+    if bad.any():
+        xb = x[bad]
+        a[bad] = np.where(np.isfinite(xb), np.abs(xb), 0.0).max(axis=1)
     return np.where(a > 0, a, 1.0)

@@ -49,13 +49,17 @@ def singular_values(X: np.ndarray) -> np.ndarray:
     out = np.full((T, min(m, n)), np.nan)
     for sl in time_chunks(T, m * n):
         x = X[sl].astype(np.float64)
-        fin = np.isfinite(x).all(axis=(1, 2))
+        big = np.abs(x).max(axis=(1, 2))
+        fin = np.isfinite(big)  # NaN or Inf anywhere makes the max non-finite
         if not fin.any():
             continue
-        x = x[fin]
-        scale = finite_scale(x.reshape(len(x), -1))
+        x, big = (x, big) if fin.all() else (x[fin], big[fin])
+        # Gram entries are squares: only magnitudes beyond ~1e±100 need rescaling first
+        scale = np.where((big > 1e100) | ((big < 1e-100) & (big > 0)), big, 1.0)
+        if (scale != 1.0).any():
+            x = x / scale[:, None, None]
         rows = np.arange(sl.start, sl.stop)[fin]
-        out[rows] = _gram_singular_values(x / scale[:, None, None]) * scale[:, None]
+        out[rows] = _gram_singular_values(x) * scale[:, None]
     return out
 
 
