@@ -15,7 +15,7 @@ from lorascope.report.canvas import Canvas
 from lorascope.report.collect import common_modules, read_module
 from lorascope.report.health import loss_findings, module_findings
 from lorascope.report.html import FigureRef, ModuleBlock, ModuleGroup, Page, render_page
-from lorascope.report.module_figures import MODULE_FIGURES, FigureContext
+from lorascope.report.module_figures import MODULE_FIGURES, FigureContext, save_figure
 from lorascope.report import spectral_figures  # noqa: F401 - registers the spectrum and similarity kinds
 from lorascope.report.paths import inside, safe_name
 from lorascope.report.runs import eval_columns, runs_table, scalar_series
@@ -160,15 +160,13 @@ def _training_figures(recs: Sequence[Any], ctx: FigureContext) -> list[FigureRef
     columns += [(c, "eval " + c.removeprefix("eval_").replace("_", " "), False) for c in evals]
     ncols = min(len(columns), 3)
     nrows = math.ceil(len(columns) / ncols)
-    panels = ctx.canvas.grid(nrows, ncols, panel=(4.2, 2.8))
-    for k, (ax, (column, label, logy)) in enumerate(zip(panels.flat(len(columns)), columns)):
+    panels = ctx.canvas.grid(nrows, ncols, panel=(4.2, 2.8), legend=True)
+    for ax, (column, label, logy) in zip(panels.flat(len(columns)), columns):
         series = scalar_series(recs, column)
         if series:
-            figures.plot_series(ax, series, ctx.colors, ylabel=label, title=label, logy=logy,
-                                legend=k == 0)
+            figures.plot_series(ax, series, ctx.colors, ylabel=label, title=label, logy=logy)
         else:
             figures.mark_empty(ax, f"no {label} recorded")
     panels.figure.suptitle("Training, runs overlaid")
-    ctx.canvas.save(panels, inside(ctx.out_dir, "training.png"))
-    return [FigureRef("training.png", "Training loss, learning rate and evaluation metrics over "
-                                      "optimizer steps.")]
+    return [save_figure(ctx, panels, "training.png",
+                        "Training loss, learning rate and evaluation metrics over optimizer steps.")]

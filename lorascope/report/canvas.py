@@ -21,6 +21,7 @@ __all__ = ["Canvas", "Panels"]
 _LEFT, _RIGHT, _BOTTOM, _TOP = 0.95, 0.2, 0.6, 0.55
 _WSPACE_IN, _HSPACE_IN = 0.95, 0.7
 _COLORBAR_IN = 0.6
+_LEGEND_IN = 2.2  # room right of the grid for the run legend (names cut to 28 characters)
 
 
 @dataclass
@@ -31,6 +32,7 @@ class Panels:
     figure: Figure
     axes: np.ndarray  # (nrows, ncols) of Axes
     colorbar_ax: Axes | None
+    legend_at: tuple[float, float] | None = None  # figure fraction of the run legend's top left
 
     def flat(self, count: int) -> list[Axes]:
         """The first `count` axes, row-major; the rest of the grid is hidden."""
@@ -54,15 +56,19 @@ class Canvas:
         *,
         panel: tuple[float, float] = (4.0, 3.0),
         colorbar: bool = False,
+        legend: bool = False,
         margins: tuple[float, float] = (_LEFT, _BOTTOM),
     ) -> Panels:
-        """Cleared axes in a grid of `panel`-sized (inches) cells; `margins` = (left, bottom) in
-        inches, wider for long tick labels."""
-        key = (nrows, ncols, panel, colorbar, margins)
+        """Cleared axes in a grid of `panel`-sized (inches) cells, with room on the right for a
+        colorbar and/or the run legend; `margins` = (left, bottom) in inches, wider for long
+        tick labels."""
+        key = (nrows, ncols, panel, colorbar, legend, margins)
         panels = self._layouts.get(key)
         if panels is None:
-            panels = self._layouts[key] = _new_panels(nrows, ncols, panel, colorbar, margins)
+            panels = self._layouts[key] = _new_panels(nrows, ncols, panel, colorbar, legend, margins)
         else:
+            for old in list(panels.figure.legends):
+                old.remove()
             for ax in panels.axes.flat:
                 ax.cla()
                 ax.set_visible(True)
@@ -72,7 +78,8 @@ class Canvas:
         return panels
 
     def save(self, panels: Panels, path: Path) -> Path:
-        panels.figure.savefig(path, format="png", dpi=self.dpi)
+        # zlib level 3 instead of 6: PNGs ~7% larger, saving ~25% faster (measured here)
+        panels.figure.savefig(path, format="png", dpi=self.dpi, pil_kwargs={"compress_level": 3})
         return path
 
     def close(self) -> None:
@@ -80,11 +87,12 @@ class Canvas:
 
 
 def _new_panels(
-    nrows: int, ncols: int, panel: tuple[float, float], colorbar: bool, margins: tuple[float, float]
+    nrows: int, ncols: int, panel: tuple[float, float], colorbar: bool, legend: bool,
+    margins: tuple[float, float],
 ) -> Panels:
     pw, ph = panel
     left, bottom = margins
-    extra = _COLORBAR_IN if colorbar else 0.0
+    extra = (_COLORBAR_IN if colorbar else 0.0) + (_LEGEND_IN if legend else 0.0)
     width = left + _RIGHT + ncols * pw + (ncols - 1) * _WSPACE_IN + extra
     height = bottom + _TOP + nrows * ph + (nrows - 1) * _HSPACE_IN
     figure = Figure(figsize=(width, height))
@@ -100,8 +108,9 @@ def _new_panels(
         hspace=_HSPACE_IN / ph,
     )
     colorbar_ax = None
+    legend_at = (1 - (_RIGHT + _LEGEND_IN - 0.15) / width, 1 - _TOP / height) if legend else None
     if colorbar:
         colorbar_ax = figure.add_axes(
             (grid_right + 0.1 / width, bottom / height, 0.15 / width, 1 - (bottom + _TOP) / height)
         )
-    return Panels(figure, axes, colorbar_ax)
+    return Panels(figure, axes, colorbar_ax, legend_at)

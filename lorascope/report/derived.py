@@ -11,10 +11,10 @@ from lorascope.report.collect import ModuleData, snapshot_indices
 
 __all__ = ["FIT_STEPS", "FIT_SAMPLES", "FIT_CRITERION", "matrix", "matrix_moments", "fits", "dw_singular_values"]
 
-# Fits cost ~6 ms per snapshot at 4096 values: a report fits at most this many snapshots per run
+# Fits cost ~3 ms per snapshot at 2048 values: a report fits at most this many snapshots per run
 # and matrix, on a fixed subset of this many entries (analysis.fits keeps the subset fixed across
 # steps, so a change over time is the weights', not the draw's).
-FIT_STEPS = 48
+FIT_STEPS = 32
 FIT_SAMPLES = 2048
 # As `lorascope analyze`: with thousands of values AIC lets the nested families (t, gennorm) win
 # by noise, BIC does not.

@@ -11,6 +11,8 @@ from matplotlib.axes import Axes
 from matplotlib.collections import QuadMesh
 from matplotlib.colors import LogNorm
 from matplotlib.image import AxesImage
+from matplotlib.lines import Line2D
+from matplotlib.ticker import FuncFormatter, LogLocator, NullLocator
 
 __all__ = [
     "RUN_PALETTE",
@@ -22,6 +24,7 @@ __all__ = [
     "plot_family_timeline",
     "plot_singular_spectrum",
     "plot_similarity_matrix",
+    "run_legend",
     "mark_empty",
 ]
 
@@ -55,7 +58,6 @@ def plot_histogram_overlay(
     *,
     title: str = "",
     xlabel: str = "value",
-    legend: bool = True,
 ) -> None:
     """Histograms of several runs on the same bins, drawn as outlines so every run stays visible."""
     for run, c in counts.items():
@@ -68,8 +70,6 @@ def plot_histogram_overlay(
     ax.set_xlabel(xlabel)
     ax.set_ylabel("count")
     _title(ax, title)
-    if legend and counts:
-        ax.legend(fontsize=7, loc="best", framealpha=0.8)
 
 
 def plot_histogram_heatmap(
@@ -115,7 +115,6 @@ def plot_series(
     xlabel: str = "optimizer step",
     title: str = "",
     logy: bool = False,
-    legend: bool = True,
 ) -> None:
     """One line per run, (x, y) each; runs overlaid in their colours. NaN gaps stay gaps."""
     for run, (x, y) in series.items():
@@ -123,13 +122,20 @@ def plot_series(
         ax.plot(x, y, color=colors[run], linewidth=1.3, marker=marker, markersize=3,
                 label=plain_text(run))
     if logy and _has_positive(series):
-        ax.set_yscale("log")
+        _log_y(ax)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(plain_text(ylabel, 40))
     _title(ax, title)
     ax.grid(alpha=0.25)
-    if legend and series:
-        ax.legend(fontsize=7, loc="best", frameon=False)
+
+
+def _log_y(ax: Axes) -> None:
+    """A log y axis with ticks at 1, 2 and 5 per decade written as plain numbers, and no minor
+    ticks: matplotlib's default minor ticks were a third of a figure's drawing time."""
+    ax.set_yscale("log")
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_minor_locator(NullLocator())
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 
 
 def _has_positive(series: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> bool:
@@ -143,7 +149,6 @@ def plot_family_timeline(
     colors: Mapping[str, str],
     *,
     title: str = "",
-    legend: bool = True,
 ) -> None:
     """The best-fitting distribution family at each snapshot, one step line per run. Runs are
     nudged apart vertically so that runs agreeing on a family do not hide one another."""
@@ -160,8 +165,6 @@ def plot_family_timeline(
     ax.set_ylabel("best-fitting family")
     _title(ax, title)
     ax.grid(alpha=0.25, axis="x")
-    if legend and series:
-        ax.legend(fontsize=7, loc="best", frameon=False)
 
 
 def plot_singular_spectrum(
@@ -181,13 +184,13 @@ def plot_singular_spectrum(
         ax.plot(steps, sv[:, i], color=color, alpha=alpha, linewidth=1.1,
                 label="σ₁" if i == 0 else (f"σ{r}" if i == r - 1 else None))
     if np.any(sv > 0):
-        ax.set_yscale("log")
+        _log_y(ax)
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("singular value of ΔW")
     _title(ax, title)
     ax.grid(alpha=0.25)
     if r:
-        ax.legend(fontsize=7, loc="best", frameon=False)
+        ax.legend(fontsize=7, loc="upper left", frameon=False)
 
 
 def plot_similarity_matrix(
@@ -215,6 +218,17 @@ def plot_similarity_matrix(
                 ax.text(j, i, text, ha="center", va="center", fontsize=7, color=shade)
     _title(ax, title)
     return image
+
+
+def run_legend(panels, colors: Mapping[str, str]) -> None:
+    """One legend of the runs for a whole figure, in the room the Canvas reserved right of the
+    panels: it never hides data, and placing it costs nothing (loc="best" searches every line)."""
+    if panels.legend_at is None or not colors:
+        return
+    handles = [Line2D([], [], color=color, linewidth=2) for color in colors.values()]
+    panels.figure.legend(handles, [plain_text(run, 28) for run in colors], loc="upper left",
+                         bbox_to_anchor=panels.legend_at, fontsize=7.5, frameon=False,
+                         title="runs", title_fontsize=8, alignment="left")
 
 
 def _title(ax: Axes, title: str) -> None:

@@ -38,6 +38,9 @@ MODULE_FIGURES: Registry[ModuleFigure] = Registry("report figure kind")
 
 
 def save_figure(ctx: FigureContext, panels, file: str, caption: str) -> FigureRef:
+    """Adds the run legend where the layout reserved room for it, writes the PNG inside the
+    output folder and returns what the page shows."""
+    figures.run_legend(panels, ctx.colors)
     ctx.canvas.save(panels, inside(ctx.out_dir, file))
     return FigureRef(file, caption)
 
@@ -61,13 +64,13 @@ def histograms(data: ModuleData, slug: str, ctx: FigureContext) -> list[FigureRe
     refs = []
     for matrix in MATRICES:
         n = len(data.histogram_steps)
-        panels = ctx.canvas.grid(1, n, panel=(3.3, 2.6))
-        for k, (ax, panel) in enumerate(zip(panels.flat(n), data.histogram_steps)):
+        panels = ctx.canvas.grid(1, n, panel=(3.3, 2.6), legend=True)
+        for ax, panel in zip(panels.flat(n), data.histogram_steps):
             rows = {run: _matrix(data.runs[run], matrix)[row] for run, row in panel.rows.items()}
             edges = _edges(rows.values(), ctx.bins)
             counts = {run: histogram_counts(v, edges).counts[0] for run, v in rows.items()}
             figures.plot_histogram_overlay(ax, edges, counts, ctx.colors, title=panel.label,
-                                           xlabel=f"{matrix} value", legend=k == 0)
+                                           xlabel=f"{matrix} value")
         panels.figure.suptitle(figures.plain_text(f"{data.name} · LoRA {matrix}", 90))
         refs.append(save_figure(ctx, panels, f"{slug}-hist-{matrix}.png",
                           f"Histograms of {matrix} at chosen steps, runs overlaid on shared bins."))
@@ -107,13 +110,13 @@ _MOMENTS: tuple[tuple[str, str], ...] = (("mean", "mean"), ("std", "std"), ("fro
 @MODULE_FIGURES.register("moments")
 def moments(data: ModuleData, slug: str, ctx: FigureContext) -> list[FigureRef]:
     """Mean, standard deviation and Frobenius norm of A and B over steps, runs overlaid."""
-    panels = ctx.canvas.grid(len(MATRICES), len(_MOMENTS), panel=(3.6, 2.6))
+    panels = ctx.canvas.grid(len(MATRICES), len(_MOMENTS), panel=(3.6, 2.6), legend=True)
     for i, matrix in enumerate(MATRICES):
         stats = {run: derived.matrix_moments(data, run, matrix) for run in data.runs}
         for j, (key, label) in enumerate(_MOMENTS):
             series = {run: (data.runs[run].steps, stats[run][key]) for run in data.runs}
             figures.plot_series(panels.axes[i, j], series, ctx.colors, ylabel=f"{label} of {matrix}",
-                                title=f"{matrix}: {label}", legend=i == 0 and j == 0)
+                                title=f"{matrix}: {label}")
     panels.figure.suptitle(figures.plain_text(f"{data.name} · moments over steps", 90))
     return [save_figure(ctx, panels, f"{slug}-moments.png",
                   "Mean, standard deviation and Frobenius norm of A and B over steps.")]
@@ -127,7 +130,7 @@ def fits(data: ModuleData, slug: str, ctx: FigureContext) -> list[FigureRef]:
     """The best-fitting distribution family of A and B over steps (BIC), and the generalised
     normal's shape β (1 Laplace, 2 normal, large → uniform), runs overlaid."""
     families = FAMILIES.names()
-    panels = ctx.canvas.grid(len(MATRICES), 2, panel=(4.2, 2.6), margins=(1.1, 0.6))
+    panels = ctx.canvas.grid(len(MATRICES), 2, panel=(4.2, 2.6), legend=True, margins=(1.1, 0.6))
     for i, matrix in enumerate(MATRICES):
         best, beta = {}, {}
         for run in data.runs:
@@ -137,14 +140,13 @@ def fits(data: ModuleData, slug: str, ctx: FigureContext) -> list[FigureRef]:
             beta[run] = (steps, result.families["gennorm"]["beta"])
         labels = families + sorted({b for _, bs in best.values() for b in bs} - set(families))
         figures.plot_family_timeline(panels.axes[i, 0], best, labels, ctx.colors,
-                                     title=f"{matrix}: best-fitting family", legend=i == 0)
+                                     title=f"{matrix}: best-fitting family")
         ax = panels.axes[i, 1]
         figures.plot_series(ax, beta, ctx.colors, ylabel="generalised-normal β",
-                            title=f"{matrix}: shape β (2 = normal)", logy=True, legend=False)
+                            title=f"{matrix}: shape β (2 = normal)", logy=True)
         ax.axhline(2.0, color="grey", linewidth=0.8, linestyle="--")
-        if ax.get_yscale() == "log":  # plain numbers read better than 2×10⁰ for a shape
+        if ax.get_yscale() == "log":  # the shapes people know: Laplace 1, normal 2
             ax.set_yticks(_BETA_TICKS, [f"{t:g}" for t in _BETA_TICKS])
-            ax.minorticks_off()
     panels.figure.suptitle(figures.plain_text(f"{data.name} · distribution fits", 90))
     return [save_figure(ctx, panels, f"{slug}-fits.png",
                         "Best-fitting family (by BIC, on a fixed subset of entries) and the "

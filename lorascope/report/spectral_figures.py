@@ -25,7 +25,7 @@ def spectrum(data: ModuleData, slug: str, ctx: FigureContext) -> list[FigureRef]
     n = len(data.runs)
     ncols = min(n + 2, 4)
     nrows = math.ceil((n + 2) / ncols)
-    panels = ctx.canvas.grid(nrows, ncols, panel=(3.6, 2.7))
+    panels = ctx.canvas.grid(nrows, ncols, panel=(3.6, 2.7), legend=True)
     axes = panels.flat(n + 2)
     ranks, norms = {}, {}
     for ax, (run, rm) in zip(axes, data.runs.items()):
@@ -35,8 +35,7 @@ def spectrum(data: ModuleData, slug: str, ctx: FigureContext) -> list[FigureRef]
         norms[run] = (rm.steps, np.sqrt(np.sum(sv**2, axis=1)))
     figures.plot_series(axes[n], ranks, ctx.colors, ylabel="effective rank of ΔW",
                         title="effective rank (entropy)")
-    figures.plot_series(axes[n + 1], norms, ctx.colors, ylabel="‖ΔW‖_F", title="Frobenius norm of ΔW",
-                        legend=False)
+    figures.plot_series(axes[n + 1], norms, ctx.colors, ylabel="‖ΔW‖_F", title="Frobenius norm of ΔW")
     panels.figure.suptitle(figures.plain_text(f"{data.name} · spectrum of ΔW = scaling·B·A", 90))
     return [save_figure(ctx, panels, f"{slug}-spectrum.png",
                         "Singular values of ΔW over steps per run (σ₁ darkest), its effective rank "
