@@ -153,3 +153,11 @@ def test_report_and_info_of_a_file_being_written(tmp_path):
     assert writer.returncode == 0
     with lorascope.open(path) as done:
         assert done.status == "complete"
+
+
+def test_cli_refuses_recordings_with_nothing_in_common(tmp_path):
+    a = record_tiny_run(tmp_path / "attn.h5", "attn-only", targets=("attn",), steps=1)
+    b = record_tiny_run(tmp_path / "mlp.h5", "mlp-only", targets=("mlp",), steps=1)
+    result = CliRunner().invoke(app, ["report", str(a), str(b), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 2
+    assert result.output.strip().startswith("error: the recordings") and "no module in common" in result.output

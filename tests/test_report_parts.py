@@ -219,3 +219,26 @@ def test_page_escapes_every_recording_string():
 def test_render_table_formats_numbers():
     text = render_table(pd.DataFrame({"n": [1234567], "x": [0.000123456], "y": [float("nan")]}))
     assert "1,234,567" in text and "0.0001235" in text and "—" in text
+
+
+def test_report_survives_nan_weights(tmp_path):
+    """A run whose weights went NaN still gets every figure; the numbers that cannot exist show
+    as missing and the health check names the problem."""
+    from lorascope.report import build_report
+
+    good, bad = fake_recording("good"), fake_recording("bad", seed=1)
+    bad.modules["h.0.attn.c_attn"].A[-3:] = np.nan
+    bad.modules["h.0.attn.c_attn"].B[-1, 0, 0] = np.inf
+    index = build_report([good, bad], tmp_path, max_modules=1)
+    html = index.read_text(encoding="utf-8")
+    assert len(list(tmp_path.glob("*.png"))) == 1 + 8
+    assert "NaN/Inf values in A" in html
+
+
+def test_recording_without_snapshots_is_refused(tmp_path):
+    from lorascope.report import build_report
+
+    empty = fake_recording("empty")
+    empty.steps = empty.steps[:0]
+    with pytest.raises(UsageError, match="no snapshot yet"):
+        build_report([empty], tmp_path)
