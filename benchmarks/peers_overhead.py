@@ -147,9 +147,9 @@ class WandbWatch(Watcher):
 
         self.folder = folder / "wandb"
         self.folder.mkdir()
-        os.environ["WANDB_MODE"] = "offline"
-        os.environ["WANDB_DIR"] = str(self.folder)
-        os.environ.setdefault("WANDB_SILENT", "true")
+        wanted = {"WANDB_MODE": "offline", "WANDB_DIR": str(self.folder), "WANDB_SILENT": "true"}
+        self.saved_env = {key: os.environ.get(key) for key in wanted}
+        os.environ.update(wanted)
         self.model = model
         self.run = wandb.init(project="lorascope-bench", dir=str(self.folder), mode="offline",
                               settings=wandb.Settings(console="off", x_disable_stats=True))
@@ -162,6 +162,11 @@ class WandbWatch(Watcher):
     def end(self):
         self.run.unwatch(self.model)
         self.run.finish()
+        for key, value in self.saved_env.items():  # the folder is about to be deleted
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         return {"bytes": folder_bytes(self.folder),
                 "kept": f"64-bin histograms of all {self.count} parameter tensors (frozen base included) + loss"}
 

@@ -210,12 +210,12 @@ def _report(scale: Scale, log: Callable[[str], None]) -> Outcome:
 
 
 def run_suite(scale: Scale, names: list[str] | None = None,
-              log: Callable[[str], None] = lambda line: None) -> list[Outcome]:
-    """Runs the chosen benchmarks (all by default) in suite order. A benchmark that fails shows
-    as a failed row, so the others still report."""
+              log: Callable[[str], None] = lambda line: None, suite: Registry[Bench] = SUITE) -> list[Outcome]:
+    """Runs the chosen benchmarks (all of ``suite`` by default) in suite order. A benchmark that
+    fails shows as a failed row, so the others still report."""
     outcomes = []
-    for name in names or SUITE.names():
-        bench = SUITE.get(name)
+    for name in names or suite.names():
+        bench = suite.get(name)
         log(f"== {name}")
         start = time.perf_counter()
         try:
