@@ -131,6 +131,7 @@ rec.close("complete")
 """
 
 
+@pytest.mark.slow  # a second Python process that imports torch and transformers
 def test_report_and_info_of_a_file_being_written(tmp_path):
     """The writer is another process, as in real use (HDF5 refuses a second open of one file in
     the process that writes it)."""

@@ -25,6 +25,7 @@ __all__ = [
     "plot_singular_spectrum",
     "plot_similarity_matrix",
     "run_legend",
+    "log_colorbar",
     "mark_empty",
 ]
 
@@ -218,6 +219,15 @@ def plot_similarity_matrix(
                 ax.text(j, i, text, ha="center", va="center", fontsize=7, color=shade)
     _title(ax, title)
     return image
+
+
+def log_colorbar(figure, mappable, cax: Axes, label: str) -> None:
+    """A colorbar for a log colour scale with plain-number ticks: the default minor labels are
+    mathtext such as 6×10⁰, which is slow to render and was clipped at the figure's edge."""
+    bar = figure.colorbar(mappable, cax=cax, label=label)
+    bar.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    bar.ax.yaxis.set_minor_locator(NullLocator())
+    bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 
 
 def run_legend(panels, colors: Mapping[str, str]) -> None:

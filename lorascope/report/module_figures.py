@@ -96,7 +96,7 @@ def heatmap(data: ModuleData, slug: str, ctx: FigureContext) -> list[FigureRef]:
             mesh = figures.plot_histogram_heatmap(ax, data.runs[run].steps, edges, counts[run],
                                                   vmax=vmax, title=run, ylabel=f"{matrix} value")
         if mesh is not None and panels.colorbar_ax is not None:
-            panels.figure.colorbar(mesh, cax=panels.colorbar_ax, label="count per bin (log)")
+            figures.log_colorbar(panels.figure, mesh, panels.colorbar_ax, "count per bin (log scale)")
         panels.figure.suptitle(figures.plain_text(f"{data.name} · LoRA {matrix} over steps", 90))
         refs.append(save_figure(ctx, panels, f"{slug}-heatmap-{matrix}.png",
                           f"Distribution of {matrix} over steps, one panel per run (shared bins "
