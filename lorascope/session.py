@@ -53,10 +53,12 @@ def checkpoint_paths(recording: Path) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".adapters.safetensors"), stem.with_name(stem.name + ".state.pt")
 
 
-def environment(device: torch.device, precision_mode: str, world_size: int = 1) -> dict:
+def environment(device: torch.device, precision_mode: str, world_size: int = 1, model: torch.nn.Module | None = None) -> dict:
     import transformers
 
-    return {
+    from lorascope.lora import count_parameters
+
+    env = {
         "python": platform.python_version(),
         "torch": torch.__version__,
         "transformers": transformers.__version__,
@@ -66,6 +68,10 @@ def environment(device: torch.device, precision_mode: str, world_size: int = 1) 
         "amp": precision_mode,
         "world_size": world_size,
     }
+    if model is not None:
+        counts = count_parameters(model)
+        env.update(total_parameters=counts["total"], trainable_parameters=counts["trainable"])
+    return env
 
 
 def _check_output(path: Path, resume: bool) -> None:
@@ -133,7 +139,7 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
     elif dist_info.is_main:  # only rank 0 records
         recorder = Recorder(
             output, model, config=cfg.record, run_name=cfg.run_name(), run_config=config_to_dict(cfg),
-            environment=environment(device, precision.mode, dist_info.world_size),
+            environment=environment(device, precision.mode, dist_info.world_size, model),
             total_steps=cfg.optim.steps, resume=resume,
         )
         log(f"recording {len(recorder.modules)} modules to {output} (about {recorder.estimate_bytes() / 2**20:.1f} MiB)")

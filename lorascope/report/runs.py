@@ -102,6 +102,9 @@ def runs_table(recordings: Sequence[Any]) -> pd.DataFrame:
     rows["best loss"] = [_best(r.scalars, "loss") for r in recordings]
     for column in dict.fromkeys(c for r in recordings for c in eval_columns(r.scalars)):
         rows[f"final {column}"] = [_last(r.scalars, column) for r in recordings]
+    rows["trainable parameters"] = [
+        (r.environment or {}).get("trainable_parameters", math.nan) for r in recordings
+    ]
     rows["LoRA parameters (recorded modules)"] = [lora_parameters(r) for r in recordings]
     rows["wall time (s)"] = [wall_time(r) for r in recordings]
     table = pd.DataFrame(rows, index=names).T
