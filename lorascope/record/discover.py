@@ -4,6 +4,7 @@ nothing reliable about which matrix is A, and shapes are ambiguous when rank equ
 from __future__ import annotations
 
 import fnmatch
+import sys
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -37,13 +38,9 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
         torch.nn.parallel.DistributedDataParallel,
         torch.nn.DataParallel,
     )
-    compiled: tuple[type, ...] = ()
-    try:
-        from torch._dynamo.eval_frame import OptimizedModule
-
-        compiled = (OptimizedModule,)
-    except ImportError:  # torch without dynamo
-        pass
+    # a compiled model means dynamo is imported already; importing it here would cost seconds
+    dynamo = sys.modules.get("torch._dynamo.eval_frame")
+    compiled: tuple[type, ...] = (dynamo.OptimizedModule,) if dynamo is not None else ()
     while True:
         if isinstance(model, wrappers):
             model = model.module
@@ -61,19 +58,19 @@ def layer_index_from_name(name: str) -> int | None:
     return None
 
 
+# A model that holds a layer type has imported that type's module, so only modules already
+# imported are looked at: recording a lorascope model never pays for importing PEFT (seconds).
+
 def _lorascope_types() -> tuple[type, ...]:
-    try:
-        from lorascope.lora import LoRALinear
-    except ImportError:  # the layer module is optional for recording PEFT models
-        return ()
-    return (LoRALinear,)
+    module = sys.modules.get("lorascope.lora_layer")
+    return (module.LoRALinear,) if module is not None else ()
 
 
 def _peft_types() -> tuple[type, ...]:
-    try:
-        from peft.tuners.lora import Linear as PeftLinear
-    except ImportError:  # PEFT is an optional dependency
+    if "peft" not in sys.modules:
         return ()
+    from peft.tuners.lora import Linear as PeftLinear
+
     return (PeftLinear,)
 
 

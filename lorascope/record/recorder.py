@@ -16,6 +16,7 @@ import datetime as dt
 import os
 import platform
 import socket
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,7 @@ from lorascope.record.format import FORMAT_VERSION, STANDARD_SCALARS, STORAGE_DT
 from lorascope.record.resume import replace, resume_seed, temporary_path
 from lorascope.record.schedule import build_schedule
 from lorascope.record.writer import (
-    FileLayout, Grads, ModuleSpec, RecordingFile, Scalars, Snapshot, State, Updates, WriterThread,
+    Commit, FileLayout, Grads, ModuleSpec, RecordingFile, Scalars, Snapshot, State, Updates, WriterThread,
 )
 
 __all__ = ["Recorder", "NullRecorder", "process_rank", "default_environment"]
@@ -53,10 +54,8 @@ def default_environment(device: torch.device) -> dict[str, Any]:
         "world_size": int(os.environ.get("WORLD_SIZE", "1")),
     }
     for package in ("transformers", "peft"):
-        try:
-            env[package] = __import__(package).__version__
-        except ImportError:
-            pass
+        if package in sys.modules:  # only what the run uses; importing costs seconds
+            env[package] = getattr(sys.modules[package], "__version__", "")
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
@@ -173,8 +172,15 @@ class Recorder:
             self._snapshot(self._step)
             if not cfg.optimizer_state:
                 self._open_file({})
+        self.flush()  # step 0 is on disk before training starts
         atexit.register(self._close_at_exit)
         return self
+
+    def flush(self) -> None:
+        """Commits everything captured so far, whatever the flush interval."""
+        self._require_started()
+        if self._writer is not None:
+            self._writer.put(Commit())
 
     def on_micro_step(self, micro_step: int, loss_scale: float = 1.0) -> None:
         """After each backward(). With record.grads, stores this micro-batch's own gradient:
@@ -439,6 +445,9 @@ class NullRecorder:
 
     def attach(self, optimizer) -> "NullRecorder":
         return self
+
+    def flush(self) -> None:
+        pass
 
     def close(self, status: str = "complete") -> None:
         pass

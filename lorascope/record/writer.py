@@ -32,7 +32,7 @@ from lorascope.record.format import (
 
 __all__ = [
     "ModuleSpec", "FileLayout", "RecordingFile", "WriterThread",
-    "Snapshot", "Grads", "State", "Updates", "Scalars",
+    "Snapshot", "Grads", "State", "Updates", "Scalars", "Commit",
 ]
 
 
@@ -102,6 +102,11 @@ class Scalars:
     step: int
     values: dict[str, float]
     optimizer_step: bool = True  # counts toward flush_every_steps
+
+
+@dataclass
+class Commit:
+    """Makes everything sent so far visible now, whatever the flush interval."""
 
 
 @dataclass
@@ -401,6 +406,11 @@ class WriterThread:
                 if isinstance(msg, _Close):
                     self.file.close(msg.status)
                     return
+                if isinstance(msg, Commit):
+                    self.file.commit()
+                    self._steps_since_commit = 0
+                    last_commit = time.monotonic()
+                    continue
                 if msg is not None:
                     release = getattr(msg, "release", None)
                     try:
