@@ -146,3 +146,12 @@ def test_cli_bad_input_is_one_line(tmp_path, monkeypatch, args, message):
         base += ["-o", str(tmp_path / "o.csv")]
     r = CliRunner().invoke(app, base + args)
     assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+
+
+def test_fits_on_evenly_spaced_steps_say_so(runs):
+    df = analysis.fits_table(runs[0], tables.Options(fit_steps=3, fit_samples=64))
+    assert sorted(set(df.step)) == [0, 10, 25]  # snapshots 0, 2 (2.5 rounds to even) and 5 of 6
+    assert (df.fitted_steps == 3).all() and (df.recorded_steps == 6).all() and (df.n == 64).all()
+    st = analysis.stats_table(runs[0], tables.Options(quantile_samples=50))
+    dense = st[st.matrix != "dW"]
+    assert (dense.quantile_n == 50).all()  # A has 64, B 96 entries: both subsampled

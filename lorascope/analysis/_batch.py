@@ -1,5 +1,12 @@
 """Helpers shared by the analysis kernels: checking a (T, m, n) stack, upcasting half precision,
-and cutting the time axis into chunks so that a float64 working copy stays small."""
+cutting the time axis into cache-sized chunks, and the fixed subset of entries that the
+superlinear statistics (quantiles, fits) use.
+
+The kernels work in the series' own precision (float32 for recordings, float64 when given
+float64) on chunks small enough to stay in the CPU cache, so that the dozen elementwise passes
+of a kernel cost one read of the series from memory; per-snapshot sums go through BLAS
+matrix-vector products, whose blocked float32 accumulation keeps a relative error near 1e-7
+(measured in tests/test_analysis_precision.py)."""
 from __future__ import annotations
 
 from typing import Iterator
@@ -8,11 +15,14 @@ import numpy as np
 
 from lorascope.errors import UsageError
 
-__all__ = ["as_stack", "time_chunks", "finite_scale", "CHUNK_VALUES"]
+__all__ = ["as_stack", "time_chunks", "finite_scale", "row_sums", "entry_subset", "CHUNK_VALUES", "CACHE_VALUES", "Scratch"]
 
 # A float64 working copy of this many values is 32 MiB: large enough that numpy's per-call
 # overhead vanishes, small enough that a 2304x16 B series never doubles in memory.
 CHUNK_VALUES = 1 << 22
+# Values per chunk of the fast kernels: 1 MiB of float32 plus its temporaries stays in L2/L3, so
+# repeated passes over a chunk do not go back to memory (4 MiB chunks ran 1.5-2x slower here).
+CACHE_VALUES = 1 << 18
 
 
 def as_stack(X: np.ndarray, name: str = "X") -> np.ndarray:
@@ -54,3 +64,50 @@ def finite_scale(x: np.ndarray) -> np.ndarray:
         xb = x[bad]
         a[bad] = np.where(np.isfinite(xb), np.abs(xb), 0.0).max(axis=1)
     return np.where(a > 0, a, 1.0)
+
+
+def row_sums(x: np.ndarray) -> np.ndarray:
+    """Sum of every row of a 2-D array, as float64: a BLAS matrix-vector product (2x faster than
+    `sum(axis=1)` on float32, relative error ~2e-7 from its blocked accumulation)."""
+    return (x @ _ones(x.shape[1], x.dtype)).astype(np.float64)
+
+
+_ONES: dict = {}
+
+
+def _ones(n: int, dtype) -> np.ndarray:
+    key = (n, np.dtype(dtype))
+    if key not in _ONES:
+        if len(_ONES) > 64:
+            _ONES.clear()
+        _ONES[key] = np.ones(n, dtype=dtype)
+        _ONES[key].flags.writeable = False
+    return _ONES[key]
+
+
+def entry_subset(N: int, max_samples: int | None, seed: int = 0, minimum: int = 1) -> np.ndarray | None:
+    """A sorted random subset of max_samples of the N entries of a matrix, or None (use them all)
+    when max_samples is None or not smaller than N. The same entries at every step, so that a
+    change over time is the weights', not the draw's."""
+    if max_samples is None or N <= max_samples:
+        return None
+    if max_samples < minimum:
+        raise UsageError(f"the number of sampled entries must be at least {minimum}, got {max_samples}")
+    return np.sort(np.random.default_rng(seed).choice(N, size=max_samples, replace=False))
+
+
+class Scratch:
+    """Reusable work arrays for the chunk loops. A fresh 1 MiB temporary per chunk costs more in
+    page faults (~0.7 ms here) than the arithmetic done in it; named buffers are allocated once
+    per call and handed out as views of the shape asked for."""
+
+    def __init__(self) -> None:
+        self._flat: dict[str, np.ndarray] = {}
+
+    def __call__(self, name: str, shape: tuple[int, ...], dtype) -> np.ndarray:
+        dtype = np.dtype(dtype)
+        size = int(np.prod(shape))
+        buf = self._flat.get(name)
+        if buf is None or buf.dtype != dtype or buf.size < size:
+            buf = self._flat[name] = np.empty(size, dtype=dtype)
+        return buf[:size].reshape(shape)

@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 from scipy import special
 
-from lorascope.analysis._batch import as_stack, time_chunks
+from lorascope.analysis._batch import as_stack, entry_subset, time_chunks
 from lorascope.errors import UsageError
 from lorascope.registry import Registry
 
@@ -239,12 +239,8 @@ class FitResult:
 
 
 def _subsample_index(N: int, max_samples: int | None, seed: int) -> np.ndarray | None:
-    if max_samples is None or N <= max_samples:
-        return None
-    if max_samples < MIN_VALUES:
-        raise UsageError(f"max_samples must be at least {MIN_VALUES}, got {max_samples}")
-    # The same entries at every step, so that a change over time is the weights', not the draw's.
-    return np.sort(np.random.default_rng(seed).choice(N, size=max_samples, replace=False))
+    """The fixed subset of entries fitted (the quantiles of `stats.moments` use the same one)."""
+    return entry_subset(N, max_samples, seed, minimum=MIN_VALUES)
 
 
 def fit_snapshots(
