@@ -176,6 +176,10 @@ class Recorder:
         atexit.register(self._close_at_exit)
         return self
 
+    def queue_depth(self) -> int:
+        """Messages waiting for the writer: stays small when the writer keeps up."""
+        return self._writer.pending() if self._writer is not None else len(self._early)
+
     def flush(self) -> None:
         """Commits everything captured so far, whatever the flush interval."""
         self._require_started()
@@ -309,7 +313,9 @@ class Recorder:
     def _send_update_norms(self) -> None:
         with torch.no_grad():
             params = [t.detach() for t in self._params]
-            deltas = torch._foreach_norm(torch._foreach_sub(params, self._prev))
+            # in place: prev becomes prev - new (no 9 MiB temporary), then new again
+            torch._foreach_sub_(self._prev, params)
+            deltas = torch._foreach_norm(self._prev)
             weights = torch._foreach_norm(params)
             torch._foreach_copy_(self._prev, params)
             norms = torch.stack([torch.stack(deltas[0::2]), torch.stack(deltas[1::2]),

@@ -360,6 +360,9 @@ class WriterThread:
         self._thread = threading.Thread(target=self._run, name="lorascope-writer", daemon=True)
         self._thread.start()
 
+    def pending(self) -> int:
+        return self._queue.qsize()
+
     def alive(self) -> bool:
         return self._thread.is_alive() and self.error is None
 
