@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import numpy as np
 
-from lorascope.analysis._batch import as_stack, finite_scale, time_chunks
+from lorascope.analysis._batch import CACHE_VALUES, Scratch, as_stack, finite_scale, time_chunks
 from lorascope.errors import UsageError
 
 __all__ = [
     "GRAM_RELIABLE_RATIO",
     "singular_values",
     "delta_w_singular_values",
+    "lora_singular_values",
     "delta_w_svd",
     "effective_rank",
     "stable_rank",
@@ -25,11 +26,13 @@ __all__ = [
 GRAM_RELIABLE_RATIO = 1e-4
 
 
-def _gram_singular_values(x: np.ndarray) -> np.ndarray:
-    """Singular values of a (k, m, n) float64 stack from the eigenvalues of its small Gram matrix,
-    descending; the snapshots where small values are unreliable are recomputed by SVD."""
-    xt = x.transpose(0, 2, 1)
-    G = x @ xt if x.shape[1] <= x.shape[2] else xt @ x
+def _gram_singular_values(x: np.ndarray, G: np.ndarray | None = None) -> np.ndarray:
+    """Singular values of a (k, m, n) float64 stack from the eigenvalues of its small Gram matrix
+    (computed unless given), descending; the snapshots where small values are unreliable are
+    recomputed by SVD."""
+    if G is None:
+        xt = x.transpose(0, 2, 1)
+        G = x @ xt if x.shape[1] <= x.shape[2] else xt @ x
     lam = np.linalg.eigvalsh(G)[:, ::-1]
     s = np.sqrt(np.maximum(lam, 0.0))
     top = s[:, :1]
@@ -40,6 +43,26 @@ def _gram_singular_values(x: np.ndarray) -> np.ndarray:
     return s
 
 
+def _upcast_rows(x: np.ndarray, rows: np.ndarray | None, buf: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The chosen rows of a (k, m, n) chunk as float64 (into a reused buffer) divided by their
+    largest |value| where that lies beyond 1e±100, and that scale (1 elsewhere): Gram entries are
+    squares, and only such magnitudes could overflow or underflow them."""
+    x = x if rows is None else x[rows]
+    y = buf[: len(x)]
+    np.copyto(y, x)
+    big = np.abs(y).max(axis=(1, 2)) if y.size else np.zeros(len(y))
+    scale = np.where((big > 1e100) | ((big < 1e-100) & (big > 0)), big, 1.0)
+    if (scale != 1.0).any():
+        y /= scale[:, None, None]
+    return y, scale
+
+
+def _finite_rows(x: np.ndarray) -> np.ndarray:
+    """Which snapshots of a (k, m, n) chunk are finite (NaN/Inf propagate into min and max)."""
+    flat = x.reshape(len(x), -1)
+    return np.isfinite(flat.min(axis=1)) & np.isfinite(flat.max(axis=1))
+
+
 def singular_values(X: np.ndarray) -> np.ndarray:
     """Singular values (T, min(m, n)) of every snapshot of X (T, m, n), descending, in float64.
     Each snapshot is divided by its largest |value| first, so huge values cannot overflow the
@@ -47,19 +70,13 @@ def singular_values(X: np.ndarray) -> np.ndarray:
     X = as_stack(X)
     T, m, n = X.shape
     out = np.full((T, min(m, n)), np.nan)
-    for sl in time_chunks(T, m * n):
-        x = X[sl].astype(np.float64)
-        big = np.abs(x).max(axis=(1, 2))
-        fin = np.isfinite(big)  # NaN or Inf anywhere makes the max non-finite
+    sc = Scratch()
+    for sl in time_chunks(T, m * n, CACHE_VALUES):
+        fin = _finite_rows(X[sl])
         if not fin.any():
             continue
-        x, big = (x, big) if fin.all() else (x[fin], big[fin])
-        # Gram entries are squares: only magnitudes beyond ~1e±100 need rescaling first
-        scale = np.where((big > 1e100) | ((big < 1e-100) & (big > 0)), big, 1.0)
-        if (scale != 1.0).any():
-            x = x / scale[:, None, None]
-        rows = np.arange(sl.start, sl.stop)[fin]
-        out[rows] = _gram_singular_values(x) * scale[:, None]
+        x, scale = _upcast_rows(X[sl], None if fin.all() else fin, sc("x", X[sl].shape, np.float64))
+        out[np.arange(sl.start, sl.stop)[fin]] = _gram_singular_values(x) * scale[:, None]
     return out
 
 
@@ -85,24 +102,58 @@ def _cores(a: np.ndarray, b: np.ndarray, mode: str):
     return QB, RB @ RA.transpose(0, 2, 1), QA
 
 
-def delta_w_singular_values(A: np.ndarray, B: np.ndarray, scaling: float) -> np.ndarray:
-    """Singular values (T, min(r, out, in)) of ΔW_t = scaling·B_t A_t, descending, from QR of B and Aᵀ and the
-    SVD of the r×r core; the out×in product is never formed. NaN rows where A or B is not finite."""
+def _dw_from_grams(Ga: np.ndarray, Gb: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Singular values (n, k) of B·A from G_A = AAᵀ and G_B = BᵀB (r×r each), and which rows are
+    unreliable. With G_B = V Λ Vᵀ and F = Λ^½ Vᵀ, B = Q F for some Q with orthonormal columns, so
+    σ(BA) = σ(F A) and σ² are the eigenvalues of F G_A Fᵀ. Their absolute error is about
+    eps·tr(G_A)·tr(G_B): values below GRAM_RELIABLE_RATIO·sqrt(tr G_A · tr G_B) are flagged."""
+    lam, V = np.linalg.eigh(Gb)
+    F = np.sqrt(np.maximum(lam, 0.0))[:, :, None] * V.transpose(0, 2, 1)
+    C = F @ Ga @ F.transpose(0, 2, 1)
+    s = np.sqrt(np.maximum(np.linalg.eigvalsh(C)[:, ::-1][:, :k], 0.0))
+    ref = np.sqrt(np.maximum(np.trace(Ga, axis1=1, axis2=2), 0.0) * np.maximum(np.trace(Gb, axis1=1, axis2=2), 0.0))
+    unreliable = (s < GRAM_RELIABLE_RATIO * ref[:, None]).any(axis=1) & (ref > 0)
+    return s, unreliable
+
+
+def lora_singular_values(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[str, np.ndarray]:
+    """Singular values of A, B and ΔW = scaling·B·A at every snapshot ({"A", "B", "dW"}, each
+    (T, k) descending), from one pass over the series: the r×r Gram matrices of A and B give
+    all three, and snapshots where a small value would lose digits to the squaring are redone
+    by SVD (A, B) or by QR of B and Aᵀ and the SVD of the r×r core (ΔW)."""
     A, B = _pair(A, B)
     T, r, n_in = A.shape
-    out = np.full((T, min(r, n_in, B.shape[1])), np.nan)  # ΔW has at most this many
-    for sl in time_chunks(T, r * (n_in + B.shape[1])):
-        a, b = A[sl].astype(np.float64), B[sl].astype(np.float64)
-        fin = np.isfinite(a).all(axis=(1, 2)) & np.isfinite(b).all(axis=(1, 2))
+    n_out = B.shape[1]
+    k = min(r, n_in, n_out)  # ΔW has at most this many
+    out = {"A": np.full((T, min(r, n_in)), np.nan), "B": np.full((T, min(r, n_out)), np.nan),
+           "dW": np.full((T, k), np.nan)}
+    sc = Scratch()
+    for sl in time_chunks(T, r * (n_in + n_out), CACHE_VALUES):
+        fin = _finite_rows(A[sl]) & _finite_rows(B[sl])
         if not fin.any():
             continue
-        a, b = a[fin], b[fin]
-        sa, sb = finite_scale(a.reshape(len(a), -1)), finite_scale(b.reshape(len(b), -1))
-        _, core, _ = _cores(a / sa[:, None, None], b / sb[:, None, None], "r")
-        s = np.linalg.svd(core, compute_uv=False)
+        rows = None if fin.all() else fin
+        a, sa = _upcast_rows(A[sl], rows, sc("a", A[sl].shape, np.float64))
+        b, sb = _upcast_rows(B[sl], rows, sc("b", B[sl].shape, np.float64))
+        idx = np.arange(sl.start, sl.stop)[fin]
+        Ga, Gb = a @ a.transpose(0, 2, 1), b.transpose(0, 2, 1) @ b
+        # the r×r Grams are the small ones unless a factor is wider than tall the other way
+        out["A"][idx] = _gram_singular_values(a, Ga if r <= n_in else None) * sa[:, None]
+        out["B"][idx] = _gram_singular_values(b, Gb if r <= n_out else None) * sb[:, None]
+        s, unreliable = _dw_from_grams(Ga, Gb, k)
+        if unreliable.any():
+            _, core, _ = _cores(a[unreliable], b[unreliable], "r")
+            s[unreliable] = np.linalg.svd(core, compute_uv=False)[:, :k]
         # one factor at a time: a zero singular value stays zero even where sa·sb overflows
-        out[np.arange(sl.start, sl.stop)[fin]] = s * sa[:, None] * sb[:, None] * abs(float(scaling))
+        out["dW"][idx] = s * sa[:, None] * sb[:, None] * abs(float(scaling))
     return out
+
+
+def delta_w_singular_values(A: np.ndarray, B: np.ndarray, scaling: float) -> np.ndarray:
+    """Singular values (T, min(r, out, in)) of ΔW_t = scaling·B_t A_t, descending, from the r×r
+    Gram matrices of the factors (QR of B and Aᵀ and the SVD of the r×r core where small values
+    need it); the out×in product is never formed. NaN rows where A or B is not finite."""
+    return lora_singular_values(A, B, scaling)["dW"]
 
 
 def delta_w_svd(A: np.ndarray, B: np.ndarray, scaling: float):

@@ -191,11 +191,65 @@ def _diff(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return d, f
 
 
+def _in_fast_range(big: np.ndarray, dtype) -> bool:
+    """Whether every row's largest |value| (0 allowed) lies where squares and r-fold products of
+    values and of their differences neither overflow nor underflow in `dtype`."""
+    lo, hi = _FAST_RANGE[np.dtype(dtype)]
+    return bool(np.all(np.isfinite(big) & ((big == 0) | ((big >= lo) & (big <= hi)))))
+
+
+# Largest |value| of a series that the fast kernels accept: in float32 a difference of two values
+# is at least 2^-63 (one ulp of 2^-40), whose square is still a normal number.
+_FAST_RANGE = {np.dtype(np.float32): (2.0**-40, 2.0**40), np.dtype(np.float64): (2.0**-200, 2.0**200)}
+
+
+def _abs_max(x: np.ndarray) -> np.ndarray:
+    """Largest |value| of every row of a (k, N) array (NaN where a row holds NaN)."""
+    return np.maximum(np.abs(x.min(axis=1)), np.abs(x.max(axis=1))).astype(np.float64)
+
+
 def dynamics(X: np.ndarray) -> dict[str, np.ndarray]:
     """How a dense series moves: `distance_from_first` ‖X_t − X_0‖_F, `update_size`
     ‖X_t − X_{t−1}‖_F (NaN at t = 0) and `update_cosine`, the cosine between consecutive updates
-    (NaN for t < 2 or when an update is zero). NaN wherever a snapshot involved holds NaN/Inf."""
+    (NaN for t < 2 or when an update is zero). NaN wherever a snapshot involved holds NaN/Inf.
+
+    Differences are taken in the series' precision (exact for nearby float32 values) and their
+    sums of squares by BLAS; a series with NaN/Inf or magnitudes beyond 2^±40 (float32) takes
+    the slower float64 path that rescales every row."""
     X = as_stack(X)
+    fast = _dynamics_fast(X)
+    return fast if fast is not None else _dynamics_exact(X)
+
+
+def _dynamics_fast(X: np.ndarray) -> dict[str, np.ndarray] | None:
+    T, N = X.shape[0], X.shape[1] * X.shape[2]
+    flat = X.reshape(T, N)
+    first = flat[0]
+    dist, upd, cos = np.full(T, np.nan), np.full(T, np.nan), np.full(T, np.nan)
+    sc = Scratch()
+    for sl in time_chunks(T, N, CACHE_VALUES):
+        lo = max(0, sl.start - 2)
+        x = flat[lo:sl.stop]
+        if not _in_fast_range(_abs_max(x), x.dtype) or not _in_fast_range(_abs_max(first[None]), x.dtype):
+            return None
+        m = len(x)
+        e = np.subtract(x, first, out=sc("e", x.shape, x.dtype))
+        dist[lo:sl.stop] = np.sqrt(row_sums(np.multiply(e, e, out=e)))
+        if m < 2:
+            continue
+        u = np.subtract(x[1:], x[:-1], out=sc("u", (m - 1, N), x.dtype))
+        uu = np.multiply(u, u, out=sc("uu", (m - 1, N), x.dtype))
+        n2 = row_sums(uu)
+        upd[lo + 1:sl.stop] = np.sqrt(n2)
+        if m > 2:
+            dots = row_sums(np.multiply(u[1:], u[:-1], out=uu[: m - 2]))
+            n = np.sqrt(n2)
+            cos[lo + 2:sl.stop] = _cosine(dots, n[1:], n[:-1])
+    return {"distance_from_first": dist, "update_size": upd, "update_cosine": cos}
+
+
+def _dynamics_exact(X: np.ndarray) -> dict[str, np.ndarray]:
+    """`dynamics` in float64 with every row rescaled: for series with NaN/Inf or extreme magnitudes."""
     T, N = X.shape[0], X.shape[1] * X.shape[2]
     flat = X.reshape(T, N)
     first = flat[0].astype(np.float64)
@@ -294,10 +348,87 @@ def _times(v: np.ndarray, factors: tuple[float, ...]) -> np.ndarray:
 def lowrank_dynamics(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[str, np.ndarray]:
     """The same numbers as `dynamics` plus the Frobenius norm and mean for ΔW_t = scaling·B_t A_t,
     computed from the rank-r factors only (never the out×in product). Differences are written
-    as (B_t − B_s) A_t + B_s (A_t − A_s), so small updates of large factors keep their digits."""
+    as (B_t − B_s) A_t + B_s (A_t − A_s), so small updates of large factors keep their digits.
+
+    The fast path takes differences in the series' precision and needs eight r×r products per
+    snapshot (four per factor), combined so that no product is formed twice; norms and cosines
+    come out with a relative error near 1e-6 for float32 series. Series with NaN/Inf or extreme
+    magnitudes take the float64 path that rescales every factor."""
     A, B = as_stack(A, "A"), as_stack(B, "B")
     if A.shape[0] != B.shape[0] or A.shape[1] != B.shape[2]:
         raise UsageError(f"A {A.shape} and B {B.shape} are not a LoRA pair over the same steps")
+    if A.dtype != B.dtype:
+        A, B = A.astype(np.float64), B.astype(np.float64)
+    fast = _lowrank_dynamics_fast(A, B, float(scaling))
+    return fast if fast is not None else _lowrank_dynamics_exact(A, B, scaling)
+
+
+def _tr(P: np.ndarray, Q: np.ndarray) -> np.ndarray:
+    """tr(P_t Q_t) for stacks of r×r matrices."""
+    return np.einsum("tij,tji->t", P, Q)
+
+
+def _lowrank_dynamics_fast(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[str, np.ndarray] | None:
+    T, r, n_in = A.shape
+    n_out = B.shape[1]
+    f64 = np.float64
+    s = abs(scaling)
+    A0, B0 = A[0], B[0]
+    if not (_in_fast_range(_abs_max(A0.reshape(1, -1)), A.dtype) and _in_fast_range(_abs_max(B0.reshape(1, -1)), B.dtype)):
+        return None
+    b0_zero = not B0.any()  # the usual LoRA init: ΔW_0 = 0, so the distance is ‖ΔW_t‖
+    GB0 = (B0.T @ B0).astype(f64)
+    keys = ("mean", "frobenius", "distance_from_first", "update_size", "update_cosine")
+    out = {k: np.full(T, np.nan) for k in keys}
+    for sl in time_chunks(T, r * (n_in + n_out), CACHE_VALUES):
+        lo = max(0, sl.start - 2)
+        a, b = A[lo:sl.stop], B[lo:sl.stop]  # (m, r, in), (m, out, r)
+        m = len(a)
+        if not (_in_fast_range(_abs_max(a.reshape(m, -1)), a.dtype) and _in_fast_range(_abs_max(b.reshape(m, -1)), b.dtype)):
+            return None
+        aT, bT = a.transpose(0, 2, 1), b.transpose(0, 2, 1)
+        Ga, Gb = (a @ aT).astype(f64), (bT @ b).astype(f64)
+        frob = np.sqrt(np.maximum(_tr(Gb, Ga), 0.0))
+        here = slice(sl.start - lo, None)
+        out["frobenius"][sl] = s * frob[here]
+        out["mean"][sl] = np.sign(scaling) * s * np.einsum("tr,tr->t", b[here].sum(axis=1, dtype=f64),
+                                                            a[here].sum(axis=2, dtype=f64)) / (n_out * n_in)
+        if b0_zero:
+            out["distance_from_first"][sl] = s * frob[here]
+        else:
+            dB0, dA0 = b[here] - B0, a[here] - A0
+            d2 = (_tr((dB0.transpose(0, 2, 1) @ dB0).astype(f64), Ga[here])
+                  + _tr(np.broadcast_to(GB0, (len(dA0), r, r)), (dA0 @ dA0.transpose(0, 2, 1)).astype(f64))
+                  + 2 * _tr((dB0.transpose(0, 2, 1) @ B0).astype(f64), (dA0 @ aT[here]).astype(f64)))
+            out["distance_from_first"][sl] = s * np.sqrt(np.maximum(d2, 0.0))
+        if m < 2:
+            continue
+        # update j (from snapshot lo+j to lo+j+1): ΔW_t − ΔW_{t−1} = dB_t A_t + B_{t−1} dA_t
+        dB, dA = b[1:] - b[:-1], a[1:] - a[:-1]
+        dBT = dB.transpose(0, 2, 1)
+        Y, X = (dBT @ dB).astype(f64), (dBT @ b[:-1]).astype(f64)            # dBᵀdB, dBᵀB_{t−1}
+        Ya, Xa = (dA @ dA.transpose(0, 2, 1)).astype(f64), (dA @ aT[1:]).astype(f64)  # dA dAᵀ, dA A_tᵀ
+        n2 = np.maximum(_tr(Y, Ga[1:]) + _tr(Gb[:-1], Ya) + 2 * _tr(X, Xa), 0.0)
+        norms = np.sqrt(n2)
+        out["update_size"][lo + 1:sl.stop] = s * norms
+        if m < 3:
+            continue
+        # ⟨U_t, U_{t−1}⟩ from the products above and two lag-one ones, Z = dB_{t−1}ᵀdB_t and
+        # Za = dA_t dA_{t−1}ᵀ: each factor product is rewritten through B_{t−1} = B_{t−2} + dB_{t−1}
+        # and A_{t−1} = A_t − dA_t, adding small terms to large ones (no cancellation).
+        Z = (dBT[:-1] @ dB[1:]).astype(f64)
+        Za = (dA[1:] @ dA[:-1].transpose(0, 2, 1)).astype(f64)
+        XT, XaT = X.transpose(0, 2, 1), Xa.transpose(0, 2, 1)
+        dot = (_tr(Z, Ga[2:] - XaT[1:])
+               + _tr(XT[1:] - Z, XaT[:-1] + Za)
+               + _tr(X[:-1] + Y[:-1], Xa[1:] - Ya[1:])
+               + _tr(Gb[:-2] + XT[:-1], Za))
+        out["update_cosine"][lo + 2:sl.stop] = _cosine(dot, norms[1:], norms[:-1])
+    return out
+
+
+def _lowrank_dynamics_exact(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[str, np.ndarray]:
+    """`lowrank_dynamics` in float64 with every factor rescaled: for NaN/Inf or extreme magnitudes."""
     T, r, n_in = A.shape
     n_out = B.shape[1]
     sA = _series_scale(A.reshape(T, -1))

@@ -129,11 +129,7 @@ class ModuleAnalysis:
 
     @cached_property
     def singular_values(self) -> dict[str, np.ndarray]:
-        return {
-            "A": _spectra.singular_values(self.A),
-            "B": _spectra.singular_values(self.B),
-            "dW": _spectra.delta_w_singular_values(self.A, self.B, self.scaling),
-        }
+        return _spectra.lora_singular_values(self.A, self.B, self.scaling)
 
     @cached_property
     def spectrum(self) -> dict[str, dict[str, np.ndarray]]:
