@@ -77,12 +77,14 @@ _ONES: dict = {}
 
 def _ones(n: int, dtype) -> np.ndarray:
     key = (n, np.dtype(dtype))
-    if key not in _ONES:
+    got = _ONES.get(key)  # read once: another thread may clear the cache meanwhile
+    if got is None:
         if len(_ONES) > 64:
             _ONES.clear()
-        _ONES[key] = np.ones(n, dtype=dtype)
-        _ONES[key].flags.writeable = False
-    return _ONES[key]
+        got = np.ones(n, dtype=dtype)
+        got.flags.writeable = False
+        _ONES[key] = got
+    return got
 
 
 def entry_subset(N: int, max_samples: int | None, seed: int = 0, minimum: int = 1) -> np.ndarray | None:

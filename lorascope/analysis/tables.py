@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from functools import cached_property
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Callable, Iterable, Sequence
 
 import numpy as np
@@ -52,14 +53,15 @@ class Options:
     spaced snapshots (columns `fitted_steps` of `recorded_steps`), geometry, similarity and
     histograms up to `max_steps` snapshots."""
     quantiles: tuple[float, ...] = _stats.DEFAULT_QUANTILES
-    quantile_samples: int | None = 4096  # entries per snapshot the quantiles use (None: all, exact)
+    quantile_samples: int | None = 2048  # entries per snapshot the quantiles use (None: all, exact); the fits' entries
     top_k: int = 1                     # energy share of the top-k singular values
-    fit_samples: int | None = 4096     # values per snapshot the fits use (None: all)
-    fit_steps: int | None = 100        # snapshots fitted, evenly spaced with the first and last (None: all)
+    fit_samples: int | None = 2048     # values per snapshot the fits use (None: all)
+    fit_steps: int | None = 50         # snapshots fitted, evenly spaced with the first and last (None: all)
     families: tuple[str, ...] | None = None
     criterion: str = "bic"  # with thousands of values AIC lets nested families (t, gennorm) win by noise
     max_steps: int | None = 100        # snapshots used by the SVD-heavy geometry (None: all)
     thresholds: _health.Thresholds = field(default_factory=_health.Thresholds)
+    workers: int = 2  # threads computing one module's independent parts at once (memory: one module's series)
 
 
 def _role(name: str, layer: int | None) -> str:
@@ -116,20 +118,59 @@ class ModuleAnalysis:
     def dense(self, matrix: str) -> np.ndarray:
         return {"A": self.A, "B": self.B}[matrix]
 
+    # --- the computations, by name, so that a driver can run the independent ones at once ---
+
+    def _jobs(self) -> dict[str, Callable[[], object]]:
+        o, A, B = self.options, self.A, self.B
+        return {
+            "fits:A": lambda: self._fit("A"),
+            "fits:B": lambda: self._fit("B"),
+            "dynamics:dW": lambda: _stats.lowrank_dynamics(A, B, self.scaling),
+            "singular_values": lambda: _spectra.lora_singular_values(A, B, self.scaling),
+            "moments:B": lambda: _stats.moments(B, o.quantiles, o.quantile_samples),
+            "moments:A": lambda: _stats.moments(A, o.quantiles, o.quantile_samples),
+            "dynamics:B": lambda: _stats.dynamics(B),
+            "dynamics:A": lambda: _stats.dynamics(A),
+        }
+
+    def _fit(self, matrix: str):
+        # Fits cost ~1 ms per snapshot: evenly spaced snapshots keep a long run's 'uniform at
+        # init -> Gaussian' story at a fraction of the cost; the rows say how many.
+        o = self.options
+        idx = _evenly(len(self.steps), o.fit_steps)
+        return idx, _fits.fit_snapshots(self.dense(matrix)[idx], o.families, o.fit_samples, o.criterion)
+
+    def precompute(self, parts: Iterable[str], pool: Executor | None) -> None:
+        """Runs the named computations ('fits', 'dynamics', 'singular_values', 'moments') on the
+        pool's threads at once (numpy releases the GIL in its loops and BLAS calls), longest
+        first; without a pool they run on first use, one by one."""
+        if pool is None:
+            return
+        wanted = [k for k in self._jobs() if k.split(":")[0] in set(parts) and k not in self._results]
+        futures = {k: pool.submit(self._jobs()[k]) for k in wanted}
+        for k, f in futures.items():
+            self._results[k] = f.result()
+
+    def result(self, key: str):
+        if key not in self._results:
+            self._results[key] = self._jobs()[key]()
+        return self._results[key]
+
+    @cached_property
+    def _results(self) -> dict[str, object]:
+        return {}
+
     @cached_property
     def moments(self) -> dict[str, dict[str, np.ndarray]]:
-        o = self.options
-        return {m: _stats.moments(self.dense(m), o.quantiles, o.quantile_samples) for m in ("A", "B")}
+        return {m: self.result(f"moments:{m}") for m in ("A", "B")}
 
     @cached_property
     def dynamics(self) -> dict[str, dict[str, np.ndarray]]:
-        d = {m: _stats.dynamics(self.dense(m)) for m in ("A", "B")}
-        d["dW"] = _stats.lowrank_dynamics(self.A, self.B, self.scaling)
-        return d
+        return {m: self.result(f"dynamics:{m}") for m in ("A", "B", "dW")}
 
     @cached_property
     def singular_values(self) -> dict[str, np.ndarray]:
-        return _spectra.lora_singular_values(self.A, self.B, self.scaling)
+        return self.result("singular_values")
 
     @cached_property
     def spectrum(self) -> dict[str, dict[str, np.ndarray]]:
@@ -150,6 +191,14 @@ class ModuleAnalysis:
 
 TableBuilder = Callable[[ModuleAnalysis], list[pd.DataFrame]]
 TABLES: Registry[TableBuilder] = Registry("analysis table")
+# The computations each table (and the health checks) reads, started together by `analyze`.
+_NEEDS: dict[str, tuple[str, ...]] = {
+    "stats": ("moments", "dynamics", "singular_values"),
+    "spectra": ("singular_values",),
+    "singular_values": ("singular_values",),
+    "fits": ("fits",),
+    "health": ("moments", "dynamics", "singular_values"),
+}
 
 
 @TABLES.register("stats")
@@ -213,14 +262,9 @@ def _sv_frames(ma: ModuleAnalysis) -> list[pd.DataFrame]:
 
 @TABLES.register("fits")
 def _fit_frames(ma: ModuleAnalysis) -> list[pd.DataFrame]:
-    o = ma.options
     frames = []
-    # Fits cost ~1 ms per snapshot and family set: evenly spaced snapshots keep a long run's
-    # 'uniform at init -> Gaussian' story at a fraction of the cost; the rows say how many.
-    idx = _evenly(len(ma.steps), o.fit_steps)
     for m in ("A", "B"):
-        X = ma.dense(m)
-        r = _fits.fit_snapshots(X[idx], o.families, o.fit_samples, o.criterion)
+        idx, r = ma.result(f"fits:{m}")
         for fam, vals in r.families.items():
             f = ma.frame(m, {
                 "family": fam,
@@ -288,20 +332,33 @@ def analyze(
     frames: dict[str, list[pd.DataFrame]] = {name: [] for name in builders}
     findings: list[_health.Finding] = []
     done = 0
-    for rec in recs:
-        if health:
-            findings.extend(_loss_findings(rec))
-        for name, module in rec.modules.items():
-            ma = ModuleAnalysis(rec.run_name, name, module, rec.steps, o, getattr(rec, "grad_steps", None))
-            for tname, build in builders.items():
-                frames[tname].extend(build(ma))
+    parts = {p for t in [*builders, *(["health"] if health else [])] for p in _NEEDS.get(t, ())}
+    if o.workers < 1:
+        raise UsageError(f"workers must be at least 1, got {o.workers}")
+    pool = ThreadPoolExecutor(o.workers) if o.workers > 1 else None
+    try:
+        for rec in recs:
             if health:
-                findings.extend(_health.check_module(ma.series(), o.thresholds))
-            del ma  # release this module's series before reading the next
-            done += 1
-            if progress is not None:
-                progress(done, total, f"{rec.run_name}:{name}")
+                findings.extend(_loss_findings(rec))
+            for name, module in rec.modules.items():
+                ma = ModuleAnalysis(rec.run_name, name, module, rec.steps, o, getattr(rec, "grad_steps", None))
+                ma.precompute(parts, pool)
+                done += _module_tables(ma, builders, frames, findings, health, o)
+                del ma  # release this module's series before reading the next
+                if progress is not None:
+                    progress(done, total, f"{rec.run_name}:{name}")
+    finally:
+        if pool is not None:
+            pool.shutdown()
     return Analysis({t: _concat(f) for t, f in frames.items()}, findings)
+
+
+def _module_tables(ma: ModuleAnalysis, builders: dict, frames: dict, findings: list, health: bool, o: Options) -> int:
+    for tname, build in builders.items():
+        frames[tname].extend(build(ma))
+    if health:
+        findings.extend(_health.check_module(ma.series(), o.thresholds))
+    return 1
 
 
 def _loss_findings(rec) -> list[_health.Finding]:

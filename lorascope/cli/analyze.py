@@ -63,9 +63,10 @@ def analyze(
     recordings: Annotated[list[Path], typer.Argument(help="Recording files (.h5).", exists=True, dir_okay=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="out.csv or out.parquet; several tables go to out.<table>.csv.", dir_okay=False)],
     tables: Annotated[str, typer.Option(help=f"Comma-separated tables: all, {', '.join(TABLE_NAMES)}.")] = "stats",
-    fit_samples: Annotated[int, typer.Option(help="Entries per snapshot the distribution fits use, a fixed random subset (0: all); the fits table's column n.")] = 4096,
-    fit_steps: Annotated[int, typer.Option(help="Snapshots fitted per matrix, evenly spaced with the first and last (0: all); the fits table's columns fitted_steps, recorded_steps.")] = 100,
-    quantile_samples: Annotated[int, typer.Option(help="Entries per snapshot the quantiles use, a fixed random subset (0: all, exact); the stats table's column quantile_n. Everything else covers every entry.")] = 4096,
+    fit_samples: Annotated[int, typer.Option(help="Entries per snapshot the distribution fits use, a fixed random subset (0: all); the fits table's column n.")] = 2048,
+    fit_steps: Annotated[int, typer.Option(help="Snapshots fitted per matrix, evenly spaced with the first and last (0: all); the fits table's columns fitted_steps, recorded_steps.")] = 50,
+    quantile_samples: Annotated[int, typer.Option(help="Entries per snapshot the quantiles use, a fixed random subset (0: all, exact); the stats table's column quantile_n; the same entries as the fits. Everything else covers every entry.")] = 2048,
+    workers: Annotated[int, typer.Option(help="Threads working on one module at a time (memory stays one module's series).")] = 2,
     criterion: Annotated[str, typer.Option(help="How the best family is chosen: bic or aic.")] = "bic",
     max_steps: Annotated[int, typer.Option(help="Snapshots used by similarity, geometry and histograms (0: all).")] = 100,
     bins: Annotated[int, typer.Option(help="Histogram bins (shared by every run and step of a module).")] = 64,
@@ -78,10 +79,13 @@ def analyze(
     paths = output_paths(output, names)
     if criterion not in ("aic", "bic"):
         raise UsageError(f"--criterion takes aic or bic, got {criterion!r}")
+    if workers < 1:
+        raise UsageError(f"--workers takes a count of threads of at least 1, got {workers}")
     if min(fit_samples, fit_steps, quantile_samples, max_steps) < 0:
         raise UsageError("--fit-samples, --fit-steps, --quantile-samples and --max-steps take 0 (all) or a positive count")
     options = T.Options(fit_samples=fit_samples or None, fit_steps=fit_steps or None,
-                        quantile_samples=quantile_samples or None, criterion=criterion, max_steps=max_steps or None)
+                        quantile_samples=quantile_samples or None, criterion=criterion, max_steps=max_steps or None,
+                        workers=workers)
     recs = [lorascope.open(p) for p in recordings]
     try:
         per_module = [n for n in names if n in T.TABLES]
