@@ -22,6 +22,7 @@ __all__ = [
     "interleave",
     "median",
     "ratio",
+    "paired_ratio",
     "folder_bytes",
     "random_batches",
     "machine_info",
@@ -96,6 +97,18 @@ def median(values: Sequence[float]) -> float:
 
 def ratio(value: float, baseline: float) -> float:
     return value / baseline if baseline > 0 else float("nan")
+
+
+def paired_ratio(samples: Samples, baseline: Samples) -> tuple[float, float, float]:
+    """(median, min, max) over the repetitions of the ratio of the two contenders' median step
+    times within one repetition. Turns of one repetition run back to back, so each ratio sees
+    nearly the same machine load; the median of these ratios resists slow drifts in load that a
+    ratio of overall medians does not."""
+    ratios = [ratio(median(a.step_seconds), median(b.step_seconds))
+              for a, b in zip(samples.segments, baseline.segments)]
+    if not ratios:
+        return float("nan"), float("nan"), float("nan")
+    return median(ratios), min(ratios), max(ratios)
 
 
 def folder_bytes(path: str | Path) -> int:

@@ -32,7 +32,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
-    Samples, Segment, folder_bytes, format_bytes, format_table, interleave, median, random_batches, ratio,
+    Samples, Segment, folder_bytes, format_bytes, format_table, interleave, median, paired_ratio, random_batches,
+    ratio,
 )
 from benchmarks.workloads import Workload, available_workloads, build_workload  # noqa: E402
 from lorascope.registry import Registry  # noqa: E402
@@ -240,11 +241,13 @@ def peers_rows(result: PeersResult) -> list[dict]:
     for name, s in result.samples.items():
         times = sorted(s.step_seconds)
         q1, q3 = times[len(times) // 4], times[(3 * len(times)) // 4]
+        paired, low, high = paired_ratio(s, base) if base else (float("nan"),) * 3
         rows.append({
             "model": result.workload,
             "contender": name,
             "median step": f"{s.median_step * 1000:.0f} ms",
             "ratio to none": f"{ratio(s.median_step, baseline):.3f}",
+            "paired ratio [min, max]": f"{paired:.3f} [{low:.2f}, {high:.2f}]",
             "IQR / median": f"{(q3 - q1) / s.median_step:.0%}" if s.median_step > 0 else "—",
             "close": f"{s.median_finish:.2f} s",
             "written per run": format_bytes(s.last("bytes", float("nan"))),

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from benchmarks.common import format_table, machine_info, ratio
+from benchmarks.common import format_table, machine_info, paired_ratio, ratio
 from lorascope.registry import Registry
 
 __all__ = ["Scale", "SCALES", "SUITE", "Outcome", "run_suite", "summary_table", "parse_analysis",
@@ -89,13 +89,15 @@ def _peers(scale: Scale, log: Callable[[str], None]) -> Outcome:
     for model in usable:
         result = run_peers(model, steps=scale.peer_steps, repeats=scale.peer_repeats, log=log)
         rows += peers_rows(result)
-        base = result.samples["none"].median_step
+        base = result.samples["none"]
         for name, s in result.samples.items():
             if name == "none":
                 continue
             target = "< 1.02 and below both peers" if name == "lorascope" else ""
+            paired, low, high = paired_ratio(s, base)
             out.summary.append(_row(f"recording overhead, {model}", f"step time {name} / none",
-                                    f"{ratio(s.median_step, base):.3f}", target))
+                                    f"{ratio(s.median_step, base.median_step):.3f} (paired {paired:.3f} "
+                                    f"[{low:.2f}, {high:.2f}])", target))
         for name, why in result.skipped.items():
             out.summary.append(_row(f"recording overhead, {model}", f"step time {name} / none", "not run", why))
     for model in skipped:
@@ -116,9 +118,11 @@ def _throughput(scale: Scale, log: Callable[[str], None]) -> Outcome:
     for model in usable:
         result = run_throughput(model, settings, repeats=scale.train_repeats, log=log)
         rows += throughput_rows(result)
-        ours, theirs = result.samples["lorascope"].median_step, result.samples["peft+Trainer"].median_step
+        ours, theirs = result.samples["lorascope"], result.samples["peft+Trainer"]
+        paired, low, high = paired_ratio(theirs, ours)
         out.summary.append(_row(f"training throughput, {model}", "tokens/s lorascope / PEFT+Trainer",
-                                f"{ratio(theirs, ours):.3f}", ">= 1.0"))
+                                f"{ratio(theirs.median_step, ours.median_step):.3f} (paired {paired:.3f} "
+                                f"[{low:.2f}, {high:.2f}])", ">= 1.0"))
     for model in skipped:
         out.summary.append(_row(f"training throughput, {model}", "—", "skipped", "no converted cache"))
     out.detail = format_table(rows)

@@ -26,7 +26,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import torch  # noqa: E402
 
-from benchmarks.common import Samples, Segment, format_table, interleave, random_batches, ratio  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    Samples, Segment, format_table, interleave, paired_ratio, random_batches, ratio,
+)
 from benchmarks.workloads import Workload, available_workloads, build_workload  # noqa: E402
 
 __all__ = ["Settings", "ThroughputResult", "run_throughput", "throughput_rows"]
@@ -136,15 +138,19 @@ def run_throughput(workload: str = "gpt2-small", settings: Settings | None = Non
 
 
 def throughput_rows(result: ThroughputResult) -> list[dict]:
-    base = result.samples["peft+Trainer"].median_step
+    trainer = result.samples["peft+Trainer"]
+    base = trainer.median_step
     rows = []
     for name, s in result.samples.items():
+        # speed is the inverse of step time: Trainer's step over ours
+        paired, low, high = paired_ratio(trainer, s)
         rows.append({
             "model": result.workload,
             "trainer": name,
             "median step": f"{s.median_step:.3f} s",
             "tokens/s": f"{result.tokens_per_step / s.median_step:.0f}",
             "speed vs Trainer": f"{ratio(base, s.median_step):.3f}",
+            "paired [min, max]": f"{paired:.3f} [{low:.2f}, {high:.2f}]",
             "steps timed": str(len(s.step_seconds)),
         })
     return rows

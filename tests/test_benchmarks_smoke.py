@@ -7,7 +7,8 @@ import os
 import pytest
 
 from benchmarks.common import (
-    Segment, folder_bytes, format_bytes, format_table, interleave, median, random_batches, ratio,
+    Samples, Segment, folder_bytes, format_bytes, format_table, interleave, median, paired_ratio, random_batches,
+    ratio,
 )
 from lorascope.errors import UsageError
 from lorascope.registry import Registry
@@ -45,6 +46,15 @@ def test_median_ratio_and_formatting_known_values():
     assert format_bytes(512) == "512 B"
     assert format_bytes(9 * 2**20) == "9.0 MiB"
     assert format_table([{"x": "1", "long name": "2"}]) == "| x | long name |\n|---|-----------|\n| 1 | 2         |"
+
+
+def test_paired_ratio_compares_turns_of_the_same_repetition():
+    # load doubles in repetition 2: overall medians would mix it in, per-repetition ratios do not
+    a = Samples("a", [Segment([1.1, 1.1]), Segment([2.2, 2.2]), Segment([1.2, 1.2])])
+    b = Samples("b", [Segment([1.0, 1.0]), Segment([2.0, 2.0]), Segment([1.0, 1.0])])
+    mid, low, high = paired_ratio(a, b)
+    assert (round(mid, 12), round(low, 12), round(high, 12)) == (1.1, 1.1, 1.2)
+    assert paired_ratio(Samples("a"), b)[0] != paired_ratio(Samples("a"), b)[0]  # NaN
 
 
 def test_folder_bytes_counts_every_file(tmp_path):
