@@ -2,9 +2,9 @@
 and wandb, training throughput against PEFT + Trainer, analysis throughput, report time and the
 recording size, each at a chosen scale, summarised in one table.
 
-The analysis and report benchmarks belong to their owners' scripts (``analysis_speed.py``,
-``report_time.py``); they run here as subprocesses with small arguments, and their printed
-result lines are parsed into the summary.
+The analysis and report benchmarks belong to their owners' scripts: ``analysis_speed.run``
+is called in this process (it returns its numbers); ``report_time.py`` only prints, so it runs
+as a subprocess with small arguments and its result lines are parsed into the summary.
 """
 from __future__ import annotations
 
@@ -19,8 +19,7 @@ from typing import Callable
 from benchmarks.common import format_table, machine_info, paired_ratio, ratio
 from lorascope.registry import Registry
 
-__all__ = ["Scale", "SCALES", "SUITE", "Outcome", "run_suite", "summary_table", "parse_analysis",
-           "parse_report"]
+__all__ = ["Scale", "SCALES", "SUITE", "Outcome", "run_suite", "summary_table", "parse_report"]
 
 HERE = Path(__file__).resolve().parent
 
@@ -35,7 +34,7 @@ class Scale:
     train_steps: int
     train_repeats: int
     grad_accum: int
-    analysis_args: tuple[str, ...]
+    analysis: dict  # keyword arguments of analysis_speed.run: layers, snapshots, loop_snapshots
     report_args: tuple[str, ...]
     size_snapshots: tuple[int, int]
     size_dtypes: tuple[str, ...]
@@ -44,17 +43,17 @@ class Scale:
 SCALES: dict[str, Scale] = {
     # seconds, on a tiny model: for the smoke test
     "smoke": Scale(("tiny-gpt2",), 3, 1, 3, 1, 2,
-                   ("--layers", "1", "--snapshots", "12", "--loop-snapshots", "1", "--fit-samples", "256"),
+                   {"layers": 1, "snapshots": 12, "loop_snapshots": 1},
                    ("--runs", "2", "--steps", "3", "--compare-modules", "1", "--repeats", "1"),
                    (2, 3), ("float32",)),
     # a few minutes on GPT-2 small
     "quick": Scale(("gpt2-small",), 4, 3, 4, 3, 2,
-                   ("--layers", "1", "--snapshots", "100", "--loop-snapshots", "2"),
+                   {"layers": 1, "snapshots": 100, "loop_snapshots": 2},
                    ("--runs", "6", "--steps", "20", "--compare-modules", "1", "--repeats", "1"),
                    (2, 6), ("float32", "float16")),
     # the long version: both models, the owners' full settings
     "full": Scale(("gpt2-small", "smollm2-135m"), 10, 5, 8, 5, 2,
-                  ("--full",), ("--runs", "6", "--steps", "100"),
+                  {"layers": 12, "snapshots": 2000, "loop_snapshots": 3}, ("--runs", "6", "--steps", "100"),
                   (3, 11), ("float32", "float16", "bfloat16")),
 }
 
@@ -154,18 +153,6 @@ def _script(name: str, args: tuple[str, ...], log: Callable[[str], None]) -> str
     return done.stdout
 
 
-def parse_analysis(text: str) -> dict[str, float]:
-    """The numbers ``analysis_speed.py`` prints: batched seconds, loop seconds, their ratio, and
-    the worst disagreement of stats/spectra."""
-    patterns = {
-        "batched_s": r"batched analysis of .*?: ([\d.]+) s",
-        "loop_s": r"per-matrix loop, estimated from .*?: ([\d.]+) s",
-        "ratio": r"ratio loop / batched: ([\d.]+)x",
-        "worst_stats": r"stats/spectra ([\d.eE+-]+)",
-    }
-    return _parse(text, patterns, "analysis_speed.py")
-
-
 def parse_report(text: str) -> dict[str, float]:
     """The numbers ``report_time.py`` prints: full-report seconds, PNG count, and the
     fresh/reused figure ratio."""
@@ -190,15 +177,18 @@ def _parse(text: str, patterns: dict[str, str], script: str) -> dict[str, float]
 
 @SUITE.register("analysis")
 def _analysis(scale: Scale, log: Callable[[str], None]) -> Outcome:
-    text = _script("analysis_speed.py", scale.analysis_args, log)
-    numbers = parse_analysis(text)
-    shape = text.splitlines()[0].split(",")[0]  # "N modules × T snapshots"
+    from benchmarks import analysis_speed
+
+    lines: list[str] = []
+    result = analysis_speed.run(**scale.analysis, log=lines.append)
+    shape = f"{result.modules} modules × {result.snapshots} snapshots"
     return Outcome("analysis", [
         _row(f"analysis throughput, {shape}", "per-matrix numpy/scipy loop / lorascope batched",
-             f"{numbers['ratio']:.1f}", ">= 20"),
+             f"{result.ratio:.1f}", ">= 20"),
         _row(f"analysis throughput, {shape}", "worst relative disagreement, stats/spectra",
-             f"{numbers['worst_stats']:.1e}", "agree"),
-    ], text.strip())
+             f"{result.worst['stats']:.1e}", "agree"),
+    ], "\n".join(lines + ["", f"batched {result.batched_s:.1f} s, loop (estimated from {result.loop_timed} "
+                                f"timed snapshots) {result.loop_s:.1f} s"]))
 
 
 @SUITE.register("report")
