@@ -160,7 +160,7 @@ def _training_figures(recs: Sequence[Any], ctx: FigureContext) -> list[FigureRef
     columns += [(c, "eval " + c.removeprefix("eval_").replace("_", " "), False) for c in evals]
     ncols = min(len(columns), 3)
     nrows = math.ceil(len(columns) / ncols)
-    panels = ctx.canvas.grid(nrows, ncols, panel=(4.2, 2.8), legend=True)
+    panels = ctx.canvas.grid(nrows, ncols, panel=(4.2, 2.8), legend=True, share_x=True)
     for ax, (column, label, logy) in zip(panels.flat(len(columns)), columns):
         series = scalar_series(recs, column)
         if series:

@@ -191,7 +191,10 @@ def plot_singular_spectrum(
     _title(ax, title)
     ax.grid(alpha=0.25)
     if r:
-        ax.legend(fontsize=7, loc="upper left", frameon=False)
+        # One line of text instead of a legend: an axes legend measures and lays out a box on
+        # every draw, and six of them were a fifth of this figure's drawing time.
+        ax.text(0.02, 0.97, f"σ₁ darkest … σ{r} lightest", transform=ax.transAxes, fontsize=7,
+                va="top", ha="left")
 
 
 def plot_similarity_matrix(

@@ -90,7 +90,7 @@ def heatmap(data: ModuleData, slug: str, ctx: FigureContext) -> list[FigureRef]:
         edges = _edges(values.values(), ctx.bins)
         counts = {run: histogram_counts(v, edges).counts for run, v in values.items()}
         vmax = max(int(c.max(initial=0)) for c in counts.values())
-        panels = ctx.canvas.grid(nrows, ncols, panel=(4.0, 2.8), colorbar=True)
+        panels = ctx.canvas.grid(nrows, ncols, panel=(4.0, 2.8), colorbar=True, share_x=True)
         mesh = None
         for ax, run in zip(panels.flat(n), data.runs):
             mesh = figures.plot_histogram_heatmap(ax, data.runs[run].steps, edges, counts[run],
@@ -110,7 +110,8 @@ _MOMENTS: tuple[tuple[str, str], ...] = (("mean", "mean"), ("std", "std"), ("fro
 @MODULE_FIGURES.register("moments")
 def moments(data: ModuleData, slug: str, ctx: FigureContext) -> list[FigureRef]:
     """Mean, standard deviation and Frobenius norm of A and B over steps, runs overlaid."""
-    panels = ctx.canvas.grid(len(MATRICES), len(_MOMENTS), panel=(3.6, 2.6), legend=True)
+    panels = ctx.canvas.grid(len(MATRICES), len(_MOMENTS), panel=(3.6, 2.6), legend=True,
+                             share_x=True)
     for i, matrix in enumerate(MATRICES):
         stats = {run: derived.matrix_moments(data, run, matrix) for run in data.runs}
         for j, (key, label) in enumerate(_MOMENTS):
@@ -130,7 +131,8 @@ def fits(data: ModuleData, slug: str, ctx: FigureContext) -> list[FigureRef]:
     """The best-fitting distribution family of A and B over steps (BIC), and the generalised
     normal's shape β (1 Laplace, 2 normal, large → uniform), runs overlaid."""
     families = FAMILIES.names()
-    panels = ctx.canvas.grid(len(MATRICES), 2, panel=(4.2, 2.6), legend=True, margins=(1.1, 0.6))
+    panels = ctx.canvas.grid(len(MATRICES), 2, panel=(4.2, 2.6), legend=True, margins=(1.1, 0.6),
+                             share_x=True)
     for i, matrix in enumerate(MATRICES):
         best, beta = {}, {}
         for run in data.runs:

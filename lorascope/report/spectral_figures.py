@@ -25,7 +25,7 @@ def spectrum(data: ModuleData, slug: str, ctx: FigureContext) -> list[FigureRef]
     n = len(data.runs)
     ncols = min(n + 2, 4)
     nrows = math.ceil((n + 2) / ncols)
-    panels = ctx.canvas.grid(nrows, ncols, panel=(3.6, 2.7), legend=True)
+    panels = ctx.canvas.grid(nrows, ncols, panel=(3.6, 2.7), legend=True, share_x=True)
     axes = panels.flat(n + 2)
     ranks, norms = {}, {}
     for ax, (run, rm) in zip(axes, data.runs.items()):

@@ -1,0 +1,81 @@
+"""What makes reports fast must not change what they show: a figure drawn on a reused canvas (whose
+axes were emptied, not cleared) has the same pixels as the same figure drawn on a fresh canvas,
+for every figure kind, after a module that exercised log axes, fixed ticks, imshow and NaN."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+from matplotlib.image import imread
+
+from lorascope.report.canvas import Canvas
+from lorascope.report.collect import read_module
+from lorascope.report.module_figures import MODULE_FIGURES, FigureContext
+from lorascope.report import figures, spectral_figures  # noqa: F401 - registers every kind
+from report_fakes import fake_recording
+
+
+class _FreshCanvas(Canvas):
+    """A new figure for every grid: what the reused canvas must look like."""
+
+    def grid(self, *args, **kwargs):
+        self._layouts.clear()
+        return super().grid(*args, **kwargs)
+
+
+def _module(name: str, seed: int, shape: tuple[int, int], rank: int, steps: int, edit=None):
+    runs = [fake_recording(run, seed=seed + k, modules=(name,), shape=shape, rank=rank, steps=steps)
+            for k, run in enumerate(("a", "b"))]
+    if edit is not None:
+        edit([r.modules[name] for r in runs])
+    return read_module(runs, name, max_steps=8)
+
+
+def _nan_tail(mods):
+    mods[1].A[-4:] = np.nan
+
+
+def _untrained_b(mods):  # B still zero: its spectrum and β panels have nothing to put on a log axis
+    for m in mods:
+        m.B[:] = 0.0
+
+
+def _datas():
+    """Three modules whose figures differ in every way the canvas must forget: NaN weights (empty
+    panels), log axes followed by linear ones and back, other shapes, ranges and step counts."""
+    return (_module("h.0.q", 0, (12, 20), 3, 9, _nan_tail),
+            _module("h.1.v", 2, (24, 16), 4, 14, _untrained_b),
+            _module("h.2.o", 4, (16, 16), 2, 11))
+
+
+@pytest.mark.parametrize("kind", MODULE_FIGURES.names())
+def test_reused_canvas_draws_the_same_pixels_as_a_fresh_one(kind, tmp_path):
+    datas = _datas()
+    colors = figures.run_colors(["a", "b"])
+    draw = MODULE_FIGURES.get(kind)
+    used = FigureContext(tmp_path / "used", Canvas(), colors, bins=16)
+    used.out_dir.mkdir()
+    refs = [draw(data, f"m{i}", used) for i, data in enumerate(datas)]
+    for i in (1, 2):
+        fresh = FigureContext(tmp_path / f"fresh{i}", _FreshCanvas(), colors, bins=16)
+        fresh.out_dir.mkdir()
+        assert [r.file for r in draw(datas[i], f"m{i}", fresh)] == [r.file for r in refs[i]]
+        for ref in refs[i]:
+            np.testing.assert_array_equal(
+                imread(used.out_dir / ref.file), imread(fresh.out_dir / ref.file),
+                err_msg=f"{kind}: {ref.file} differs on a reused canvas")
+
+
+def test_shared_x_labels_only_the_bottom_shown_row():
+    panels = Canvas().grid(2, 3, share_x=True)
+    axes = panels.flat(4)  # the bottom row keeps one panel: columns 1 and 2 end in row 0
+    for ax in axes:
+        ax.set_xlabel("optimizer step")
+    panels.label_outer_x()
+    labelled = [ax.get_xlabel() == "optimizer step" for ax in axes]
+    assert labelled == [False, True, True, True]
+    shown = [ax.xaxis.get_major_ticks()[0].label1.get_visible() for ax in axes]
+    assert shown == labelled
