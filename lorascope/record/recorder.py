@@ -17,6 +17,7 @@ import os
 import platform
 import socket
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -180,11 +181,18 @@ class Recorder:
         """Messages waiting for the writer: stays small when the writer keeps up."""
         return self._writer.pending() if self._writer is not None else len(self._early)
 
-    def flush(self) -> None:
-        """Commits everything captured so far, whatever the flush interval."""
+    def flush(self, wait: bool = False) -> None:
+        """Commits everything captured so far, whatever the flush interval; ``wait=True``
+        returns once it is on disk."""
         self._require_started()
-        if self._writer is not None:
-            self._writer.put(Commit())
+        if self._writer is None:
+            return
+        done = threading.Event() if wait else None
+        self._writer.put(Commit(done))
+        while done is not None and not done.wait(timeout=0.5):
+            self._writer.raise_error()
+            if not self._writer.alive():
+                break
 
     def on_micro_step(self, micro_step: int, loss_scale: float = 1.0) -> None:
         """After each backward(). With record.grads, stores this micro-batch's own gradient:
@@ -452,7 +460,7 @@ class NullRecorder:
     def attach(self, optimizer) -> "NullRecorder":
         return self
 
-    def flush(self) -> None:
+    def flush(self, wait: bool = False) -> None:
         pass
 
     def close(self, status: str = "complete") -> None:

@@ -106,7 +106,10 @@ class Scalars:
 
 @dataclass
 class Commit:
-    """Makes everything sent so far visible now, whatever the flush interval."""
+    """Makes everything sent so far visible now, whatever the flush interval; sets ``done``
+    (a threading.Event) once it is on disk."""
+
+    done: Any = None
 
 
 @dataclass
@@ -115,6 +118,26 @@ class _Close:
 
 
 # --- the file --------------------------------------------------------------------------------
+
+class _Series:
+    """An extendable (T, ...) dataset with one snapshot per chunk, appended to by row."""
+
+    def __init__(self, ds: h5py.Dataset) -> None:
+        self.ds = ds
+        self.id = ds.id
+        self.tail = tuple(ds.shape[1:])
+        self.zeros = (0,) * len(self.tail)
+        # the chunk is exactly one snapshot in C order: write it as is, past HDF5's dataspace
+        # machinery (twice as fast); compressed chunks go through the filter pipeline
+        self.direct = ds.compression is None and ds.chunks == (1, *self.tail)
+
+    def append(self, row: int, value: np.ndarray) -> None:
+        self.id.set_extent((row + 1, *self.tail))
+        if self.direct:
+            self.id.write_direct_chunk((row, *self.zeros), np.ascontiguousarray(value))
+        else:
+            self.ds[row] = value
+
 
 def _attr_value(value: Any) -> Any:
     return json.dumps(value) if isinstance(value, (dict, list, tuple)) else value
@@ -134,6 +157,7 @@ class RecordingFile:
         self._pending: dict[str, list] = {"snapshots": [], "grads": [], "state": [], "updates": [],
                                           "scalars": [], "other": []}
         self.written = {"snapshots": 0, "grads": 0, "state": 0}
+        self._handles: dict[str, list[_Series]] = {}
         try:
             self.f = h5py.File(self.path, "w", libver="latest")
         except OSError as exc:
@@ -225,44 +249,42 @@ class RecordingFile:
                     self._series(sg, key, shape, "f4", stored=False)
 
     # appending data rows ---------------------------------------------------------------------
-    def _append(self, ds: h5py.Dataset, row: int, value: np.ndarray) -> None:
-        if ds.shape[0] <= row:
-            ds.resize(row + 1, axis=0)
-        if ds.compression is None and ds.chunks == (1, *ds.shape[1:]):
-            # the chunk is exactly one snapshot in C order: skip HDF5's dataspace machinery
-            ds.id.write_direct_chunk((row,) + (0,) * (ds.ndim - 1), np.ascontiguousarray(value))
-        else:
-            ds[row] = value
-
-    def write_snapshot(self, msg: Snapshot) -> None:
-        row = self.written["snapshots"]
-        views = msg.slot.arrays  # A0, B0, A1, B1, ...
-        for i, spec in enumerate(self.modules):
+    def _series_list(self, keys: list[str]) -> list["_Series"]:
+        """Open handles, in slot order, so that appending makes no lookups: every h5py call
+        takes the GIL back from the training thread, so the writer makes as few as it can."""
+        out = []
+        for spec in self.modules:
             g = self.f["modules"][spec.name]
-            self._append(g["A"], row, views[2 * i])
-            self._append(g["B"], row, views[2 * i + 1])
-        self.written["snapshots"] += 1
-        self._pending["snapshots"].append((msg.step, msg.micro_step, msg.time))
+            out.extend(_Series(g[k]) for k in keys)
+        return out
 
-    def write_grads(self, msg: Grads) -> None:
-        row = self.written["grads"]
-        views = msg.slot.arrays
-        for i, spec in enumerate(self.modules):
-            g = self.f["modules"][spec.name]
-            self._append(g["grad_A"], row, views[2 * i])
-            self._append(g["grad_B"], row, views[2 * i + 1])
-        self.written["grads"] += 1
-        self._pending["grads"].append((msg.step, msg.micro_step, msg.loss_scale))
-
-    def write_state(self, msg: State) -> None:
-        row = self.written["state"]
-        views = iter(msg.slot.arrays)
+    def _state_list(self) -> list["_Series"]:
+        out = []
         for spec in self.modules:
             g = self.f["modules"][spec.name]
             for matrix, entries in spec.state.items():
-                for key, _ in entries:
-                    self._append(g[f"state_{matrix}"][key], row, next(views))
-        self.written["state"] += 1
+                out.extend(_Series(g[f"state_{matrix}"][key]) for key, _ in entries)
+        return out
+
+    def _append_all(self, kind: str, keys, arrays: list[np.ndarray]) -> int:
+        if kind not in self._handles:
+            self._handles[kind] = self._state_list() if keys is None else self._series_list(keys)
+        row = self.written[kind]
+        for series, value in zip(self._handles[kind], arrays):
+            series.append(row, value)
+        self.written[kind] += 1
+        return row
+
+    def write_snapshot(self, msg: Snapshot) -> None:
+        self._append_all("snapshots", ["A", "B"], msg.slot.arrays)  # A0, B0, A1, B1, ...
+        self._pending["snapshots"].append((msg.step, msg.micro_step, msg.time))
+
+    def write_grads(self, msg: Grads) -> None:
+        self._append_all("grads", ["grad_A", "grad_B"], msg.slot.arrays)
+        self._pending["grads"].append((msg.step, msg.micro_step, msg.loss_scale))
+
+    def write_state(self, msg: State) -> None:
+        self._append_all("state", None, msg.slot.arrays)
         self._pending["state"].append(msg.step)
 
     def add_updates(self, msg: Updates) -> None:
@@ -270,9 +292,11 @@ class RecordingFile:
 
     def add_scalars(self, msg: Scalars) -> None:
         columns = self.layout.scalar_columns
-        self._pending["scalars"].append(
-            (msg.step, [float(msg.values.get(c, np.nan)) for c in columns])
-        )
+        # every optimizer step gets its row; a separate log only when it has a column's name
+        if msg.optimizer_step or any(c in msg.values for c in columns):
+            self._pending["scalars"].append(
+                (msg.step, [float(msg.values.get(c, np.nan)) for c in columns])
+            )
         for name, value in msg.values.items():
             if name not in columns:
                 self._pending["other"].append((msg.step, name.encode()[:OTHER_NAME_BYTES], float(value)))
@@ -413,6 +437,8 @@ class WriterThread:
                     self.file.commit()
                     self._steps_since_commit = 0
                     last_commit = time.monotonic()
+                    if msg.done is not None:
+                        msg.done.set()
                     continue
                 if msg is not None:
                     release = getattr(msg, "release", None)
