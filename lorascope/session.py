@@ -142,7 +142,7 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
             environment=environment(device, precision.mode, dist_info.world_size, model),
             total_steps=cfg.optim.steps, resume=resume,
         )
-        log(f"recording {len(recorder.modules)} modules to {output} (about {recorder.estimate_bytes() / 2**20:.1f} MiB)")
+        log(f"recording {len(recorder.modules)} modules to {output} (about {recorder.estimate_bytes(cfg.optim.grad_accum) / 2**20:.1f} MiB)")
 
     status = "failed"
     result = None
