@@ -61,7 +61,7 @@ def _task_kwargs(task: str, num_labels: int) -> dict:
 
 
 @contextmanager
-def _quiet_transformers() -> Iterator[None]:
+def quiet_transformers() -> Iterator[None]:
     """Silences transformers' 'newly initialized weights' notice: a fresh classification head is
     what we asked for, and the warning would read like a fault to a user."""
     from transformers.utils import logging as hf_logging
@@ -90,7 +90,7 @@ def _load_pretrained_dir(path: Path | str, task: str, num_labels: int) -> tuple[
 
     auto = _auto_class(task)
     tokenizer = AutoTokenizer.from_pretrained(path)
-    with _quiet_transformers():
+    with quiet_transformers():
         model = auto.from_pretrained(path, **_task_kwargs(task, num_labels))
     return model, tokenizer
 

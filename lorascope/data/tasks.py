@@ -6,12 +6,12 @@ plus ``labels``: a token list with -100 where no loss is taken, or an int for cl
 """
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 from lorascope.config import DataConfig
 from lorascope.errors import UsageError
+from lorascope.models import quiet_transformers
 from lorascope.registry import Registry
 
 __all__ = [
@@ -50,18 +50,10 @@ class Task(Protocol):
 TASKS: Registry[Task] = Registry("task")
 
 
-@contextmanager
-def quiet_length_warning() -> Iterator[None]:
+def quiet_length_warning():
     """Whole texts are tokenised first and cut to max_length afterwards, which makes transformers
     warn that a sequence is 'longer than the specified maximum'; here that is intended."""
-    from transformers.utils import logging as hf_logging
-
-    before = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(before)
+    return quiet_transformers()
 
 
 def _missing_columns(needed: list[str], available: list[str], what: str) -> UsageError:
