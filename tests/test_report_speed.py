@@ -79,3 +79,26 @@ def test_shared_x_labels_only_the_bottom_shown_row():
     assert labelled == [False, True, True, True]
     shown = [ax.xaxis.get_major_ticks()[0].label1.get_visible() for ax in axes]
     assert shown == labelled
+
+
+def test_worker_processes_write_the_same_report(tmp_path):
+    """Modules drawn by two worker processes give the same page and the same PNG bytes as modules
+    drawn here, one after another (duplicate run names included: workers must use the same
+    renamed runs)."""
+    from report_recordings import record_tiny_run
+    from lorascope.report import build_report
+
+    runs = [record_tiny_run(tmp_path / "a.h5", "same", seed=0, steps=3),
+            record_tiny_run(tmp_path / "b.h5", "same", optimizer="sgd", seed=1, steps=3)]
+    kw = dict(figure_kinds=["histograms", "moments"], max_modules=4)
+    serial = build_report(runs, tmp_path / "serial", workers=1, **kw)
+    parallel = build_report(runs, tmp_path / "parallel", workers=2, **kw)
+
+    def page(index):
+        return [line for line in index.read_text(encoding="utf-8").splitlines() if "generated" not in line]
+
+    assert page(serial) == page(parallel) and "same #2" in serial.read_text(encoding="utf-8")
+    pngs = sorted(p.name for p in serial.parent.glob("*.png"))
+    assert len(pngs) == 1 + 4 * 3 and pngs == sorted(p.name for p in parallel.parent.glob("*.png"))
+    for name in pngs:
+        assert (serial.parent / name).read_bytes() == (parallel.parent / name).read_bytes(), name

@@ -57,6 +57,7 @@ def report(
     figures: Annotated[str, typer.Option(help=f"Figure kinds per module: all, or some of {', '.join(MODULE_FIGURES.names())}.")] = "all",
     bins: Annotated[int, typer.Option(help="Histogram bins (shared by the runs on each axis).")] = 64,
     title: Annotated[Optional[str], typer.Option(help="Page title [default: the run names].")] = None,
+    workers: Annotated[Optional[int], typer.Option(help="Processes drawing modules side by side [default: one per core].")] = None,
 ) -> None:
     """Write an HTML report (index.html plus PNG figures) comparing recordings."""
     import lorascope
@@ -71,5 +72,5 @@ def report(
             output = Path("reports") / default_report_name([r.run_name for r in recs])
         index = build_report(recs, output, modules=modules, max_modules=max_modules,
                              max_steps=max_steps, figure_kinds=kinds, bins=bins, title=title,
-                             progress=_Progress())
+                             progress=_Progress(), workers=workers)
     typer.echo(f"report written to {index}")

@@ -1,6 +1,6 @@
 """`build_report(recordings, out_dir)`: reads what each figure needs (a bounded number of steps
-and modules), draws every figure into reused matplotlib figures, and writes `index.html` beside
-the PNGs."""
+and modules), draws every figure into reused matplotlib figures (modules spread over worker
+processes when there are many), and writes `index.html` beside the PNGs."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -9,35 +9,26 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+import pandas as pd
+
 from lorascope.errors import UsageError
 from lorascope.report import figures
 from lorascope.report.canvas import Canvas
-from lorascope.report.collect import common_modules, read_module
-from lorascope.report.health import loss_findings, module_findings
+from lorascope.report.collect import common_modules
+from lorascope.report.health import loss_findings
 from lorascope.report.html import FigureRef, ModuleBlock, ModuleGroup, Page, render_page
 from lorascope.report.module_figures import MODULE_FIGURES, FigureContext, save_figure
-from lorascope.report import spectral_figures  # noqa: F401 - registers the spectrum and similarity kinds
-from lorascope.report.paths import inside, safe_name
+from lorascope.report.paths import inside
+from lorascope.report.render import (
+    ModuleResult, NamedRecording, RenderPlan, default_workers, render_modules,
+)
 from lorascope.report.runs import eval_columns, runs_table, scalar_series
-from lorascope.report.summary import summary_table
 
 __all__ = ["build_report", "Progress", "DEFAULT_MAX_STEPS", "DEFAULT_MAX_MODULES"]
 
 Progress = Callable[[int, int, str], None]  # (done, total, what is being drawn)
 DEFAULT_MAX_STEPS = 120
 DEFAULT_MAX_MODULES = 24
-
-
-class _Named:
-    """A recording shown under another name: two runs may carry the same name, and the report
-    keys colours and tables by name."""
-
-    def __init__(self, rec: Any, name: str) -> None:
-        self._rec = rec
-        self.run_name = name
-
-    def __getattr__(self, attr: str) -> Any:
-        return getattr(self._rec, attr)
 
 
 def _unique_names(names: Sequence[str]) -> list[str]:
@@ -72,16 +63,21 @@ def build_report(
     early_steps: int = 3,
     title: str | None = None,
     progress: Progress | None = None,
+    workers: int | None = None,
 ) -> Path:
     """Writes `out_dir/index.html` and its PNGs for one or more recordings (Recording objects or
     paths) and returns the page's path. Only modules every recording has are shown; `modules`
-    is a glob over their names and `max_modules` caps how many are drawn."""
+    is a glob over their names and `max_modules` caps how many are drawn. `workers`: processes
+    that draw modules side by side (default: one per core this process may use; 1 draws here)."""
     if max_modules < 1:
         raise UsageError(f"--max-modules must be at least 1 (got {max_modules})")
     if bins < 2:
         raise UsageError(f"--bins must be at least 2 (got {bins})")
+    if workers is not None and workers < 1:
+        raise UsageError(f"--workers must be at least 1 (got {workers})")
     kinds = list(figure_kinds) if figure_kinds else MODULE_FIGURES.names()
-    draw = [(kind, MODULE_FIGURES.get(kind)) for kind in kinds]
+    for kind in kinds:
+        MODULE_FIGURES.get(kind)  # an unknown kind raises a UsageError listing the valid ones
     with ExitStack() as stack:
         recs = _open_all(recordings, stack)
         if not recs:
@@ -92,34 +88,33 @@ def build_report(
                     f"the recording of run {rec.run_name!r} has no snapshot yet; wait for its first "
                     "step to be written, or leave it out of the report"
                 )
-        recs = [_Named(r, n) for r, n in zip(recs, _unique_names([r.run_name for r in recs]))]
+        recs = [NamedRecording(r, n) for r, n in zip(recs, _unique_names([r.run_name for r in recs]))]
         names = common_modules(recs, modules)
         shown, omitted = names[:max_modules], names[max_modules:]
 
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)
         colors = figures.run_colors([r.run_name for r in recs])
-        ctx = FigureContext(out, Canvas(), colors, bins)
+        canvas = Canvas()
+        plan = RenderPlan(out, colors, tuple(kinds), bins, max_steps, early_steps)
         total = 1 + len(shown)
         tick = progress or (lambda done, total, what: None)
 
         tick(0, total, "training curves")
-        training = _training_figures(recs, ctx)
+        training = _training_figures(recs, FigureContext(out, canvas, colors, bins))
+        tick(1, total, "training curves")
+        results: list[ModuleResult | None] = [None] * len(shown)
+        for i, result in render_modules(recs, shown, plan, workers=workers or default_workers(),
+                                        canvas=canvas, on_done=lambda done, name: tick(1 + done, total, name)):
+            results[i] = result
         warnings = {r.run_name: [str(f) for f in loss_findings(r)] for r in recs}
         groups: dict[Any, list[ModuleBlock]] = {}
-        datas = []
-        for i, name in enumerate(shown):
-            tick(1 + i, total, name)
-            data = read_module(recs, name, max_steps, early_steps)
-            slug = f"m{i:03d}-{safe_name(name, 'module')}"
-            refs = [ref for _, kind in draw for ref in kind(data, slug, ctx)]
-            first = recs[0].modules[name]
-            shape = f"rank {first.rank} · {first.in_features} → {first.out_features}"
-            groups.setdefault(data.layer, []).append(ModuleBlock(name, shape, refs, data.role))
-            for run, found in module_findings(data).items():
-                warnings[run].extend(str(f) for f in found)
-            datas.append(data)
-        tick(total, total, "page")
+        summary_rows = []
+        for result in results:
+            groups.setdefault(result.layer, []).append(result.block)
+            for run, found in result.findings.items():
+                warnings[run].extend(found)
+            summary_rows.extend(result.summary)
 
         notes = [
             f"Modules and steps are subsampled for speed: at most {max_steps} snapshots per run "
@@ -136,7 +131,7 @@ def build_report(
             runs_table=runs_table(recs),
             training_figures=training,
             groups=[ModuleGroup(_group_title(layer, blocks), blocks) for layer, blocks in groups.items()],
-            summary_table=summary_table(datas),
+            summary_table=pd.DataFrame(summary_rows),
             warnings=warnings,
             notes=notes,
             generated=f"generated {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC} from "

@@ -14,7 +14,7 @@ from lorascope.errors import UsageError
 from lorascope.report import derived
 from lorascope.report.collect import ModuleData, RunModule
 
-__all__ = ["summary_table", "final_delta_w", "normal_from"]
+__all__ = ["summary_table", "summary_rows", "final_delta_w", "normal_from"]
 
 
 def normal_from(steps: np.ndarray, best: np.ndarray) -> float:
@@ -40,24 +40,29 @@ def final_delta_w(rm: RunModule) -> dict[str, float]:
     return out
 
 
+def summary_rows(data: ModuleData) -> list[dict]:
+    """One module's rows of the summary table, one per run: plain values, so that a module drawn
+    in another process sends back only these."""
+    rows = []
+    for run, rm in data.runs.items():
+        final = final_delta_w(rm)
+        normal = {m: normal_from(*_best(data, run, m)) for m in ("A", "B")}
+        rows.append({
+            "module": data.name,
+            "run": run,
+            "final step": int(rm.steps[-1]),
+            "A normal from step": normal["A"],
+            "B normal from step": normal["B"],
+            "final ‖ΔW‖_F": final["norm"],
+            "final effective rank of ΔW": final["effective_rank"],
+            "amplification (needs W0)": final["amplification"],
+        })
+    return rows
+
+
 def summary_table(modules: Sequence[ModuleData]) -> pd.DataFrame:
     """One row per (module, run)."""
-    rows = []
-    for data in modules:
-        for run, rm in data.runs.items():
-            final = final_delta_w(rm)
-            normal = {m: normal_from(*_best(data, run, m)) for m in ("A", "B")}
-            rows.append({
-                "module": data.name,
-                "run": run,
-                "final step": int(rm.steps[-1]),
-                "A normal from step": normal["A"],
-                "B normal from step": normal["B"],
-                "final ‖ΔW‖_F": final["norm"],
-                "final effective rank of ΔW": final["effective_rank"],
-                "amplification (needs W0)": final["amplification"],
-            })
-    return pd.DataFrame(rows)
+    return pd.DataFrame([row for data in modules for row in summary_rows(data)])
 
 
 def _best(data: ModuleData, run: str, matrix: str) -> tuple[np.ndarray, np.ndarray]:

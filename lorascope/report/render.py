@@ -1,0 +1,161 @@
+"""Drawing the modules of a report: everything one module contributes (its figures, health
+findings and summary rows) comes from `render_module`, in this process or in a pool of worker
+processes. Modules are independent, so a report of many modules spreads them over the cores;
+each worker opens the recordings itself (an open HDF5 file cannot be shared between processes)
+and keeps one Canvas, so figures are reused inside each worker as they are in a serial report."""
+from __future__ import annotations
+
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from lorascope.report import spectral_figures  # noqa: F401 - registers the spectrum and similarity kinds
+from lorascope.report.canvas import Canvas
+from lorascope.report.collect import read_module
+from lorascope.report.health import module_findings
+from lorascope.report.html import ModuleBlock
+from lorascope.report.module_figures import MODULE_FIGURES, FigureContext
+from lorascope.report.paths import safe_name
+from lorascope.report.summary import summary_rows
+
+__all__ = [
+    "RenderPlan", "ModuleResult", "NamedRecording", "render_module", "render_modules",
+    "default_workers", "MIN_MODULES_PER_WORKER",
+]
+
+# A worker costs about two seconds of imports before it draws anything, and a module about five
+# seconds of drawing (6 runs, measured here); below two modules per worker the pool does not pay.
+MIN_MODULES_PER_WORKER = 2
+
+
+@dataclass(frozen=True)
+class RenderPlan:
+    """What every module is drawn with; sent to each worker once."""
+
+    out_dir: Path
+    colors: dict[str, str]
+    kinds: tuple[str, ...]
+    bins: int
+    max_steps: int
+    early_steps: int
+
+
+@dataclass
+class ModuleResult:
+    """A module's part of the page, in plain values (it crosses process boundaries)."""
+
+    block: ModuleBlock
+    layer: int | None
+    findings: dict[str, list[str]] = field(default_factory=dict)  # run → health warnings
+    summary: list[dict] = field(default_factory=list)  # rows of the summary table
+
+
+class NamedRecording:
+    """A recording shown under another name: two runs may carry the same name, and the report
+    keys colours and tables by name."""
+
+    def __init__(self, rec: Any, name: str) -> None:
+        self._rec = rec
+        self.run_name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._rec, attr)
+
+
+def render_module(recs: Sequence[Any], name: str, index: int, plan: RenderPlan,
+                  canvas: Canvas) -> ModuleResult:
+    """Reads module `name` from every run, writes its PNGs and returns its part of the page."""
+    data = read_module(recs, name, plan.max_steps, plan.early_steps)
+    ctx = FigureContext(plan.out_dir, canvas, plan.colors, plan.bins)
+    slug = f"m{index:03d}-{safe_name(name, 'module')}"
+    refs = [ref for kind in plan.kinds for ref in MODULE_FIGURES.get(kind)(data, slug, ctx)]
+    first = recs[0].modules[name]
+    shape = f"rank {first.rank} · {first.in_features} → {first.out_features}"
+    findings = {run: [str(f) for f in found] for run, found in module_findings(data).items()}
+    return ModuleResult(ModuleBlock(name, shape, refs, data.role), data.layer, findings,
+                        summary_rows(data))
+
+
+def default_workers() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def _recording_paths(recs: Sequence[Any]) -> list[Path] | None:
+    """Where each recording's file is, when a worker can open the same data again: not for
+    in-memory recordings, and not for a run still being written (a worker opening it later would
+    see more snapshots than the rest of the page)."""
+    paths = []
+    for rec in recs:
+        path = getattr(rec, "path", None)
+        if path is None or getattr(rec, "status", "") == "running" or not Path(path).is_file():
+            return None
+        paths.append(Path(path))
+    return paths
+
+
+def render_modules(
+    recs: Sequence[Any],
+    names: Sequence[str],
+    plan: RenderPlan,
+    *,
+    workers: int,
+    canvas: Canvas,
+    on_done: Callable[[int, str], None] = lambda done, name: None,
+) -> Iterator[tuple[int, ModuleResult]]:
+    """(index, result) for every module in `names`, in the order they finish; `on_done(done,
+    name)` after each. Uses up to `workers` processes when there are enough modules and every
+    recording is a complete file; otherwise draws here, on `canvas`."""
+    workers = min(workers, len(names) // MIN_MODULES_PER_WORKER)
+    paths = _recording_paths(recs) if workers > 1 else None
+    if paths is None:
+        for i, name in enumerate(names):
+            yield i, render_module(recs, name, i, plan, canvas)
+            on_done(i + 1, name)
+        return
+    run_names = [r.run_name for r in recs]
+    finished: set[int] = set()
+    # spawn, not fork: a forked child would share the parent's open HDF5 handles
+    context = multiprocessing.get_context("spawn")
+    try:
+        with ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
+                                 initargs=(paths, run_names, plan)) as pool:
+            futures = {pool.submit(_render_in_worker, i, name): (i, name) for i, name in enumerate(names)}
+            for future in as_completed(futures):
+                i, name = futures[future]
+                result = future.result()
+                finished.add(i)
+                yield i, result
+                on_done(len(finished), name)
+    except BrokenProcessPool:
+        # A worker could not start or died (a __main__ that cannot be re-imported, such as a
+        # script piped to python, or a worker killed for memory): draw the rest here.
+        pass
+    for i, name in enumerate(names):
+        if i not in finished:
+            finished.add(i)
+            yield i, render_module(recs, name, i, plan, canvas)
+            on_done(len(finished), name)
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(paths: list[Path], run_names: list[str], plan: RenderPlan) -> None:
+    import lorascope
+
+    stack = ExitStack()  # open for the worker's life; the files close when the process ends
+    recs = [NamedRecording(stack.enter_context(lorascope.open(p)), n) for p, n in zip(paths, run_names)]
+    _WORKER.update(recs=recs, plan=plan, canvas=Canvas(), stack=stack)
+
+
+def _render_in_worker(index: int, name: str) -> ModuleResult:
+    return render_module(_WORKER["recs"], name, index, _WORKER["plan"], _WORKER["canvas"])
