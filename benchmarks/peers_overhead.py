@@ -172,6 +172,32 @@ class WandbWatch(Watcher):
                 "kept": f"64-bin histograms of all {self.count} parameter tensors (frozen base included) + loss"}
 
 
+class _TimedHooks:
+    """Passes the loop's calls on to a contender's hooks and adds up the seconds spent in them
+    per optimizer step: the time the training thread is held, which a shared machine's noise
+    barely touches, unlike the step time around it. A contender whose work happens elsewhere
+    (wandb's forward hook) shows only what its loop hooks cost."""
+
+    def __init__(self, hooks: Any) -> None:
+        self.hooks = hooks
+        self.per_step: list[float] = []
+        self._current = 0.0
+
+    def on_micro_step(self, micro_step: int, loss_scale: float = 1.0) -> None:
+        start = time.perf_counter()
+        self.hooks.on_micro_step(micro_step, loss_scale=loss_scale)
+        self._current += time.perf_counter() - start
+
+    def on_optimizer_step(self, step: int, scalars: dict, optimizer=None) -> None:
+        start = time.perf_counter()
+        self.hooks.on_optimizer_step(step, scalars, optimizer=optimizer)
+        self.per_step.append(self._current + time.perf_counter() - start)
+        self._current = 0.0
+
+    def log_eval(self, step: int, metrics: dict) -> None:
+        self.hooks.log_eval(step, metrics)
+
+
 @dataclass
 class PeersResult:
     workload: str
@@ -189,14 +215,16 @@ def _segment(workload: Workload, optimizer, watcher: Watcher, batches, steps: in
 
     folder = Path(tempfile.mkdtemp(dir=root))
     hooks = watcher.begin(workload.model, optimizer, folder, steps)
+    timed = _TimedHooks(hooks) if hooks is not None else None
     stamps: list[float] = []
     start = time.perf_counter()
     train_loop(model=workload.model, optimizer=optimizer, scheduler=None, train_data=batches,
                device=torch.device("cpu"), precision=resolve_precision("off", torch.device("cpu")),
-               total_steps=steps, max_grad_norm=1.0, hooks=hooks,
+               total_steps=steps, max_grad_norm=1.0, hooks=timed,
                progress=lambda state, loss: stamps.append(time.perf_counter()))
     finished = time.perf_counter()
     extra = watcher.end()
+    extra["hook_seconds"] = timed.per_step[warmup:] if timed is not None else [0.0] * (steps - warmup)
     finish = time.perf_counter() - finished
     times = [b - a for a, b in zip([start, *stamps[:-1]], stamps)]
     return Segment(times[warmup:], finish, extra)
@@ -242,6 +270,7 @@ def peers_rows(result: PeersResult) -> list[dict]:
         times = sorted(s.step_seconds)
         q1, q3 = times[len(times) // 4], times[(3 * len(times)) // 4]
         paired, low, high = paired_ratio(s, base) if base else (float("nan"),) * 3
+        hooks = median([t for seg in s.segments for t in seg.extra.get("hook_seconds", [])])
         rows.append({
             "model": result.workload,
             "contender": name,
@@ -249,6 +278,7 @@ def peers_rows(result: PeersResult) -> list[dict]:
             "ratio to none": f"{ratio(s.median_step, baseline):.3f}",
             "paired ratio [min, max]": f"{paired:.3f} [{low:.2f}, {high:.2f}]",
             "IQR / median": f"{(q3 - q1) / s.median_step:.0%}" if s.median_step > 0 else "—",
+            "in loop hooks per step": f"{hooks * 1000:.1f} ms ({ratio(hooks, baseline):.2%})",
             "close": f"{s.median_finish:.2f} s",
             "written per run": format_bytes(s.last("bytes", float("nan"))),
             "kept": s.last("kept", ""),

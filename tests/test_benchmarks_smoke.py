@@ -89,6 +89,9 @@ def test_peers_overhead_on_a_tiny_model():
     rows = {row["contender"]: row for row in peers_rows(result)}
     assert rows["none"]["ratio to none"] == "1.000"
     assert "16,384 values" in rows["lorascope"]["kept"]
+    assert rows["none"]["in loop hooks per step"] == "0.0 ms (0.00%)"
+    held = result.samples["lorascope"].last("hook_seconds")
+    assert len(held) == 2 and all(t > 0 for t in held)
     with pytest.raises(ValueError, match="warmup"):
         run_peers("tiny-gpt2", steps=1, repeats=1)
 
