@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import platform
 import random
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -20,7 +21,7 @@ import lorascope
 from lorascope.amp import resolve_device, resolve_precision
 from lorascope.config import RunConfig, config_to_dict
 from lorascope.distributed import init_distributed, shard_batches, shutdown, wrap_model
-from lorascope.errors import UsageError
+from lorascope.errors import LorascopeError, UsageError
 from lorascope.evaluate import evaluate, generate_samples
 from lorascope.progress import StepProgress
 from lorascope.train import LoopState, StopOnSignal, train_loop
@@ -39,6 +40,7 @@ class RunSummary:
     samples: list[tuple[str, str]] = field(default_factory=list)  # (reference, generated)
     wall_time: float = 0.0
     recording_bytes: int = 0
+    stop_signal: int | None = None  # the signal that stopped an interrupted run (SIGINT, SIGTERM)
 
 
 def seed_everything(seed: int) -> None:
@@ -92,6 +94,18 @@ def _check_output(path: Path, resume: bool) -> None:
         raise UsageError(f"{path} already exists; pass --resume to continue it, or choose another path with -o")
 
 
+def _check_space(path: Path, needed: int) -> None:
+    """Refuses a recording that cannot fit in the free space of its folder, before training
+    starts: hours into a run is the worst time to find the disk full."""
+    folder = path.parent if str(path.parent) else Path(".")
+    free = shutil.disk_usage(folder).free
+    if needed > free:
+        raise UsageError(
+            f"the recording needs about {needed / 2**20:.1f} MiB but {folder} has {free / 2**20:.1f} MiB free; "
+            "free some space, record less often (--record-every), or choose another path with -o"
+        )
+
+
 def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> RunSummary:
     from lorascope.data import build_data
     from lorascope.lora import add_lora, load_adapters, save_adapters
@@ -142,15 +156,19 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
             environment=environment(device, precision.mode, dist_info.world_size, model),
             total_steps=cfg.optim.steps, resume=resume,
         )
-        log(f"recording {len(recorder.modules)} modules to {output} (about {recorder.estimate_bytes(cfg.optim.grad_accum) / 2**20:.1f} MiB)")
+        planned = recorder.estimate_bytes(cfg.optim.grad_accum)
+        # resuming writes a fresh copy of the old file beside it before replacing it
+        _check_space(output, planned + (output.stat().st_size if resume and output.exists() else 0))
+        log(f"recording {len(recorder.modules)} modules to {output} (about {planned / 2**20:.1f} MiB)")
 
     status = "failed"
     result = None
     final_eval: dict[str, float] = {}
+    stop = StopOnSignal()
     try:
         if recorder is not None:
             recorder.start(optimizer=optimizer, step=state.step)
-        with StopOnSignal() as stop, StepProgress(cfg.optim.steps, start=state.step) as progress:
+        with stop, StepProgress(cfg.optim.steps, start=state.step) as progress:
             result = train_loop(
                 model=train_model, optimizer=optimizer, scheduler=scheduler,
                 train_data=shard_batches(data.train, dist_info), device=device, precision=precision,
@@ -169,12 +187,15 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
         status = "interrupted"
         raise
     finally:
-        if recorder is not None:
-            recorder.close(status=status)
+        save = None
         if dist_info.is_main:
-            save_adapters(model, adapters_path)
-            _save_state(state_path, state, optimizer, scheduler, scaler)
+            def save() -> None:
+                _save_adapters(model, adapters_path, save_adapters)
+                _save_state(state_path, state, optimizer, scheduler, scaler)
+        failure = _close_and_save(recorder, status, save)
         shutdown(dist_info)
+    if failure is not None:  # reached only when nothing else is on its way out
+        raise failure
 
     samples = []
     if cfg.data.task != "classification" and cfg.generate_samples > 0 and not result.interrupted and dist_info.is_main:
@@ -185,7 +206,36 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
         recording=output, adapters=adapters_path, steps=result.state.step, interrupted=result.interrupted,
         final_loss=result.losses[-1] if result.losses else float("nan"), eval=final_eval, samples=samples,
         wall_time=result.wall_time, recording_bytes=output.stat().st_size if output.exists() else 0,
+        stop_signal=stop.signum if result.interrupted else None,
     )
+
+
+def _close_and_save(recorder, status: str, save: Callable[[], None] | None) -> LorascopeError | None:
+    """Closes the recording and saves the checkpoint, each whatever happened to the other: a
+    recording that could not be finished (a full disk) must not also cost the trained adapters.
+    Returns the first error rather than raising it, so that an exception already on its way out
+    of the run is the one the user sees."""
+    failure: LorascopeError | None = None
+    if recorder is not None:
+        try:
+            recorder.close(status=status)
+        except LorascopeError as exc:
+            failure = exc
+    if save is not None:
+        try:
+            save()
+        except OSError as exc:
+            failure = failure or LorascopeError(
+                f"saving the checkpoint beside the recording failed: {exc.strerror or exc}; "
+                "free disk space or choose another path with -o"
+            )
+    return failure
+
+
+def _save_adapters(model: torch.nn.Module, path: Path, save_adapters) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    save_adapters(model, tmp)
+    tmp.replace(path)  # atomic: a kill or a full disk during the save keeps the previous checkpoint
 
 
 def _train_head_only(model: torch.nn.Module) -> None:
@@ -208,7 +258,7 @@ def _save_state(path: Path, state: LoopState, optimizer, scheduler, scaler) -> N
         "scaler": scaler.state_dict(),
         "torch_rng": torch.get_rng_state(),
     }
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(path.name + ".tmp")
     torch.save(payload, tmp)
     tmp.replace(path)  # atomic: a kill during the save never leaves half a checkpoint
 

@@ -57,12 +57,14 @@ class StopOnSignal:
 
     def __init__(self) -> None:
         self.requested = False
+        self.signum: int | None = None  # the first signal received; the CLI exits 128 + signum
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum, frame) -> None:
         if self.requested and signum == signal.SIGINT:
             raise KeyboardInterrupt  # a second Ctrl-C: the user wants out now
         self.requested = True
+        self.signum = self.signum or signum
 
     def __enter__(self) -> "StopOnSignal":
         if threading.current_thread() is threading.main_thread():

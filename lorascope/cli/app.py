@@ -13,7 +13,8 @@ class _Group(TyperGroup):
         try:
             return super().invoke(ctx)
         except LorascopeError as exc:
-            typer.echo(f"error: {exc}", err=True)  # one plain line, no traceback
+            # one plain line, no traceback, even when the sentence quotes a multi-line library message
+            typer.echo("error: " + " ".join(str(exc).split()), err=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)

@@ -1,6 +1,7 @@
 """`lorascope record`: train with LoRA and record A and B into an HDF5 file."""
 from __future__ import annotations
 
+import signal
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -96,3 +97,7 @@ def record(
     typer.echo(f"adapters:  {summary.adapters}")
     if summary.recording_bytes:
         typer.echo(f"next: lorascope report {summary.recording}")
+    if summary.interrupted:
+        # the shell's convention for a command stopped by a signal (130 for Ctrl-C, 143 for
+        # SIGTERM): `lorascope record ... && lorascope report ...` does not go on with half a run
+        raise typer.Exit(128 + (summary.stop_signal or signal.SIGINT))

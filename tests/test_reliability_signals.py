@@ -1,0 +1,107 @@
+"""Ctrl-C and SIGTERM sent to a real `lorascope record` process in the middle of training: the
+loop stops at a step boundary, the recorder drains its queue, the file says "interrupted" and
+holds every step up to the stop, the checkpoint holds the last step's weights, and `--resume`
+finishes the planned steps with no step twice or missing, the same numbers an uninterrupted run
+gives. (SIGKILL at random moments is `test_record_kill.py`; many repetitions are in
+`benchmarks/kill_stress.py`.)"""
+from __future__ import annotations
+
+import json
+import re
+import signal
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import lorascope
+from lorascope.session import checkpoint_paths
+from tests.cli_process import LAUNCH, QUICK_RECORD, run_cli, start_cli, warm  # noqa: F401 - fixture
+
+STEPS = 60
+# nothing is committed before close unless the drain works: a lost queue would show as lost steps
+ARGS = [*QUICK_RECORD, "--steps", str(STEPS), "--set", "record.flush_every_steps=100000",
+        "--set", "record.flush_every_seconds=3600"]
+
+
+def _record(path: Path) -> list[str]:
+    return ["record", "-o", str(path), *ARGS]
+
+
+def _stopped_step(stdout: str) -> int:
+    found = re.search(r"interrupted at step (\d+)", stdout)
+    assert found, stdout
+    return int(found.group(1))
+
+
+def _check_interrupted(path: Path, stopped: int) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Every step up to the stop is in the file, and only those; returns the last A and B."""
+    with lorascope.open(path) as rec:
+        assert rec.stored_status == "interrupted"
+        assert rec.steps.tolist() == list(range(stopped + 1))
+        scalars = rec.scalars
+        assert scalars["step"].tolist() == list(range(1, stopped + 1))
+        for column in ("loss", "grad_norm", "lr", "skipped", "tokens", "loss_scale"):
+            assert np.isfinite(scalars[column].to_numpy()).all(), column
+        assert (scalars["skipped"] == 0).all()
+        return {name: (m.A[-1], m.B[-1]) for name, m in rec.modules.items()}
+
+
+def _check_checkpoint(path: Path, last: dict[str, tuple[np.ndarray, np.ndarray]], stopped: int) -> None:
+    adapters, state = checkpoint_paths(path)
+    tensors = load_file(str(adapters))
+    for name, (A, B) in last.items():  # the checkpoint is the weights of the last recorded step
+        np.testing.assert_array_equal(tensors[f"{name}.A"].numpy(), A)
+        np.testing.assert_array_equal(tensors[f"{name}.B"].numpy(), B)
+    payload = torch.load(state, weights_only=True)
+    assert json.loads(payload["loop"])["step"] == stopped
+    assert not list(path.parent.glob("*.tmp"))  # the atomic saves left nothing behind
+
+
+@pytest.mark.parametrize("launcher", LAUNCH)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_mid_training_then_resume(tmp_path, warm, launcher, signum):
+    path = tmp_path / "run.h5"
+    proc = start_cli(_record(path), tmp_path, launcher)
+    proc.wait_for(f"step {STEPS // 10}/{STEPS}")  # a progress line: training is under way
+    proc.signal(signum)
+    done = proc.wait()
+    assert done.code == 128 + signum, done.output  # 130 / 143: the shell's convention
+    assert "Traceback" not in done.output
+    stopped = _stopped_step(done.stdout)
+    assert STEPS // 10 <= stopped < STEPS
+    _check_checkpoint(path, _check_interrupted(path, stopped), stopped)
+
+    resumed = run_cli([*_record(path), "--resume"], tmp_path, launcher)
+    assert resumed.code == 0, resumed.output
+    assert f"resuming {path} at step {stopped}" in resumed.stderr
+    with lorascope.open(path) as rec:
+        assert rec.status == "complete"
+        assert rec.steps.tolist() == list(range(STEPS + 1))  # none twice, none missing
+        assert rec.scalars["step"].tolist() == list(range(1, STEPS + 1))
+        final = {name: (m.A[:], m.B[:]) for name, m in rec.modules.items()}
+
+    # the interrupted-and-resumed run is the uninterrupted run, snapshot for snapshot
+    straight = tmp_path / "straight.h5"
+    assert run_cli(_record(straight), tmp_path, "fork").code == 0
+    with lorascope.open(straight) as rec:
+        for name, (A, B) in final.items():
+            np.testing.assert_array_equal(rec.modules[name].A[:], A)
+            np.testing.assert_array_equal(rec.modules[name].B[:], B)
+
+
+def test_second_ctrl_c_aborts_at_once_and_the_file_stays_readable(tmp_path, warm):
+    path = tmp_path / "run.h5"
+    proc = start_cli(_record(path), tmp_path)
+    proc.wait_for(f"step {STEPS // 10}/{STEPS}")
+    proc.signal(signal.SIGINT)
+    proc.signal(signal.SIGINT)  # the user insists: no waiting for the step boundary
+    done = proc.wait()
+    assert done.code == 130 and "Traceback" not in done.output, done.output
+    with lorascope.open(path) as rec:
+        assert rec.status == "interrupted"
+        steps = rec.steps.tolist()
+        assert steps == list(range(len(steps)))
+        assert rec.scalars["step"].tolist() == list(range(1, len(rec.scalars) + 1))
