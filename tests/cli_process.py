@@ -67,9 +67,14 @@ class CliProcess:
     """One running `lorascope ARGS...`; ``signal``/``wait`` talk to it by its pid."""
 
     def __init__(self, args: list[str], workdir: Path, launcher: str = "fork",
-                 file_size: int | None = None) -> None:
+                 file_size: int | None = None, prepare: Callable[[], None] | None = None) -> None:
+        """``prepare`` runs in a forked child just before the command (a test's stand-in for the
+        machine, such as a disk with little free space); it needs the fork launcher."""
         if launcher not in LAUNCHERS:
             raise ValueError(f"launcher must be one of {LAUNCHERS}")
+        if prepare is not None and launcher != "fork":
+            raise ValueError("prepare= runs in a forked child: use the fork launcher")
+        self._prepare = prepare
         workdir.mkdir(parents=True, exist_ok=True)
         self.args = [str(a) for a in args]
         self._out = workdir / f"cli-{time.monotonic_ns()}.out"
@@ -113,6 +118,8 @@ class CliProcess:
             import torch
 
             torch.set_num_threads(1)
+            if self._prepare is not None:
+                self._prepare()
             sys.argv = ["lorascope", *self.args]
             from lorascope.cli import main
 
@@ -181,13 +188,14 @@ class CliProcess:
             time.sleep(0.01)
 
 
-def start_cli(args: list[str], workdir: Path, launcher: str = "fork", file_size: int | None = None) -> CliProcess:
-    return CliProcess(args, workdir, launcher, file_size)
+def start_cli(args: list[str], workdir: Path, launcher: str = "fork", file_size: int | None = None,
+              prepare: Callable[[], None] | None = None) -> CliProcess:
+    return CliProcess(args, workdir, launcher, file_size, prepare)
 
 
 def run_cli(args: list[str], workdir: Path, launcher: str = "fork", file_size: int | None = None,
-            timeout: float = 600.0) -> Finished:
-    return CliProcess(args, workdir, launcher, file_size).wait(timeout)
+            prepare: Callable[[], None] | None = None, timeout: float = 600.0) -> Finished:
+    return CliProcess(args, workdir, launcher, file_size, prepare).wait(timeout)
 
 
 def warm_up(workdir: Path) -> None:
