@@ -270,10 +270,19 @@ def _restore(adapters_path, state_path, model, optimizer, scheduler, scaler, loa
             "start a new run instead"
         )
     load_adapters(model, adapters_path)
-    payload = torch.load(state_path, weights_only=True)  # data only, never code
-    optimizer.load_state_dict(payload["optimizer"])
-    if scheduler is not None and payload["scheduler"]:
-        scheduler.load_state_dict(payload["scheduler"])
-    scaler.load_state_dict(payload["scaler"])
-    torch.set_rng_state(payload["torch_rng"])
-    return LoopState(**json.loads(payload["loop"]))
+    try:
+        # data only, never code: a state file that carries anything else (a pickled callable,
+        # a truncated or foreign file) fails here, before any of it is used
+        payload = torch.load(state_path, weights_only=True)
+        loop = LoopState(**json.loads(payload["loop"]))
+        optimizer.load_state_dict(payload["optimizer"])
+        if scheduler is not None and payload["scheduler"]:
+            scheduler.load_state_dict(payload["scheduler"])
+        scaler.load_state_dict(payload["scaler"])
+        torch.set_rng_state(payload["torch_rng"])
+    except Exception as exc:  # whatever the file holds, the answer for the user is the same
+        raise UsageError(
+            f"cannot resume: {state_path.name} is not a checkpoint this run wrote ({type(exc).__name__}); "
+            "start a new run instead"
+        ) from None
+    return loop
