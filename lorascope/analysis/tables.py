@@ -18,6 +18,7 @@ import pandas as pd
 from lorascope.analysis import fits as _fits
 from lorascope.analysis import geometry as _geo
 from lorascope.analysis import health as _health
+from lorascope.analysis import lowrank as _lowrank
 from lorascope.analysis import spectra as _spectra
 from lorascope.analysis import stats as _stats
 from lorascope.errors import RecordingError, UsageError
@@ -27,6 +28,7 @@ __all__ = [
     "KEYS",
     "Options",
     "ModuleAnalysis",
+    "read_series",
     "TABLES",
     "Analysis",
     "analyze",
@@ -62,6 +64,7 @@ class Options:
     max_steps: int | None = 100        # snapshots used by the SVD-heavy geometry (None: all)
     thresholds: _health.Thresholds = field(default_factory=_health.Thresholds)
     workers: int = 2  # threads computing one module's independent parts at once (memory: one module's series)
+    prefetch: bool = True  # read the next module while analysing this one (memory: two modules' series)
 
 
 def _role(name: str, layer: int | None) -> str:
@@ -80,16 +83,20 @@ def _evenly(T: int, max_steps: int | None) -> np.ndarray:
     return np.unique(np.linspace(0, T - 1, max(2, max_steps)).round().astype(int))
 
 
+def read_series(module) -> tuple[np.ndarray, np.ndarray]:
+    """A module's whole A and B series as numpy arrays (one read of each)."""
+    return np.asarray(module.A[:]), np.asarray(module.B[:])
+
+
 class ModuleAnalysis:
     """One module of one run, read once; every derived series is computed at most once and shared
     by the tables that need it."""
 
     def __init__(self, run: str, name: str, module, steps: np.ndarray, options: Options,
-                 grad_steps: np.ndarray | None = None) -> None:
+                 grad_steps: np.ndarray | None = None, series: tuple[np.ndarray, np.ndarray] | None = None) -> None:
         self.run, self.name, self.module, self.options = run, name, module, options
         self.grad_steps = None if grad_steps is None else np.asarray(grad_steps, dtype=np.int64)
-        self.A = np.asarray(module.A[:])
-        self.B = np.asarray(module.B[:])
+        self.A, self.B = series if series is not None else read_series(module)
         T = min(len(self.A), len(self.B))  # a file being written may be one snapshot ahead in A
         if T == 0:
             raise RecordingError(f"module {name!r} of run {run!r} holds no snapshots yet; wait for the first flush")
@@ -125,8 +132,8 @@ class ModuleAnalysis:
         return {
             "fits:A": lambda: self._fit("A"),
             "fits:B": lambda: self._fit("B"),
-            "dynamics:dW": lambda: _stats.lowrank_dynamics(A, B, self.scaling),
-            "singular_values": lambda: _spectra.lora_singular_values(A, B, self.scaling),
+            # singular values of A, B, ΔW and ΔW's dynamics share one pass over the pair
+            "lowrank": lambda: _lowrank.lora_series(A, B, self.scaling),
             "moments:B": lambda: _stats.moments(B, o.quantiles, o.quantile_samples),
             "moments:A": lambda: _stats.moments(A, o.quantiles, o.quantile_samples),
             "dynamics:B": lambda: _stats.dynamics(B),
@@ -141,7 +148,7 @@ class ModuleAnalysis:
         return idx, _fits.fit_snapshots(self.dense(matrix)[idx], o.families, o.fit_samples, o.criterion)
 
     def precompute(self, parts: Iterable[str], pool: Executor | None) -> None:
-        """Runs the named computations ('fits', 'dynamics', 'singular_values', 'moments') on the
+        """Runs the named computations ('fits', 'dynamics', 'lowrank', 'moments') on the
         pool's threads at once (numpy releases the GIL in its loops and BLAS calls), longest
         first; without a pool they run on first use, one by one."""
         if pool is None:
@@ -166,11 +173,11 @@ class ModuleAnalysis:
 
     @cached_property
     def dynamics(self) -> dict[str, dict[str, np.ndarray]]:
-        return {m: self.result(f"dynamics:{m}") for m in ("A", "B", "dW")}
+        return {"A": self.result("dynamics:A"), "B": self.result("dynamics:B"), "dW": self.result("lowrank")[1]}
 
     @cached_property
     def singular_values(self) -> dict[str, np.ndarray]:
-        return self.result("singular_values")
+        return self.result("lowrank")[0]
 
     @cached_property
     def spectrum(self) -> dict[str, dict[str, np.ndarray]]:
@@ -193,11 +200,11 @@ TableBuilder = Callable[[ModuleAnalysis], list[pd.DataFrame]]
 TABLES: Registry[TableBuilder] = Registry("analysis table")
 # The computations each table (and the health checks) reads, started together by `analyze`.
 _NEEDS: dict[str, tuple[str, ...]] = {
-    "stats": ("moments", "dynamics", "singular_values"),
-    "spectra": ("singular_values",),
-    "singular_values": ("singular_values",),
+    "stats": ("moments", "dynamics", "lowrank"),
+    "spectra": ("lowrank",),
+    "singular_values": ("lowrank",),
     "fits": ("fits",),
-    "health": ("moments", "dynamics", "singular_values"),
+    "health": ("moments", "dynamics", "lowrank"),
 }
 
 
@@ -330,27 +337,47 @@ def analyze(
     recs = _as_list(recs)
     total = sum(len(r.modules) for r in recs)
     frames: dict[str, list[pd.DataFrame]] = {name: [] for name in builders}
-    findings: list[_health.Finding] = []
     done = 0
     parts = {p for t in [*builders, *(["health"] if health else [])] for p in _NEEDS.get(t, ())}
     if o.workers < 1:
         raise UsageError(f"workers must be at least 1, got {o.workers}")
     pool = ThreadPoolExecutor(o.workers) if o.workers > 1 else None
+    reader = ThreadPoolExecutor(1) if o.prefetch else None
     try:
-        for rec in recs:
-            if health:
-                findings.extend(_loss_findings(rec))
-            for name, module in rec.modules.items():
-                ma = ModuleAnalysis(rec.run_name, name, module, rec.steps, o, getattr(rec, "grad_steps", None))
-                ma.precompute(parts, pool)
-                done += _module_tables(ma, builders, frames, findings, health, o)
-                del ma  # release this module's series before reading the next
-                if progress is not None:
-                    progress(done, total, f"{rec.run_name}:{name}")
+        # each run's findings: its loss first, then its modules in order
+        per_run = [_loss_findings(rec) if health else [] for rec in recs]
+        where = {id(rec): i for i, rec in enumerate(recs)}
+        for rec, name, module, series in _prefetched(recs, reader):
+            ma = ModuleAnalysis(rec.run_name, name, module, rec.steps, o, getattr(rec, "grad_steps", None), series)
+            ma.precompute(parts, pool)
+            done += _module_tables(ma, builders, frames, per_run[where[id(rec)]], health, o)
+            del ma, series  # release this module's series before reading the one after the next
+            if progress is not None:
+                progress(done, total, f"{rec.run_name}:{name}")
     finally:
-        if pool is not None:
-            pool.shutdown()
+        for p in (pool, reader):
+            if p is not None:
+                p.shutdown()
+    findings = [f for run_findings in per_run for f in run_findings]
     return Analysis({t: _concat(f) for t, f in frames.items()}, findings)
+
+
+def _prefetched(recs: list, reader: Executor | None):
+    """(recording, name, module, (A, B)) for every module of every recording, in order. With a
+    reader thread, the next module's series is read while the caller analyses this one: a cold
+    file's disk time then hides behind the computation (h5py releases the GIL while it reads),
+    at the price of two modules' series in memory instead of one."""
+    todo = [(rec, name, module) for rec in recs for name, module in rec.modules.items()]
+    if reader is None:
+        for rec, name, module in todo:
+            yield rec, name, module, read_series(module)
+        return
+    pending = reader.submit(read_series, todo[0][2]) if todo else None
+    for i, (rec, name, module) in enumerate(todo):
+        series = pending.result()
+        pending = reader.submit(read_series, todo[i + 1][2]) if i + 1 < len(todo) else None
+        yield rec, name, module, series
+        del series
 
 
 def _module_tables(ma: ModuleAnalysis, builders: dict, frames: dict, findings: list, health: bool, o: Options) -> int:

@@ -1,0 +1,84 @@
+"""The one-pass LoRA kernel (`lowrank.lora_series`) against the dense out×in product and against
+the two functions it replaces, including across chunk boundaries (carried products)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lorascope.analysis import lowrank, spectra, stats
+
+
+def _walk(T: int, shape: tuple[int, int], rng, start: float, step: float, dtype=np.float64) -> np.ndarray:
+    X = step * rng.standard_normal((T, *shape))
+    X[0] = start * rng.standard_normal(shape)
+    return np.cumsum(X, axis=0).astype(dtype)
+
+
+def _pair(T: int, rng, b0: float = 0.0, dtype=np.float64, r: int = 4, n_out: int = 30, n_in: int = 40):
+    return _walk(T, (r, n_in), rng, 0.1, 1e-3, dtype), _walk(T, (n_out, r), rng, b0, 1e-3, dtype)
+
+
+def _dense(W: np.ndarray) -> dict[str, np.ndarray]:
+    flat = W.reshape(len(W), -1)
+    upd = np.diff(flat, axis=0)
+    n = np.linalg.norm(upd, axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cos = np.einsum("ij,ij->i", upd[1:], upd[:-1]) / (n[1:] * n[:-1])
+    return {"frobenius": np.linalg.norm(flat, axis=1), "mean": flat.mean(axis=1),
+            "distance_from_first": np.linalg.norm(flat - flat[0], axis=1),
+            "update_size": np.r_[np.nan, n], "update_cosine": np.r_[np.nan, np.nan, cos]}
+
+
+@pytest.mark.parametrize("per_chunk", [1, 2, 3, 1000])
+@pytest.mark.parametrize("b0", [0.0, 0.05])
+def test_matches_the_dense_product_across_chunk_boundaries(monkeypatch, per_chunk, b0):
+    rng = np.random.default_rng(1)
+    A, B = _pair(11, rng, b0)
+    r, n_in, n_out = A.shape[1], A.shape[2], B.shape[1]
+    monkeypatch.setattr(lowrank, "CACHE_VALUES", per_chunk * r * (n_in + n_out))
+    sv, dyn = lowrank.lora_series(A, B, -0.5)
+    W = -0.5 * B @ A
+    want = _dense(W)
+    for k in want:
+        np.testing.assert_allclose(dyn[k], want[k], rtol=1e-9, atol=1e-13, err_msg=k)
+    np.testing.assert_allclose(sv["dW"], np.linalg.svd(W, compute_uv=False)[:, :r], rtol=1e-9, atol=1e-13)
+    np.testing.assert_allclose(sv["A"], np.linalg.svd(A, compute_uv=False), rtol=1e-9)
+    nz = B.any(axis=(1, 2))
+    np.testing.assert_allclose(sv["B"][nz], np.linalg.svd(B[nz], compute_uv=False), rtol=1e-9)
+    assert np.all(sv["B"][~nz] == 0)
+
+
+@pytest.mark.parametrize("b0", [0.0, 0.05])
+def test_float32_equals_the_separate_functions(monkeypatch, b0):
+    rng = np.random.default_rng(2)
+    A, B = _pair(9, rng, b0, np.float32)
+    monkeypatch.setattr(lowrank, "CACHE_VALUES", 2 * A.shape[1] * (A.shape[2] + B.shape[1]))
+    sv, dyn = lowrank.lora_series(A, B, 2.0)
+    sv0, dyn0 = spectra.lora_singular_values(A, B, 2.0), stats.lowrank_dynamics(A, B, 2.0)
+    for k in sv0:
+        np.testing.assert_allclose(sv[k], sv0[k], rtol=1e-6, atol=1e-12, err_msg=k)
+    for k in dyn0:
+        np.testing.assert_allclose(dyn[k], dyn0[k], rtol=2e-5, atol=1e-6, err_msg=k)
+
+
+def test_rank_deficient_a_takes_the_eigendecomposition_path():
+    # two equal rows make A Aᵀ singular: Cholesky fails and B's eigendecomposition gives the core
+    rng = np.random.default_rng(3)
+    A, B = _pair(5, rng, 0.05)
+    A[:, 1] = A[:, 0]
+    sv, _ = lowrank.lora_series(A, B, 1.0)
+    want = np.linalg.svd(B @ A, compute_uv=False)[:, :A.shape[1]]
+    np.testing.assert_allclose(sv["dW"], want, rtol=1e-6, atol=1e-10 * want.max())
+
+
+def test_nonfinite_and_wide_rank_fall_back_to_the_separate_functions():
+    rng = np.random.default_rng(4)
+    A, B = _pair(6, rng, 0.05)
+    A[3, 0, 0] = np.nan
+    sv, dyn = lowrank.lora_series(A, B, 1.0)
+    assert np.isnan(sv["dW"][3]).all() and np.isnan(dyn["frobenius"][3])
+    np.testing.assert_allclose(dyn["frobenius"][:3], np.linalg.norm(B[:3] @ A[:3], axis=(1, 2)), rtol=1e-9)
+    A, B = _pair(4, rng, 0.05, r=8, n_out=5, n_in=6)  # rank above both sides: the Grams are not r×r
+    sv, dyn = lowrank.lora_series(A, B, 1.0)
+    np.testing.assert_allclose(sv["dW"], np.linalg.svd(B @ A, compute_uv=False)[:, :5], rtol=1e-9, atol=1e-14)
+    np.testing.assert_allclose(dyn["frobenius"], np.linalg.norm(B @ A, axis=(1, 2)), rtol=1e-9)
