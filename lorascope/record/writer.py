@@ -10,7 +10,11 @@ lets HDF5 open it after a crash (and while it is being written) without ``h5clea
 ``WriterThread`` runs the file on a background thread fed by a bounded queue."""
 from __future__ import annotations
 
+import errno
 import json
+import os
+import resource
+import shutil
 import queue
 import threading
 import time
@@ -37,6 +41,10 @@ __all__ = [
 
 
 # --- what gets written -----------------------------------------------------------------------
+
+# Bytes kept free for the last commit, the status and the close after a refused write: the
+# index rows, attributes and metadata they add are a few KiB.
+_CLOSE_MARGIN = 128 * 1024
 
 @dataclass
 class ModuleSpec:
@@ -157,6 +165,8 @@ class RecordingFile:
         self._pending: dict[str, list] = {"snapshots": [], "grads": [], "state": [], "updates": [],
                                           "scalars": [], "other": []}
         self.written = {"snapshots": 0, "grads": 0, "state": 0}
+        self._abandoned = False  # set once a write failed: see close_after_error
+        self._refused = False  # set when _ensure_room refused a write before HDF5 saw it
         self._handles: dict[str, list[_Series]] = {}
         try:
             self.f = h5py.File(self.path, "w", libver="latest")
@@ -266,7 +276,25 @@ class RecordingFile:
                 out.extend(_Series(g[f"state_{matrix}"][key]) for key, _ in entries)
         return out
 
+    def _ensure_room(self, nbytes: int) -> None:
+        """Refuses a write that would not fit, while the file is still whole. HDF5 cannot
+        recover from a failed write (the file's superblock may then point past its end), so a
+        full disk or a file-size limit is met here, with room left to commit and close."""
+        needed = nbytes + _CLOSE_MARGIN
+        free = shutil.disk_usage(self.path.parent).free
+        limit, _ = resource.getrlimit(resource.RLIMIT_FSIZE)
+        if limit != resource.RLIM_INFINITY:
+            free = min(free, limit - self.path.stat().st_size)
+        if free < needed:
+            self._refused = True  # nothing was written: the file is whole and can be closed as usual
+            raise OSError(
+                errno.ENOSPC,
+                f"no room for the next {nbytes / 2**20:.2f} MiB ({max(free, 0) / 2**20:.2f} MiB left "
+                f"on {self.path.parent}); the recording was closed with every committed snapshot",
+            )
+
     def _append_all(self, kind: str, keys, arrays: list[np.ndarray]) -> int:
+        self._ensure_room(sum(a.nbytes for a in arrays))
         if kind not in self._handles:
             self._handles[kind] = self._state_list() if keys is None else self._series_list(keys)
         row = self.written[kind]
@@ -358,6 +386,38 @@ class RecordingFile:
         finally:
             self.f.close()
 
+    def close_after_error(self) -> None:
+        """Closes the file after a failed write without making it worse. After a refused write
+        (see _ensure_room) the file is whole and closes as usual. Otherwise uncommitted rows are
+        dropped (nothing points at them). When HDF5 itself can no longer write (disk full, file
+        size limit), its metadata cache holds entries it cannot flush, and closing the file (or
+        the library's exit handler, later) segfaults the whole process. So the file's descriptor
+        is pointed at /dev/null first: the close then succeeds without touching the file, which
+        stays as it was at its last successful flush, every committed snapshot readable."""
+        if self._abandoned or not self.f.id.valid:
+            return  # once only: touching a failed file again is what crashes
+        self._abandoned = True
+        if self._refused:  # no HDF5 call failed: commit what was written whole, then close
+            self.close("failed")
+            return
+        for rows in self._pending.values():
+            rows.clear()
+        try:
+            self.f.flush()  # can HDF5 still write? only then is the status worth a change
+            self.set_status("failed")
+            self.f.flush()
+        except Exception:
+            fd = self.f.id.get_vfd_handle()
+            null = os.open(os.devnull, os.O_WRONLY)
+            try:
+                os.dup2(null, fd)
+            finally:
+                os.close(null)
+        try:
+            self.f.close()
+        except Exception:  # already reported to the training thread
+            pass
+
 
 # --- the background thread -------------------------------------------------------------------
 
@@ -411,11 +471,8 @@ class WriterThread:
         if self._thread.is_alive():
             self._queue.put(_Close(status))
             self._thread.join()
-        else:  # the thread died: close what can still be closed
-            try:
-                self.file.close("failed")
-            except Exception:  # the file may be unwritable: that error was already reported
-                pass
+        else:  # the thread died and closed the file after its error
+            self.file.close_after_error()
 
     def _on_scalars(self, msg: Scalars) -> None:
         self.file.add_scalars(msg)
@@ -457,10 +514,7 @@ class WriterThread:
         except BaseException as exc:  # kept for the training thread; the file stays readable
             self.error = exc
             self._drain_after_error()
-            try:
-                self.file.close("failed")
-            except Exception:
-                pass
+            self.file.close_after_error()
 
     def _drain_after_error(self) -> None:
         """Returns queued slots to their rings so that nothing waits on a dead writer."""
