@@ -105,3 +105,34 @@ def test_second_ctrl_c_aborts_at_once_and_the_file_stays_readable(tmp_path, warm
         steps = rec.steps.tolist()
         assert steps == list(range(len(steps)))
         assert rec.scalars["step"].tolist() == list(range(1, len(rec.scalars) + 1))
+
+
+def _killed_while_the_file_is_created() -> None:
+    """SIGKILL at the worst moment of a recording's life: its layout is written but not flushed."""
+    import os
+
+    from lorascope.record import writer
+
+    create = writer.RecordingFile._create
+
+    def dying(self) -> None:
+        create(self)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    writer.RecordingFile._create = dying
+
+
+@pytest.mark.xfail(
+    reason="lorascope/record/writer.py creates the recording in place: a kill before its first flush "
+    "leaves a truncated HDF5 file at the output path (1 of 20 random SIGKILLs of `lorascope record` in "
+    "benchmarks/kill_stress.py); creating it under a temporary name and renaming after the first flush "
+    "would leave no file or a whole one; reported to the recorder's owner",
+    strict=True,
+)
+def test_sigkill_while_the_file_is_created_leaves_no_damaged_file(tmp_path, warm):
+    path = tmp_path / "run.h5"
+    done = run_cli(_record(path), tmp_path, prepare=_killed_while_the_file_is_created)
+    assert done.code == -signal.SIGKILL
+    if path.exists():  # a file at the output path must be a readable recording
+        with lorascope.open(path) as rec:
+            assert rec.status == "interrupted"
