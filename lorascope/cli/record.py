@@ -64,7 +64,7 @@ def record(
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
     amp: Annotated[Optional[Amp], typer.Option(help="Mixed precision.")] = None,
     record_every: Annotated[Optional[int], typer.Option(help="Snapshot A and B every N optimizer steps.")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any config field, dotted: --set optim.weight_decay=0.1 (repeatable).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Any config field, dotted: --set optim.weight_decay=0.1 (repeatable).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run at --output from its checkpoint, appending to its recording.")] = False,
 ) -> None:
     """Train with LoRA and record A and B after every optimizer step into an HDF5 file.

@@ -55,7 +55,7 @@ def sweep(
     name: Annotated[str, typer.Option(help="Sweep name: recordings go to recordings/<name>/, the report to reports/<name>/.")] = "sweep",
     recordings: Annotated[Path, typer.Option(help="Folder for the sweep's recordings.")] = Path("recordings"),
     report: Annotated[bool, typer.Option(help="Render the comparison report when the runs are done.")] = True,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any base config field, dotted (repeatable).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Any base config field, dotted (repeatable).")] = None,
 ) -> None:
     """Run a grid of recorded trainings that differ in the named axes, then compare them.
 
