@@ -187,12 +187,11 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
         status = "interrupted"
         raise
     finally:
-        save = None
+        saves = None
         if dist_info.is_main:
-            def save() -> None:
-                _save_adapters(model, adapters_path, save_adapters)
-                _save_state(state_path, state, optimizer, scheduler, scaler)
-        failure = _close_and_save(recorder, status, save)
+            saves = (lambda: _save_adapters(model, adapters_path, save_adapters),
+                     lambda: _save_state(state_path, state, optimizer, scheduler, scaler), state_path)
+        failure = _close_and_save(recorder, status, saves)
         shutdown(dist_info)
     if failure is not None:  # reached only when nothing else is on its way out
         raise failure
@@ -210,9 +209,12 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
     )
 
 
-def _close_and_save(recorder, status: str, save: Callable[[], None] | None) -> LorascopeError | None:
-    """Closes the recording and saves the checkpoint, each whatever happened to the other: a
-    recording that could not be finished (a full disk) must not also cost the trained adapters.
+def _close_and_save(recorder, status: str, saves) -> LorascopeError | None:
+    """Closes the recording and saves the checkpoint (``saves``: save the adapters, save the
+    state, the state's path), each whatever happened to the other: a recording that could not be
+    finished (a full disk) must not also cost the trained adapters. But then the recording may
+    end before the adapters' step, and resuming would leave a hole in it, so the state that
+    --resume needs is not saved (and an older one is removed: it does not match the adapters).
     Returns the first error rather than raising it, so that an exception already on its way out
     of the run is the one the user sees."""
     failure: LorascopeError | None = None
@@ -221,9 +223,14 @@ def _close_and_save(recorder, status: str, save: Callable[[], None] | None) -> L
             recorder.close(status=status)
         except LorascopeError as exc:
             failure = exc
-    if save is not None:
+    if saves is not None:
+        save_adapters, save_state, state_path = saves
         try:
-            save()
+            save_adapters()
+            if failure is None:
+                save_state()
+            else:
+                state_path.unlink(missing_ok=True)
         except OSError as exc:
             failure = failure or LorascopeError(
                 f"saving the checkpoint beside the recording failed: {exc.strerror or exc}; "
