@@ -155,3 +155,25 @@ def test_fits_on_evenly_spaced_steps_say_so(runs):
     st = analysis.stats_table(runs[0], tables.Options(quantile_samples=50))
     dense = st[st.matrix != "dW"]
     assert (dense.quantile_n == 50).all()  # A has 64, B 96 entries: both subsampled
+
+
+@pytest.mark.parametrize("prefetch, most", [(False, 1), (True, 2)])
+def test_prefetch_keeps_at_most_two_series_and_changes_no_number(runs, monkeypatch, prefetch, most):
+    import gc
+    import weakref
+    read, refs, peak = tables.read_series, [], []
+
+    def spy(module):  # counts the series alive once this one is read
+        A, B = read(module)
+        gc.collect()
+        refs.append(weakref.ref(A))
+        peak.append(sum(r() is not None for r in refs))
+        return A, B
+    monkeypatch.setattr(tables, "read_series", spy)
+    got = tables.analyze(list(runs), ("stats", "spectra"), tables.Options(prefetch=prefetch))
+    monkeypatch.setattr(tables, "read_series", read)
+    want = tables.analyze(list(runs), ("stats", "spectra"), tables.Options(prefetch=False, workers=1))
+    assert len(refs) == 4 and max(peak) == most
+    for name in ("stats", "spectra"):
+        pd.testing.assert_frame_equal(got.tables[name], want.tables[name])
+    assert [str(f) for f in got.findings] == [str(f) for f in want.findings]

@@ -66,7 +66,8 @@ def analyze(
     fit_samples: Annotated[int, typer.Option(help="Entries per snapshot the distribution fits use, a fixed random subset (0: all); the fits table's column n.")] = 2048,
     fit_steps: Annotated[int, typer.Option(help="Snapshots fitted per matrix, evenly spaced with the first and last (0: all); the fits table's columns fitted_steps, recorded_steps.")] = 50,
     quantile_samples: Annotated[int, typer.Option(help="Entries per snapshot the quantiles use, a fixed random subset (0: all, exact); the stats table's column quantile_n; the same entries as the fits. Everything else covers every entry.")] = 2048,
-    workers: Annotated[int, typer.Option(help="Threads working on one module at a time (memory stays one module's series).")] = 2,
+    workers: Annotated[int, typer.Option(help="Threads working on one module at a time.")] = 2,
+    prefetch: Annotated[bool, typer.Option(help="Read the next module while analysing this one (memory: two modules' series instead of one).")] = True,
     criterion: Annotated[str, typer.Option(help="How the best family is chosen: bic or aic.")] = "bic",
     max_steps: Annotated[int, typer.Option(help="Snapshots used by similarity, geometry and histograms (0: all).")] = 100,
     bins: Annotated[int, typer.Option(help="Histogram bins (shared by every run and step of a module).")] = 64,
@@ -85,7 +86,7 @@ def analyze(
         raise UsageError("--fit-samples, --fit-steps, --quantile-samples and --max-steps take 0 (all) or a positive count")
     options = T.Options(fit_samples=fit_samples or None, fit_steps=fit_steps or None,
                         quantile_samples=quantile_samples or None, criterion=criterion, max_steps=max_steps or None,
-                        workers=workers)
+                        workers=workers, prefetch=prefetch)
     recs = [lorascope.open(p) for p in recordings]
     try:
         per_module = [n for n in names if n in T.TABLES]
