@@ -33,8 +33,10 @@ from lorascope.record.estimate import SizeEstimate, estimate_size
 from lorascope.record.format import FORMAT_VERSION, STANDARD_SCALARS, STORAGE_DTYPES
 from lorascope.record.resume import replace, resume_seed, temporary_path
 from lorascope.record.schedule import build_schedule
+from lorascope.record.updates import DeviceUpdateNorms
 from lorascope.record.writer import (
-    Commit, FileLayout, Grads, ModuleSpec, RecordingFile, Scalars, Snapshot, State, Updates, WriterThread,
+    Commit, FileLayout, Grads, ModuleSpec, RecordingFile, Scalars, Snapshot, State, Updates, Weights,
+    WriterThread,
 )
 
 __all__ = ["Recorder", "NullRecorder", "process_rank", "default_environment"]
@@ -71,6 +73,18 @@ def _check_options(cfg: RecordConfig) -> None:
         raise UsageError(f"record.queue_size must be at least 2 (got {cfg.queue_size})")
 
 
+# Where the always-on update norms are computed (see updates.py), by the parameters' device:
+# on the writer thread from host copies (CPU: the training thread only copies), or on the device
+# (a GPU's fused kernels beat moving every step's weights to the host).
+UPDATE_NORM_PLACES = {"auto": None, "host": "host", "device": "device"}
+
+
+def _norm_place(choice: str, device: torch.device) -> str:
+    if choice not in UPDATE_NORM_PLACES:
+        raise UsageError(f"update_norms must be one of {', '.join(UPDATE_NORM_PLACES)} (got {choice!r})")
+    return UPDATE_NORM_PLACES[choice] or ("host" if device.type == "cpu" else "device")
+
+
 def _check_writable(path: Path) -> None:
     """Refuses an output path that cannot be written, before any training time is spent."""
     parent = path.parent if str(path.parent) else Path(".")
@@ -94,7 +108,7 @@ class Recorder:
     def __init__(self, path: str | Path, model: torch.nn.Module, config: RecordConfig | None = None,
                  *, run_name: str = "", run_config: dict | None = None,
                  environment: dict | None = None, total_steps: int | None = None,
-                 resume: bool = False) -> None:
+                 resume: bool = False, update_norms: str = "auto") -> None:
         self.path = Path(path)
         self.resume = resume
         self.config = cfg = config or RecordConfig()
@@ -106,6 +120,7 @@ class Recorder:
         self.run_config = run_config or {}
         self.device = next(iter(self.pairs.values())).A.device
         self.environment = environment or default_environment(self.device)
+        self.update_norms = _norm_place(update_norms, self.device)
         # A0, B0, A1, B1, ...: the order of every flat buffer
         self._params = [t for p in self.pairs.values() for t in (p.A, p.B)]
         self._writer: WriterThread | None = None
@@ -152,10 +167,16 @@ class Recorder:
         shapes = [tuple(t.shape) for t in self._params]
         storage = TORCH_DTYPES[cfg.dtype]
         self._weights = Channel(shapes, storage, self.device, slots)
-        self._updates = Channel([(len(self.pairs), 4)], torch.float32, self.device, 2 * slots)
         self._grads = Channel(shapes, storage, self.device, slots) if cfg.grads else None
+        if self.update_norms == "device":
+            self._device_norms = DeviceUpdateNorms(self._params)
+            self._updates = Channel([(len(self.pairs), 4)], torch.float32, self.device, 2 * slots)
+        else:
+            # a float32 snapshot is an exact copy of the weights and serves the norms too; other
+            # steps (or lossy storage) send a float32 copy from this ring, made when first needed
+            self._snapshot_is_exact = storage == torch.float32
+            self._weights32: Channel | None = None
         with torch.no_grad():
-            self._prev = [t.detach().clone() for t in self._params]
             self._grad_prev = [torch.zeros_like(t) for t in self._params] if cfg.grads else []
         self._grad_prev_zero = True
         self._state_keys: list[tuple[torch.Tensor, str]] = []
@@ -168,9 +189,11 @@ class Recorder:
             self._open_file(self._probe_state(optimizer) if cfg.optimizer_state else {},
                             resume_step=self._step)
             if self._last_snapshot < self._step:
-                self._snapshot(self._step)
+                self._snapshot(self._step, norms="baseline")
+            elif self.update_norms == "host":
+                self._send_weights(self._step, "baseline")
         else:
-            self._snapshot(self._step)
+            self._snapshot(self._step, norms="baseline")
             if not cfg.optimizer_state:
                 self._open_file({})
         self.flush()  # step 0 is on disk before training starts
@@ -223,7 +246,11 @@ class Recorder:
         self._optimizer = optimizer
         self._step = int(step)
         self._grad_prev_zero = True  # the next micro-step starts a new accumulation cycle
-        self._send_update_norms()
+        scheduled = self._step in self.schedule
+        if self.update_norms == "device":
+            self._send_update_norms()
+        elif not scheduled:
+            self._send_weights(self._step, "update")
         values = dict(scalars or {})
         if optimizer is not None:
             groups = optimizer.param_groups
@@ -234,8 +261,8 @@ class Recorder:
         self._send(Scalars(self._step, values))
         if self._writer is None and not self._closed:
             self._open_file(self._probe_state(optimizer))
-        if self._step in self.schedule:
-            self._snapshot(self._step)
+        if scheduled:
+            self._snapshot(self._step, norms="update")
             if self.config.optimizer_state:
                 self._capture_state(optimizer)
 
@@ -312,23 +339,33 @@ class Recorder:
         else:
             self._writer.put(msg)
 
-    def _snapshot(self, step: int) -> None:
+    def _snapshot(self, step: int, norms: str = "") -> None:
+        """Captures the weights; ``norms`` ("baseline"/"update") also makes this copy the
+        writer's update-norm reference where that path is on (via a float32 copy beside a lossy
+        snapshot)."""
         slot, event = self._weights.capture([t.detach() for t in self._params], self._alive)
         self._last_snapshot = step
+        host = self.update_norms == "host" and bool(norms)
+        carries = host and self._snapshot_is_exact
         self._send(Snapshot(step, self._micro, time.perf_counter() - self._t0, slot, event,
-                            self._weights.ring.release))
+                            self._weights.ring.release, norms if carries else ""))
+        if host and not carries:
+            self._send_weights(step, norms)
+
+    def _send_weights(self, step: int, norms: str) -> None:
+        """A float32 copy of the weights for the writer's update norms only (host path)."""
+        if self._weights32 is None:
+            shapes = [tuple(t.shape) for t in self._params]
+            self._weights32 = Channel(shapes, torch.float32, self.device, self.config.queue_size)
+        with torch.no_grad():
+            slot, event = self._weights32.capture([t.detach() for t in self._params], self._alive)
+        self._send(Weights(step, slot, event, self._weights32.ring.release, norms))
 
     def _send_update_norms(self) -> None:
+        """The device path: norms computed here, a (modules, 4) row copied off."""
+        norms = self._device_norms.update(self._params)
         with torch.no_grad():
-            params = [t.detach() for t in self._params]
-            # in place: prev becomes prev - new (no 9 MiB temporary), then new again
-            torch._foreach_sub_(self._prev, params)
-            deltas = torch._foreach_norm(self._prev)
-            weights = torch._foreach_norm(params)
-            torch._foreach_copy_(self._prev, params)
-            norms = torch.stack([torch.stack(deltas[0::2]), torch.stack(deltas[1::2]),
-                                 torch.stack(weights[0::2]), torch.stack(weights[1::2])], dim=1)
-            slot, event = self._updates.capture([norms], self._alive)  # (modules, 4)
+            slot, event = self._updates.capture([norms], self._alive)
         self._send(Updates(self._step, slot, event, self._updates.ring.release))
 
     def _probe_state(self, optimizer) -> dict[int, dict[str, list[tuple[str, tuple[int, ...]]]]]:

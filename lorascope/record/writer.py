@@ -33,10 +33,11 @@ from lorascope.record.format import (
     UPDATE_COLUMNS,
     numpy_storage_dtype,
 )
+from lorascope.record.updates import HostUpdateNorms
 
 __all__ = [
     "ModuleSpec", "FileLayout", "RecordingFile", "WriterThread",
-    "Snapshot", "Grads", "State", "Updates", "Scalars", "Commit",
+    "Snapshot", "Grads", "State", "Updates", "Weights", "Scalars", "Commit", "NORM_ROLES",
 ]
 
 
@@ -68,6 +69,11 @@ class FileLayout:
     scalar_columns: tuple[str, ...] = ()
 
 
+# What a host copy of the weights does for the update norms (computed on the writer thread,
+# see updates.py): nothing, start the series, or end the update of its step.
+NORM_ROLES = ("", "baseline", "update")
+
+
 # Messages from the training thread. slot/event/release come from capture.Channel.
 @dataclass
 class Snapshot:
@@ -77,6 +83,7 @@ class Snapshot:
     slot: Any
     event: Any
     release: Callable
+    norms: str = ""  # one of NORM_ROLES; only for float32 slots (an exact copy of the weights)
 
 
 @dataclass
@@ -103,6 +110,18 @@ class Updates:
     slot: Any  # one (modules, 4) float32 view
     event: Any
     release: Callable
+
+
+@dataclass
+class Weights:
+    """A float32 host copy of the weights after optimizer step ``step`` that is not stored:
+    it only carries the update norms of a step that the schedule does not snapshot."""
+
+    step: int
+    slot: Any
+    event: Any
+    release: Callable
+    norms: str = "update"  # "baseline" or "update"
 
 
 @dataclass
@@ -316,7 +335,11 @@ class RecordingFile:
         self._pending["state"].append(msg.step)
 
     def add_updates(self, msg: Updates) -> None:
-        self._pending["updates"].append((msg.step, np.array(msg.slot.arrays[0], copy=True)))
+        self.add_update_norms(msg.step, msg.slot.arrays[0])
+
+    def add_update_norms(self, step: int, norms: np.ndarray) -> None:
+        """One (modules, 4) row of /updates/norms for optimizer step ``step``."""
+        self._pending["updates"].append((step, np.array(norms, dtype=np.float32, copy=True)))
 
     def add_scalars(self, msg: Scalars) -> None:
         columns = self.layout.scalar_columns
@@ -433,8 +456,10 @@ class WriterThread:
         self._flush_steps = max(1, flush_every_steps)
         self._flush_seconds = flush_every_seconds if flush_every_seconds > 0 else float("inf")
         self.error: BaseException | None = None
+        self._norms = HostUpdateNorms()
         self._handlers = {
-            Snapshot: file.write_snapshot,
+            Snapshot: self._on_snapshot,
+            Weights: self._track_norms,
             Grads: file.write_grads,
             State: file.write_state,
             Updates: file.add_updates,
@@ -473,6 +498,19 @@ class WriterThread:
             self._thread.join()
         else:  # the thread died and closed the file after its error
             self.file.close_after_error()
+
+    def _on_snapshot(self, msg: Snapshot) -> None:
+        self.file.write_snapshot(msg)
+        if msg.norms:
+            self._track_norms(msg)
+
+    def _track_norms(self, msg: Snapshot | Weights) -> None:
+        if msg.norms == "baseline":
+            self._norms.baseline(msg.slot.tensor, msg.slot.views)
+        elif msg.norms == "update":
+            self.file.add_update_norms(msg.step, self._norms.update(msg.slot.tensor, msg.slot.views))
+        else:
+            raise ValueError(f"unknown update-norm role {msg.norms!r}")  # a Recorder bug
 
     def _on_scalars(self, msg: Scalars) -> None:
         self.file.add_scalars(msg)
