@@ -114,14 +114,14 @@ def kill_cli(tries: int, folder: Path, launcher: str, rng: random.Random) -> Row
     held: list[int] = []
     for i in range(tries):
         path = folder / f"cli{i}.h5"
-        proc = start_cli(["record", "-o", path, *QUICK_RECORD, "--steps", "400",
-                          "--set", "record.flush_every_steps=1"], folder, launcher)
-        proc.wait_for("recording 8 modules")
-        time.sleep(rng.uniform(0.0, 3.0))
-        proc.signal(signal.SIGKILL)
-        proc.wait()
         row.tries += 1
         try:
+            proc = start_cli(["record", "-o", path, *QUICK_RECORD, "--steps", "400",
+                              "--set", "record.flush_every_steps=1"], folder, launcher)
+            proc.wait_for("recording 8 modules")
+            time.sleep(rng.uniform(0.0, 3.0))
+            proc.signal(signal.SIGKILL)
+            proc.wait()
             if not path.exists():
                 raise AssertionError("no file")  # killed before the file was created: counted as a failure
             n = _contiguous(path)
@@ -145,14 +145,14 @@ def signals(tries: int, folder: Path, launcher: str, rng: random.Random) -> Row:
         path = folder / f"sig{i}.h5"
         args = ["record", "-o", path, *QUICK_RECORD, "--steps", str(steps),
                 "--set", "record.flush_every_steps=100000", "--set", "record.flush_every_seconds=3600"]
-        proc = start_cli(args, folder, launcher)
-        proc.wait_for(f"step {steps // 10}/{steps}")
-        time.sleep(rng.uniform(0.0, 1.0))
-        proc.signal(signum)
-        done = proc.wait()
         row.tries += 1
-        row.tracebacks += "Traceback" in done.output
         try:
+            proc = start_cli(args, folder, launcher)
+            proc.wait_for(f"step {steps // 10}/{steps}")
+            time.sleep(rng.uniform(0.0, 1.0))
+            proc.signal(signum)
+            done = proc.wait()
+            row.tracebacks += "Traceback" in done.output
             assert done.code == 128 + signum, f"exit code {done.code}"
             stopped = int(re.search(r"interrupted at step (\d+)", done.stdout).group(1))
             n = _contiguous(path)
@@ -165,7 +165,7 @@ def signals(tries: int, folder: Path, launcher: str, rng: random.Random) -> Row:
                 assert rec.status == "complete"
             row.survived += 1
         except Exception as exc:
-            row.notes.append(f"try {i}: {exc}")
+            row.notes.append(f"try {i}: {str(exc).splitlines()[0]}")
     return row
 
 
