@@ -8,10 +8,14 @@ Six recordings are written by the real Recorder from a 2-block Llama with SmolLM
 The weights move by synthetic optimizer-like updates instead of training, so the recordings cost
 seconds; the report does not care how they moved. Printed:
 
-1. the full report (every figure kind, every module): seconds, seconds per module, per PNG;
-2. the same report on --compare-modules modules drawn twice, interleaved, with reused figures (the
-   Canvas) and with a fresh matplotlib figure per PNG: seconds of each and their ratio. The machine
-   is shared and noisy, so only the ratio of runs measured side by side means much.
+1. the full report (every figure kind, every module, --workers processes drawing modules,
+   default 1): seconds, seconds per module, per PNG;
+2. the same report on --compare-modules modules drawn twice, interleaved, in this process, with
+   reused figures (the Canvas) and with a fresh matplotlib figure per PNG: seconds of each and
+   their ratio. The machine is shared and noisy, so only the ratio of runs measured side by side
+   means much.
+
+`benchmarks/suite.py` parses the lines starting "full report:" and the "fresh/reused =" ratio.
 """
 from __future__ import annotations
 
@@ -91,6 +95,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=6)
     parser.add_argument("--compare-modules", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="processes drawing modules in the full report")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,14 +111,15 @@ def main() -> None:
         print(f"{args.runs} recordings, {args.steps} steps, 14 modules each: {size:.1f} MiB, "
               f"written in {time.perf_counter() - start:.1f} s")
 
-        seconds = _timed(paths, folder / "full", Canvas)
+        workers = args.workers
+        seconds = _timed(paths, folder / "full", Canvas, workers=workers)
         pngs = len(list((folder / "full").glob("*.png")))
         print(f"full report: {seconds:.1f} s, {seconds / 14:.2f} s per module, "
-              f"{seconds / pngs * 1000:.0f} ms per PNG ({pngs} PNGs)")
+              f"{seconds / pngs * 1000:.0f} ms per PNG ({pngs} PNGs) with {workers} worker process(es)")
 
         reused, fresh = [], []
         for k in range(args.repeats):  # interleaved, so both see the same machine load
-            kw = dict(max_modules=args.compare_modules)
+            kw = dict(max_modules=args.compare_modules, workers=1)  # the Canvas swap needs this process
             reused.append(_timed(paths, folder / f"reused{k}", Canvas, **kw))
             fresh.append(_timed(paths, folder / f"fresh{k}", FreshCanvas, **kw))
         r, f = min(reused), min(fresh)

@@ -57,7 +57,7 @@ def report(
     figures: Annotated[str, typer.Option(help=f"Figure kinds per module: all, or some of {', '.join(MODULE_FIGURES.names())}.")] = "all",
     bins: Annotated[int, typer.Option(help="Histogram bins (shared by the runs on each axis).")] = 64,
     title: Annotated[Optional[str], typer.Option(help="Page title [default: the run names].")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Processes drawing modules side by side [default: one per core].")] = None,
+    workers: Annotated[int, typer.Option(help="Processes drawing modules side by side (pays only with idle cores).")] = 1,
 ) -> None:
     """Write an HTML report (index.html plus PNG figures) comparing recordings."""
     import lorascope

@@ -1,6 +1,6 @@
 """`build_report(recordings, out_dir)`: reads what each figure needs (a bounded number of steps
-and modules), draws every figure into reused matplotlib figures (modules spread over worker
-processes when there are many), and writes `index.html` beside the PNGs."""
+and modules), draws every figure into reused matplotlib figures (modules optionally spread over
+worker processes), and writes `index.html` beside the PNGs."""
 from __future__ import annotations
 
 import datetime as _dt
@@ -20,7 +20,7 @@ from lorascope.report.html import FigureRef, ModuleBlock, ModuleGroup, Page, ren
 from lorascope.report.module_figures import MODULE_FIGURES, FigureContext, save_figure
 from lorascope.report.paths import inside
 from lorascope.report.render import (
-    ModuleResult, NamedRecording, RenderPlan, default_workers, render_modules,
+    ModuleResult, NamedRecording, RenderPlan, render_modules,
 )
 from lorascope.report.runs import eval_columns, runs_table, scalar_series
 
@@ -63,17 +63,18 @@ def build_report(
     early_steps: int = 3,
     title: str | None = None,
     progress: Progress | None = None,
-    workers: int | None = None,
+    workers: int = 1,
 ) -> Path:
     """Writes `out_dir/index.html` and its PNGs for one or more recordings (Recording objects or
     paths) and returns the page's path. Only modules every recording has are shown; `modules`
-    is a glob over their names and `max_modules` caps how many are drawn. `workers`: processes
-    that draw modules side by side (default: one per core this process may use; 1 draws here)."""
+    is a glob over their names and `max_modules` caps how many are drawn. `workers` > 1: that
+    many processes draw modules side by side (see render.py: on this project's shared 2-core
+    machine it did not pay, so one process drawing here is the default)."""
     if max_modules < 1:
         raise UsageError(f"--max-modules must be at least 1 (got {max_modules})")
     if bins < 2:
         raise UsageError(f"--bins must be at least 2 (got {bins})")
-    if workers is not None and workers < 1:
+    if workers < 1:
         raise UsageError(f"--workers must be at least 1 (got {workers})")
     kinds = list(figure_kinds) if figure_kinds else MODULE_FIGURES.names()
     for kind in kinds:
@@ -104,7 +105,7 @@ def build_report(
         training = _training_figures(recs, FigureContext(out, canvas, colors, bins))
         tick(1, total, "training curves")
         results: list[ModuleResult | None] = [None] * len(shown)
-        for i, result in render_modules(recs, shown, plan, workers=workers or default_workers(),
+        for i, result in render_modules(recs, shown, plan, workers=workers,
                                         canvas=canvas, on_done=lambda done, name: tick(1 + done, total, name)):
             results[i] = result
         warnings = {r.run_name: [str(f) for f in loss_findings(r)] for r in recs}

@@ -27,7 +27,7 @@ __all__ = ["Canvas", "Panels", "empty_axes"]
 # Margins in inches, so that labels keep their room whatever the number of panels.
 _LEFT, _RIGHT, _BOTTOM, _TOP = 0.95, 0.2, 0.6, 0.55
 _WSPACE_IN, _HSPACE_IN = 0.95, 0.7
-_COLORBAR_IN = 0.6
+_COLORBAR_IN = 0.9  # the bar, its tick labels and its rotated label, which 0.6 clipped
 _LEGEND_IN = 2.2  # room right of the grid for the run legend (names cut to 28 characters)
 
 

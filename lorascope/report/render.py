@@ -25,11 +25,14 @@ from lorascope.report.summary import summary_rows
 
 __all__ = [
     "RenderPlan", "ModuleResult", "NamedRecording", "render_module", "render_modules",
-    "default_workers", "MIN_MODULES_PER_WORKER",
+    "MIN_MODULES_PER_WORKER",
 ]
 
-# A worker costs about two seconds of imports before it draws anything, and a module about five
-# seconds of drawing (6 runs, measured here); below two modules per worker the pool does not pay.
+# A worker costs about two seconds of imports before it draws anything (more when the main
+# script imports torch: spawn re-imports it), and a module about five seconds of drawing (6 runs);
+# below two modules per worker the pool cannot pay. Measured on this project's shared 2-core
+# machine (load 5-8), two workers did not beat one process (6 runs x 14 modules: 129 and 165 s
+# against 155 and 132 s, interleaved), so build_report uses them only when asked.
 MIN_MODULES_PER_WORKER = 2
 
 
@@ -79,14 +82,6 @@ def render_module(recs: Sequence[Any], name: str, index: int, plan: RenderPlan,
     findings = {run: [str(f) for f in found] for run, found in module_findings(data).items()}
     return ModuleResult(ModuleBlock(name, shape, refs, data.role), data.layer, findings,
                         summary_rows(data))
-
-
-def default_workers() -> int:
-    """The cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 def _recording_paths(recs: Sequence[Any]) -> list[Path] | None:
