@@ -91,7 +91,7 @@ def time_default(path: Path, options: tables.Options | None = None, cold: bool =
 
 VARIANTS = {
     "default": tables.Options(),
-    "no-prefetch": tables.Options(prefetch=False),
+    "prefetch": tables.Options(prefetch=True),
 }
 
 

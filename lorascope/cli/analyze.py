@@ -67,7 +67,7 @@ def analyze(
     fit_steps: Annotated[int, typer.Option(help="Snapshots fitted per matrix, evenly spaced with the first and last (0: all); the fits table's columns fitted_steps, recorded_steps.")] = 50,
     quantile_samples: Annotated[int, typer.Option(help="Entries per snapshot the quantiles use, a fixed random subset (0: all, exact); the stats table's column quantile_n; the same entries as the fits. Everything else covers every entry.")] = 2048,
     workers: Annotated[int, typer.Option(help="Threads working on one module at a time.")] = 2,
-    prefetch: Annotated[bool, typer.Option(help="Read the next module while analysing this one (memory: two modules' series instead of one).")] = True,
+    prefetch: Annotated[bool, typer.Option(help="Read the next module while analysing this one (memory: two modules' series instead of one); hides a cold file's disk time.")] = False,
     criterion: Annotated[str, typer.Option(help="How the best family is chosen: bic or aic.")] = "bic",
     max_steps: Annotated[int, typer.Option(help="Snapshots used by similarity, geometry and histograms (0: all).")] = 100,
     bins: Annotated[int, typer.Option(help="Histogram bins (shared by every run and step of a module).")] = 64,
