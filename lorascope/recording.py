@@ -70,6 +70,16 @@ class LazyArray:
         except OSError as exc:
             raise _damaged(self._path, exc) from None
 
+    def _read_block(self, start: int, stop: int) -> np.ndarray:
+        """A contiguous run of snapshots straight into a new array: read_direct skips h5py's
+        fancy-selection machinery, about half the CPU of ``ds[start:stop]`` for whole series."""
+        out = np.empty((stop - start, *self.shape[1:]), dtype=self._ds.dtype)
+        try:
+            self._ds.read_direct(out, source_sel=np.s_[start:stop])
+        except OSError as exc:
+            raise _damaged(self._path, exc) from None
+        return out
+
     def __getitem__(self, key) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
         first, rest = (key[0], key[1:]) if key else (slice(None), ())
@@ -81,6 +91,9 @@ class LazyArray:
             return self._read(t)[rest] if rest else self._read(t)
         if isinstance(first, slice):
             start, stop, step = first.indices(n)
+            if step == 1 and stop > start and not self._encoding:
+                data = self._read_block(start, stop)
+                return data[(slice(None), *rest)] if rest else data
             if step > 0:
                 data = self._read(slice(start, stop, step)) if stop > start else self._empty()
                 return data[(slice(None), *rest)] if rest else data
