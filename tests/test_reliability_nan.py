@@ -52,12 +52,6 @@ def test_info_and_analyze_run_on_a_diverged_recording(diverged, tmp_path, launch
     assert table.stat().st_size > 0 and "warning" in analyzed.stderr
 
 
-@pytest.mark.xfail(
-    reason="lorascope/analysis/health.py check_loss excuses every skipped step unless all were skipped "
-    "(right for fp16 overflow, where the GradScaler retries; wrong in fp32, where loss_scale is 1 and a "
-    "skip means the loss was NaN): info and analyze say nothing of 10 NaN steps; reported to its owner",
-    strict=True,
-)
 def test_info_and_analyze_report_the_skipped_nan_steps(diverged, tmp_path):
     info = run_cli(["info", diverged], tmp_path)
     health = info.stdout.split("\nhealth\n", 1)[1].lower()

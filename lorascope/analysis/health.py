@@ -10,7 +10,7 @@ import numpy as np
 
 from lorascope.registry import Registry
 
-__all__ = ["Finding", "Thresholds", "ModuleSeries", "CHECKS", "check_module", "check_loss"]
+__all__ = ["Finding", "Thresholds", "ModuleSeries", "CHECKS", "check_module", "check_loss", "check_scalars"]
 
 
 @dataclass(frozen=True)
@@ -163,22 +163,35 @@ def check_module(series: ModuleSeries, thresholds: Thresholds | None = None,
     return found
 
 
-def check_loss(steps: np.ndarray, loss: np.ndarray, skipped: np.ndarray | None = None) -> list[Finding]:
-    """NaN/Inf in the training loss. Steps flagged as skipped (fp16 overflow, the scaler lowers
-    its scale and retries) are expected to be non-finite and are reported only when every
-    step was skipped."""
+def check_loss(steps: np.ndarray, loss: np.ndarray, skipped: np.ndarray | None = None,
+               loss_scale: np.ndarray | None = None) -> list[Finding]:
+    """NaN/Inf in the training loss. A step skipped under fp16 loss scaling (loss_scale > 1: the
+    scaler met an overflow, lowered its scale and retries) is expected now and then and is
+    reported only when every step was skipped. Without loss scaling a skipped step means the loss
+    itself was NaN/Inf: the trainer kept the weights, and that is reported."""
     steps, loss = np.asarray(steps), np.asarray(loss, dtype=np.float64)
     bad = ~np.isfinite(loss)
     if skipped is not None:
-        # NaN means "not reported" (a loop without fp16 scaling), not "skipped"
+        # NaN means "not reported" (a loop that does not say), not "skipped"
         sk = np.nan_to_num(np.asarray(skipped, dtype=np.float64), nan=0.0) != 0
-        if len(sk) and sk.all():
+        scaled = (np.nan_to_num(np.asarray(loss_scale, dtype=np.float64), nan=1.0) > 1
+                  if loss_scale is not None else np.ones_like(sk))
+        if len(sk) and (sk & scaled).all():
             return [Finding("error", None, None, None, "every optimizer step was skipped for fp16 "
                             "overflow; lower the learning rate or train in bfloat16/float32")]
-        bad &= ~sk
+        bad &= ~(sk & scaled)
     i = _first(bad)
     if i is None:
         return []
     return [Finding("error", None, None, int(steps[i]),
                     f"the loss is {loss[i]} at step {int(steps[i])} ({int(bad.sum())} steps in all); lower the "
                     "learning rate, enable gradient clipping, or check the data for empty targets")]
+
+
+def check_scalars(scalars) -> list[Finding]:
+    """check_loss over a recording's scalars table (a DataFrame with step, loss and, when the
+    trainer reports them, skipped and loss_scale)."""
+    if "loss" not in scalars or "step" not in scalars:
+        return []
+    column = lambda name: scalars[name].to_numpy() if name in scalars else None  # noqa: E731
+    return check_loss(column("step"), column("loss"), column("skipped"), column("loss_scale"))

@@ -392,10 +392,9 @@ def _module_tables(ma: ModuleAnalysis, builders: dict, frames: dict, findings: l
 
 def _loss_findings(rec) -> list[_health.Finding]:
     sc = getattr(rec, "scalars", None)
-    if sc is None or "loss" not in getattr(sc, "columns", ()) or "step" not in sc.columns:
+    if sc is None:
         return []
-    skipped = sc["skipped"].to_numpy() if "skipped" in sc.columns else None
-    found = _health.check_loss(sc["step"].to_numpy(), sc["loss"].to_numpy(), skipped)
+    found = _health.check_scalars(sc)
     return [_health.Finding(f.severity, None, None, f.step, f"run {rec.run_name}: {f.message}") for f in found]
 
 

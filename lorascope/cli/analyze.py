@@ -107,4 +107,4 @@ def analyze(
         write_table(frames[name], paths[name])
         typer.echo(f"{name}: {len(frames[name])} rows -> {paths[name]}")
     for finding in result.findings:
-        typer.echo(f"warning: {finding}", err=True)
+        typer.echo(str(finding), err=True)  # "error: ..." or "warning: ..."

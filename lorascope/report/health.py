@@ -41,10 +41,4 @@ def module_findings(data: ModuleData) -> dict[str, list[_health.Finding]]:
 
 def loss_findings(rec: Any) -> list[_health.Finding]:
     """NaN/Inf in a run's training loss (skipped fp16-overflow steps excepted)."""
-    scalars = rec.scalars
-    if "loss" not in scalars or "step" not in scalars:
-        return []
-    skipped = scalars["skipped"].to_numpy() if "skipped" in scalars else None
-    if skipped is not None:
-        skipped = np.nan_to_num(skipped, nan=0.0)  # NaN: the trainer did not report it, so not skipped
-    return _health.check_loss(scalars["step"].to_numpy(), scalars["loss"].to_numpy(), skipped)
+    return _health.check_scalars(rec.scalars)
