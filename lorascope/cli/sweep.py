@@ -1,6 +1,7 @@
 """`lorascope sweep`: a grid of recorded runs from one base config, then one comparison report."""
 from __future__ import annotations
 
+import signal
 import time
 import tomllib
 from pathlib import Path
@@ -90,7 +91,10 @@ def sweep(
         eta = f", about {left / 60:.0f} min left" if left else ""
         typer.echo(f"[{i}/{len(runs)}] {planned.name}{eta}", err=True)
         started = time.perf_counter()
-        run(planned.config, log=lambda line: None)
+        summary = run(planned.config, log=lambda line: None)
+        if summary.interrupted:  # Ctrl-C stops the sweep, not just this run
+            typer.echo(f"sweep interrupted during {planned.name}; run the same command again to resume", err=True)
+            raise typer.Exit(128 + (summary.stop_signal or signal.SIGINT))
         durations.append(time.perf_counter() - started)
 
     paths = [r.path for r in runs]
