@@ -122,13 +122,6 @@ def _killed_while_the_file_is_created() -> None:
     writer.RecordingFile._create = dying
 
 
-@pytest.mark.xfail(
-    reason="lorascope/record/writer.py creates the recording in place: a kill before its first flush "
-    "leaves a truncated HDF5 file at the output path (1 of 20 random SIGKILLs of `lorascope record` in "
-    "benchmarks/kill_stress.py); creating it under a temporary name and renaming after the first flush "
-    "would leave no file or a whole one; reported to the recorder's owner",
-    strict=True,
-)
 def test_sigkill_while_the_file_is_created_leaves_no_damaged_file(tmp_path, warm):
     path = tmp_path / "run.h5"
     done = run_cli(_record(path), tmp_path, prepare=_killed_while_the_file_is_created)

@@ -447,7 +447,12 @@ class Recorder:
         layout = FileLayout(root, modules, cfg.dtype, cfg.compression, cfg.grads,
                             cfg.optimizer_state, tuple(columns))
         if resume_step is None:
-            file = RecordingFile(self.path, layout)
+            # Built under a temporary name and renamed once its layout is on disk: a kill while the
+            # file is being created leaves no half-made recording at the output path.
+            tmp = self.path.with_name(self.path.name + ".creating")
+            file = RecordingFile(tmp, layout)
+            replace(tmp, self.path)
+            file.path = self.path
         else:
             tmp = temporary_path(self.path)
             file = RecordingFile(tmp, layout, seed=resume_seed(self.path, resume_step))
