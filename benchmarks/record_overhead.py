@@ -49,13 +49,13 @@ def sync(device: str) -> None:
 
 
 class RawCopy:
-    """The floor: one ``_foreach_copy_`` of every A and B into a preallocated host buffer (pinned
-    and non-blocking on CUDA, as the Recorder's own copy)."""
+    """The floor: one ``_foreach_copy_`` of every A and B into a preallocated host buffer of the
+    storage dtype (pinned and non-blocking on CUDA, as the Recorder's own copy)."""
 
-    def __init__(self, params: list[torch.Tensor], device: str) -> None:
+    def __init__(self, params: list[torch.Tensor], device: str, dtype: str = "float32") -> None:
         cuda = device.startswith("cuda")
         total = sum(p.numel() for p in params)
-        self.flat = torch.empty(total, dtype=torch.float32, pin_memory=cuda)
+        self.flat = torch.empty(total, dtype=getattr(torch, dtype), pin_memory=cuda)
         self.views, at = [], 0
         for p in params:
             self.views.append(self.flat[at:at + p.numel()].view(p.shape))
@@ -74,7 +74,7 @@ def compare_hooks(model: torch.nn.Module, params: list[torch.Tensor], device: st
 
     g = torch.Generator(device=device).manual_seed(1)
     deltas = [torch.randn(p.shape, generator=g, device=device) * 1e-4 for p in params]
-    copy = RawCopy(params, device)
+    copy = RawCopy(params, device, dtype)
     recs = {}
     for place in ("host", "device"):
         recs[place] = Recorder(folder / f"compare-{place}.h5", model,
@@ -164,7 +164,7 @@ def main() -> None:
     # writer stores the previous snapshot, as in a run that records every step.
     times = {"plain": [], "recorded": []}
     ratios, hook_times, copy_times, depth = [], [], [], 0
-    raw_copy = RawCopy(params, args.device)
+    raw_copy = RawCopy(params, args.device, args.dtype)
 
     def time_copy() -> None:  # outside the step's timing
         sync(args.device)

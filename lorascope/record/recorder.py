@@ -125,6 +125,7 @@ class Recorder:
         self._params = [t for p in self.pairs.values() for t in (p.A, p.B)]
         self._writer: WriterThread | None = None
         self._early: list[Any] = []  # messages captured before the file exists
+        self._held: list[Any] | None = None  # messages of the optimizer step being captured
         self._optimizer = None
         self._hooks: list[Any] = []
         self._step = 0
@@ -166,16 +167,15 @@ class Recorder:
         cfg, slots = self.config, self.config.queue_size
         shapes = [tuple(t.shape) for t in self._params]
         storage = TORCH_DTYPES[cfg.dtype]
-        self._weights = Channel(shapes, storage, self.device, slots)
+        # On the host path the weights are always copied in float32: the copy that is stored is
+        # also an exact one for the update norms, and the writer rounds it to the storage dtype.
+        # One copy per step on the training thread, whatever the schedule or storage.
+        copied = torch.float32 if self.update_norms == "host" else storage
+        self._weights = Channel(shapes, copied, self.device, slots)
         self._grads = Channel(shapes, storage, self.device, slots) if cfg.grads else None
         if self.update_norms == "device":
             self._device_norms = DeviceUpdateNorms(self._params)
             self._updates = Channel([(len(self.pairs), 4)], torch.float32, self.device, 2 * slots)
-        else:
-            # a float32 snapshot is an exact copy of the weights and serves the norms too; other
-            # steps (or lossy storage) send a float32 copy from this ring, made when first needed
-            self._snapshot_is_exact = storage == torch.float32
-            self._weights32: Channel | None = None
         with torch.no_grad():
             self._grad_prev = [torch.zeros_like(t) for t in self._params] if cfg.grads else []
         self._grad_prev_zero = True
@@ -242,6 +242,20 @@ class Recorder:
                           optimizer: torch.optim.Optimizer | None = None) -> None:
         """After optimizer.step(): update norms and scalars always, weights on schedule."""
         self._require_started()
+        # Every copy of this step is made before the writer hears of any: a message wakes the
+        # writer, whose h5py calls hold the GIL, and a second copy would then wait for it.
+        self._held = []
+        try:
+            self._optimizer_step(step, scalars, optimizer)
+        except BaseException:
+            self._held = None
+            raise
+        held, self._held = self._held, None
+        for msg in held:
+            self._send(msg)
+
+    def _optimizer_step(self, step: int, scalars: dict[str, float] | None,
+                        optimizer: torch.optim.Optimizer | None) -> None:
         optimizer = optimizer or self._optimizer
         self._optimizer = optimizer
         self._step = int(step)
@@ -334,32 +348,27 @@ class Recorder:
             raise UsageError("the Recorder is closed; open a new one to record another run")
 
     def _send(self, msg: Any) -> None:
-        if self._writer is None:
+        if self._held is not None:  # inside on_optimizer_step: sent when its copies are made
+            self._held.append(msg)
+        elif self._writer is None:
             self._early.append(msg)
         else:
             self._writer.put(msg)
 
     def _snapshot(self, step: int, norms: str = "") -> None:
         """Captures the weights; ``norms`` ("baseline"/"update") also makes this copy the
-        writer's update-norm reference where that path is on (via a float32 copy beside a lossy
-        snapshot)."""
+        writer's update-norm reference where that path is on."""
         slot, event = self._weights.capture([t.detach() for t in self._params], self._alive)
         self._last_snapshot = step
-        host = self.update_norms == "host" and bool(norms)
-        carries = host and self._snapshot_is_exact
+        role = norms if self.update_norms == "host" else ""
         self._send(Snapshot(step, self._micro, time.perf_counter() - self._t0, slot, event,
-                            self._weights.ring.release, norms if carries else ""))
-        if host and not carries:
-            self._send_weights(step, norms)
+                            self._weights.ring.release, role))
 
     def _send_weights(self, step: int, norms: str) -> None:
         """A float32 copy of the weights for the writer's update norms only (host path)."""
-        if self._weights32 is None:
-            shapes = [tuple(t.shape) for t in self._params]
-            self._weights32 = Channel(shapes, torch.float32, self.device, self.config.queue_size)
         with torch.no_grad():
-            slot, event = self._weights32.capture([t.detach() for t in self._params], self._alive)
-        self._send(Weights(step, slot, event, self._weights32.ring.release, norms))
+            slot, event = self._weights.capture([t.detach() for t in self._params], self._alive)
+        self._send(Weights(step, slot, event, self._weights.ring.release, norms))
 
     def _send_update_norms(self) -> None:
         """The device path: norms computed here, a (modules, 4) row copied off."""

@@ -18,7 +18,7 @@ import shutil
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,6 +33,7 @@ from lorascope.record.format import (
     UPDATE_COLUMNS,
     numpy_storage_dtype,
 )
+from lorascope.record.capture import TORCH_DTYPES, FlatLayout, HostRing
 from lorascope.record.updates import HostUpdateNorms
 
 __all__ = [
@@ -83,7 +84,7 @@ class Snapshot:
     slot: Any
     event: Any
     release: Callable
-    norms: str = ""  # one of NORM_ROLES; only for float32 slots (an exact copy of the weights)
+    norms: str = ""  # one of NORM_ROLES; such a slot is float32 (an exact copy of the weights)
 
 
 @dataclass
@@ -457,6 +458,7 @@ class WriterThread:
         self._flush_seconds = flush_every_seconds if flush_every_seconds > 0 else float("inf")
         self.error: BaseException | None = None
         self._norms = HostUpdateNorms()
+        self._rounded: HostRing | None = None  # the storage-dtype buffer of a float32 snapshot
         self._handlers = {
             Snapshot: self._on_snapshot,
             Weights: self._track_norms,
@@ -500,7 +502,19 @@ class WriterThread:
             self.file.close_after_error()
 
     def _on_snapshot(self, msg: Snapshot) -> None:
-        self.file.write_snapshot(msg)
+        storage = TORCH_DTYPES[self.file.layout.storage_dtype]
+        if msg.slot.tensor.dtype == storage:
+            self.file.write_snapshot(msg)
+        else:  # a float32 copy (it serves the update norms too): rounded here, not in training
+            if self._rounded is None:
+                shapes = [tuple(v.shape) for v in msg.slot.views]
+                self._rounded = HostRing(FlatLayout(tuple(shapes)), storage, 1, pin=False)
+            slot = self._rounded.acquire(self.alive)
+            try:
+                slot.tensor.copy_(msg.slot.tensor)
+                self.file.write_snapshot(replace(msg, slot=slot))
+            finally:
+                self._rounded.release(slot)
         if msg.norms:
             self._track_norms(msg)
 
