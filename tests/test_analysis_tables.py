@@ -126,7 +126,7 @@ def test_cli_writes_tables_and_prints_findings(tmp_path, monkeypatch):
     stats = pd.read_csv(tmp_path / "out" / "t.stats.csv")
     assert set(stats.run) == {"a", "dead"} and list(stats.columns[:6]) == tables.KEYS
     assert len(pd.read_csv(tmp_path / "out" / "t.similarity.csv")) > 0
-    assert "warning: error: transformer.h.1.mlp.c_fc B" in r.output
+    assert "error: transformer.h.1.mlp.c_fc B" in r.output
     one = tmp_path / "one.parquet"
     r = CliRunner().invoke(app, ["analyze", str(tmp_path / "a.h5"), "-o", str(one), "--no-health"])
     assert r.exit_code == 0, r.output
