@@ -62,22 +62,27 @@ def _record(tmp_path, name: str, model, config: RecordConfig, place: str, steps:
         train(model, opt, rec, steps=steps,
               on_weights=lambda s: after.__setitem__(s, [t.detach().clone() for t in lora_params(model)]))
     with h5py.File(path, "r") as f:
-        return f["updates/step"][:], f["updates/norms"][:], after
+        first = f["modules"][next(iter(find_lora_pairs(model)))]
+        stored = (first["A"][:], first["B"][:])
+        return f["updates/step"][:], f["updates/norms"][:], after, stored
 
 
 @pytest.mark.parametrize("config", [
     RecordConfig(every=1),                    # every step's snapshot carries the norms
-    RecordConfig(every=3),                    # most steps send a float32 copy instead
-    RecordConfig(every=2, dtype="float16"),   # lossy snapshots: always the float32 copy
+    RecordConfig(every=3),                    # most steps send an unstored float32 copy instead
+    RecordConfig(every=2, dtype="float16"),   # host: the writer rounds the float32 snapshot
     RecordConfig(every=1, dtype="bfloat16", optimizer_state=True),  # the file opens after step 1
 ], ids=["every1", "every3", "fp16", "bf16-state"])
 def test_host_and_device_paths_write_the_same_rows(tmp_path, config):
     model = tiny_lora_gpt2()
     before = [t.detach().clone() for t in lora_params(model)]
-    steps_h, host, after = _record(tmp_path, "run", model, config, "host")
-    steps_d, device, _ = _record(tmp_path, "run", model, config, "device")
+    steps_h, host, after, stored_h = _record(tmp_path, "run", model, config, "host")
+    steps_d, device, _, stored_d = _record(tmp_path, "run", model, config, "device")
     assert steps_h.tolist() == steps_d.tolist() == [1, 2, 3, 4, 5]
     np.testing.assert_allclose(host, device, rtol=1e-6)
+    # the snapshots too, bit for bit: rounding on the writer thread is the same rounding
+    for h, d in zip(stored_h, stored_d):
+        np.testing.assert_array_equal(h, d)
     # and both are the truth: step 2's update of the first pair, from the weights themselves
     prev, new = after[1], after[2]
     pairs = list(find_lora_pairs(model))
