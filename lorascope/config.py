@@ -21,6 +21,7 @@ __all__ = [
     "RecordConfig",
     "RunConfig",
     "load_config",
+    "read_config_data",
     "apply_overrides",
     "config_to_dict",
     "config_from_dict",
@@ -266,7 +267,8 @@ def config_from_dict(data: dict[str, Any]) -> RunConfig:
     return _build(RunConfig, data, "")
 
 
-def load_config(path: str | Path) -> RunConfig:
+def read_config_data(path: str | Path) -> dict[str, Any]:
+    """The raw tables of a TOML (or JSON) config file, with a sentence for a missing or broken one."""
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist; give the path of a .toml or .json file")
@@ -275,7 +277,13 @@ def load_config(path: str | Path) -> RunConfig:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise UsageError(f"config file {path} is not valid {path.suffix.lstrip('.').upper() or 'TOML'}: {exc}") from None
-    return config_from_dict(data)
+    if not isinstance(data, dict):
+        raise UsageError(f"config file {path} must hold a table of settings")
+    return data
+
+
+def load_config(path: str | Path) -> RunConfig:
+    return config_from_dict(read_config_data(path))
 
 
 def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:

@@ -8,10 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from lorascope.config import RunConfig, apply_overrides
+from lorascope.config import RunConfig, apply_overrides, config_from_dict, read_config_data
 from lorascope.errors import LorascopeError, UsageError
 
-__all__ = ["AXES", "SweepRun", "expand", "is_complete", "DEFAULT_AXES"]
+__all__ = ["AXES", "SweepRun", "expand", "is_complete", "load_sweep_file", "DEFAULT_AXES"]
 
 # The axes a user names on the command line, with the config field each one sets and the short
 # prefix used in run names (a value alone where the value says what it is, like "came").
@@ -66,6 +66,16 @@ def expand(base: RunConfig, axes: dict[str, list[Any]], out_dir: Path, sweep_nam
         cfg = apply_overrides(base, {**overrides, "name": name, "output": str(path)})
         runs.append(SweepRun(name, cfg, path))
     return runs
+
+
+def load_sweep_file(path: Path) -> tuple[RunConfig, dict[str, list[Any]]]:
+    """A sweep file is a run config plus an optional [sweep] table mapping axes to value lists;
+    returns the base config and the axes."""
+    data = read_config_data(path)
+    axes = data.pop("sweep", {})
+    if not isinstance(axes, dict) or not all(isinstance(v, list) for v in axes.values()):
+        raise UsageError(f'[sweep] in {path} must map axis names to lists, e.g. optimizer = ["adamw", "came"]')
+    return config_from_dict(data), axes
 
 
 def is_complete(path: Path) -> bool:

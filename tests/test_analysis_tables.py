@@ -173,7 +173,9 @@ def test_prefetch_keeps_at_most_two_series_and_changes_no_number(runs, monkeypat
     got = tables.analyze(list(runs), ("stats", "spectra"), tables.Options(prefetch=prefetch))
     monkeypatch.setattr(tables, "read_series", read)
     want = tables.analyze(list(runs), ("stats", "spectra"), tables.Options(prefetch=False, workers=1))
-    assert len(refs) == 4 and max(peak) == most
+    # the bound is what matters; whether the prefetch thread got ahead of the analysis at all
+    # depends on thread timing, so with prefetch the peak may be 1 or 2
+    assert len(refs) == 4 and max(peak) <= most
     for name in ("stats", "spectra"):
         pd.testing.assert_frame_equal(got.tables[name], want.tables[name])
     assert [str(f) for f in got.findings] == [str(f) for f in want.findings]

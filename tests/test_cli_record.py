@@ -103,3 +103,12 @@ def test_same_config_and_seed_give_the_same_recording(tmp_path):
         for name, m in ra.modules.items():
             assert np.array_equal(m.A[:], rb.modules[name].A[:])
             assert np.array_equal(m.B[:], rb.modules[name].B[:])
+
+
+def test_a_sweep_file_records_its_base_run(tmp_path):
+    config = tmp_path / "s.toml"
+    config.write_text('[lora]\nrank = 2\n[sweep]\nrank = [4, 8]\n')
+    result = record(tmp_path / "base.h5", "-c", str(config), "--steps", "1")
+    assert "recording its base run only" in result.output
+    with lorascope.open(tmp_path / "base.h5") as rec:
+        assert rec.config["lora"]["rank"] == 2

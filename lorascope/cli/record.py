@@ -9,10 +9,11 @@ from typing import Annotated, Any, Optional
 import typer
 
 from lorascope.cli.app import app
-from lorascope.config import RunConfig, apply_overrides, load_config
+from lorascope.config import RunConfig, apply_overrides
 from lorascope.errors import UsageError
 from lorascope.lora import INITS
 from lorascope.optim import OPTIMIZERS, SCHEDULES
+from lorascope.sweep import load_sweep_file
 
 __all__ = ["record", "build_config"]
 
@@ -82,7 +83,13 @@ def record(
         "device": device, "amp": amp, "record.every": record_every,
     }
     flags = {k: v.value if isinstance(v, Enum) else v for k, v in flags.items()}
-    cfg = build_config(load_config(config) if config else RunConfig(), flags, set_ or [])
+    base = RunConfig()
+    if config is not None:
+        base, axes = load_sweep_file(config)
+        if axes:  # a sweep file's base run, e.g. 004's head-only baseline beside its LoRA grid
+            typer.echo(f"{config} has a [sweep] table; recording its base run only "
+                       f"(`lorascope sweep -c {config}` runs the grid)", err=True)
+    cfg = build_config(base, flags, set_ or [])
     summary = run(cfg, resume=resume, log=lambda line: typer.echo(line, err=True))
 
     state = "interrupted at" if summary.interrupted else "finished"

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import signal
 import time
-import tomllib
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -11,33 +10,14 @@ import typer
 
 from lorascope.cli.app import app
 from lorascope.cli.record import build_config
-from lorascope.config import RunConfig, config_from_dict, load_config
-from lorascope.errors import UsageError
-from lorascope.sweep import DEFAULT_AXES, expand, is_complete
+from lorascope.config import RunConfig
+from lorascope.sweep import DEFAULT_AXES, expand, is_complete, load_sweep_file
 
 __all__ = ["sweep"]
 
 
 def _split(text: str, sep: str = ",") -> list[str]:
     return [v.strip() for v in text.split(sep) if v.strip()]
-
-
-def _load_sweep_file(config: Path | None) -> tuple[RunConfig, dict[str, list]]:
-    """A sweep file is a run config plus an optional [sweep] table mapping axes to value lists."""
-    if config is None:
-        return RunConfig(), {}
-    if config.suffix != ".toml":
-        return load_config(config), {}
-    if not config.is_file():
-        raise UsageError(f"config file {config} does not exist; give the path of a .toml file")
-    try:
-        data = tomllib.loads(config.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"config file {config} is not valid TOML: {exc}") from None
-    axes = data.pop("sweep", {})
-    if not isinstance(axes, dict) or not all(isinstance(v, list) for v in axes.values()):
-        raise UsageError(f'[sweep] in {config} must map axis names to lists, e.g. optimizer = ["adamw", "came"]')
-    return config_from_dict(data), axes
 
 
 @app.command()
@@ -66,7 +46,7 @@ def sweep(
     """
     from lorascope.session import run
 
-    base, file_axes = _load_sweep_file(config)
+    base, file_axes = load_sweep_file(config) if config else (RunConfig(), {})
     cfg = build_config(base, {"optim.steps": steps, "model.name": model}, set_ or [])
     flag_axes = {
         axis: _split(value, ";" if axis == "layers" else ",")  # a layer list itself has commas

@@ -49,7 +49,8 @@ def _quiet_datasets() -> Iterator[None]:
 
     verbosity = ds_logging.get_verbosity()
     bars_were_off = datasets.are_progress_bars_disabled()
-    ds_logging.set_verbosity_error()
+    # CRITICAL, not ERROR: the parse error it logs at ERROR is the one we turn into a sentence
+    ds_logging.set_verbosity(ds_logging.CRITICAL)
     datasets.disable_progress_bars()
     try:
         yield
