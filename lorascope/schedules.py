@@ -82,22 +82,16 @@ def _min_ratio(cfg: OptimConfig) -> float:
     return cfg.min_lr / cfg.lr
 
 
-@SCHEDULES.register("warmup_cosine")
-def _warmup_cosine(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> LRScheduler:
-    return LambdaLR(
-        optimizer,
-        partial(warmup_cosine_factor, warmup_steps=cfg.warmup_steps, total_steps=total_steps,
-                min_ratio=_min_ratio(cfg)),
-    )
+def _warmup_then(factor):
+    """A LambdaLR over one of the warmup factor functions above, bound to the run's config."""
+    def build(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> LRScheduler:
+        return LambdaLR(optimizer, partial(factor, warmup_steps=cfg.warmup_steps,
+                                           total_steps=total_steps, min_ratio=_min_ratio(cfg)))
+    return build
 
 
-@SCHEDULES.register("linear")
-def _linear(optimizer: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int) -> LRScheduler:
-    return LambdaLR(
-        optimizer,
-        partial(linear_factor, warmup_steps=cfg.warmup_steps, total_steps=total_steps,
-                min_ratio=_min_ratio(cfg)),
-    )
+SCHEDULES.register("warmup_cosine")(_warmup_then(warmup_cosine_factor))
+SCHEDULES.register("linear")(_warmup_then(linear_factor))
 
 
 @SCHEDULES.register("constant")
