@@ -42,8 +42,8 @@ def test_float64_fast_lowrank_dynamics_equals_the_rescaling_path():
     # B_0 != 0 exercises the difference form of the distance; float64 in, float64 out
     rng = np.random.default_rng(1)
     A, B = _walk(7, (3, 17), rng, 1.0, 0.1), _walk(7, (11, 3), rng, 1.0, 0.1)
-    fast = stats._lowrank_dynamics_fast(A, B, -2.0)
-    exact = stats._lowrank_dynamics_exact(A, B, -2.0)
+    fast = stats._lowrank_dynamics_fast(A, B, -2.0, A[0], B[0])
+    exact = stats._lowrank_dynamics_exact(A, B, -2.0, A[0], B[0])
     for k in exact:
         np.testing.assert_allclose(fast[k], exact[k], rtol=1e-10, atol=1e-13)
 

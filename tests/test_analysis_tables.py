@@ -163,8 +163,8 @@ def test_prefetch_keeps_at_most_two_series_and_changes_no_number(runs, monkeypat
     import weakref
     read, refs, peak = tables.read_series, [], []
 
-    def spy(module):  # counts the series alive once this one is read
-        A, B = read(module)
+    def spy(module, *buffers):  # counts the series alive once this one is read
+        A, B = read(module, *buffers)
         gc.collect()
         refs.append(weakref.ref(A))
         peak.append(sum(r() is not None for r in refs))
@@ -179,3 +179,72 @@ def test_prefetch_keeps_at_most_two_series_and_changes_no_number(runs, monkeypat
     for name in ("stats", "spectra"):
         pd.testing.assert_frame_equal(got.tables[name], want.tables[name])
     assert [str(f) for f in got.findings] == [str(f) for f in want.findings]
+
+
+def test_histogram_counts_equal_numpy_per_snapshot():
+    a, b = lora_run("adamw", seed=0), lora_run("came", seed=1, T=4)  # runs of different lengths
+    b.modules["transformer.h.0.attn.c_attn"].A[2, 1, 3] = np.nan  # counted as outside, not binned
+    h = analysis.histogram_table([a, b], bins=8)
+    for (name, matrix), g in h.groupby(["module", "matrix"]):
+        series = {rec.run_name: getattr(rec.modules[name], matrix).astype(np.float64) for rec in (a, b)}
+        finite = np.concatenate([x[np.isfinite(x)] for x in series.values()])
+        edges = np.linspace(finite.min(), finite.max(), 9)  # shared by both runs
+        for (run, step), s in g.groupby(["run", "step"]):
+            s = s.sort_values("bin")
+            np.testing.assert_allclose(np.r_[s.left, s.right.iloc[-1]], edges, rtol=1e-12)
+            x = series[run][step // 5].reshape(-1)
+            want = np.histogram(x[np.isfinite(x)], edges)[0]
+            np.testing.assert_array_equal(s["count"], want, err_msg=f"{run} {name} {matrix} {step}")
+            assert (s.outside == (~np.isfinite(x)).sum()).all()
+    assert h[(h.run == "came") & (h.step == 10) & (h.matrix == "A") & (h.module == "transformer.h.0.attn.c_attn")].outside.iloc[0] == 1
+
+
+def test_similarity_between_runs_of_different_ranks_equals_numpy():
+    r4, r8 = lora_run("r4", seed=0, rank=4), lora_run("r8", seed=1, rank=8)
+    df = analysis.similarity_table([r4, r8])
+    between = df[df.reference == "run"]
+    for name in r4.modules:
+        for matrix, d in (("A", 16), ("B", 24)):
+            bases = []
+            for rec in (r4, r8):
+                X = getattr(rec.modules[name], matrix)[-1].astype(np.float64)
+                U, _, Vt = np.linalg.svd(X, full_matrices=False)
+                bases.append(Vt.T if matrix == "A" else U)  # right-singular for A, left for B
+            U1, U2 = bases
+            assert (U1.shape[1], U2.shape[1]) == (4, 8)
+            got = between[(between.module == name) & (between.matrix == matrix)]
+            assert sorted(zip(got.i, got.j)) == [(1, 1), (4, 8)]
+            assert set(got.run) == {"r4"} and set(got.other_run) == {"r8"} and set(got.step) == {25}
+            for i, j in ((1, 1), (4, 8)):
+                row = got[(got.i == i) & (got.j == j)].iloc[0]
+                want = np.linalg.norm(U1[:, :i].T @ U2[:, :j]) ** 2 / min(i, j)
+                assert row.phi == pytest.approx(want, rel=1e-6, abs=1e-9), (name, matrix, i, j)
+                assert row.baseline == max(i, j) / d
+
+
+@pytest.mark.parametrize("workers", [2, 3, 7])
+def test_cutting_the_time_axis_among_threads_changes_no_number(monkeypatch, workers):
+    """Each module's computations are cut into `workers` slices of snapshots that read two
+    snapshots before them (updates, cosines) and the first one (distances); joined, the slices
+    give the numbers of one uncut pass, also where B's zero start lies in another slice than the
+    one computing a distance. Equal up to float32 rounding: BLAS sums the rows of a chunk in an
+    order that depends on the chunk's length (a kurtosis near 0 moved by 5e-7); a wrong slice
+    edge would move whole values or turn them NaN."""
+    monkeypatch.setattr(tables, "_MIN_PIECE", 1)
+    run = lora_run("cut", seed=5, T=23)
+    names = ("stats", "spectra", "singular_values", "fits")
+    cut = tables.analyze(run, names, tables.Options(workers=workers))
+    whole = tables.analyze(run, names, tables.Options(workers=1))
+    for name in names:
+        pd.testing.assert_frame_equal(cut.tables[name], whole.tables[name], check_exact=False, rtol=1e-5, atol=2e-6)
+    assert [str(f) for f in cut.findings] == [str(f) for f in whole.findings]
+
+
+def test_slices_cover_the_series_once_and_respect_the_minimum():
+    job = tables._Job(lambda sl: None, tables.LOOKBACK)
+    for T, pieces in [(1, 4), (31, 2), (64, 2), (1000, 7), (5, 1)]:
+        got = job.slices(T, pieces)
+        assert got[0].start == 0 and got[-1].stop == T
+        assert all(a.stop == b.start for a, b in zip(got, got[1:]))
+        assert len(got) == max(1, min(pieces, T // tables._MIN_PIECE))
+    assert len(tables._Job(lambda sl: None).slices(1000, 7)) == 1  # not cut along time

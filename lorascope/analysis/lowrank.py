@@ -23,24 +23,36 @@ __all__ = ["lora_series"]
 _DYN_KEYS = ("mean", "frobenius", "distance_from_first", "update_size", "update_cosine")
 
 
-def lora_series(A: np.ndarray, B: np.ndarray, scaling: float) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def lora_series(A: np.ndarray, B: np.ndarray, scaling: float, first: tuple[np.ndarray, np.ndarray] | None = None,
+                ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """(singular values, ΔW dynamics) of a LoRA series: the first is what
     `spectra.lora_singular_values(A, B, scaling)` returns ({"A", "B", "dW"}, each (T, k)), the
-    second what `stats.lowrank_dynamics(A, B, scaling)` returns (mean, frobenius,
-    distance_from_first, update_size, update_cosine, each (T,))."""
+    second what `stats.lowrank_dynamics(A, B, scaling, first)` returns (mean, frobenius,
+    distance_from_first, update_size, update_cosine, each (T,)). `first` = (A_0, B_0), the origin
+    of the distance, lets a piece of a series cut along time give the whole series' numbers."""
     A, B = _spectra._pair(A, B)
     if A.dtype != B.dtype:
         A, B = A.astype(np.float64), B.astype(np.float64)
-    got = _one_pass(A, B, float(scaling))
+    A0, B0 = (None, None) if first is None else first
+    A0, B0 = _stats._origin(A, A0), _stats._origin(B, B0)
+    got = _one_pass(A, B, float(scaling), A0, B0)
     if got is None:
-        return _spectra.lora_singular_values(A, B, scaling), _stats.lowrank_dynamics(A, B, scaling)
+        return _spectra.lora_singular_values(A, B, scaling), _stats.lowrank_dynamics(A, B, scaling, (A0, B0))
     return got
 
 
-def _in_range(x: np.ndarray) -> bool:
-    """Finite, and every snapshot's largest |value| where float64 Grams and the float32 products
-    of differences neither overflow nor underflow (the fast paths' common condition)."""
-    return _stats._in_fast_range(_stats._abs_max(x.reshape(len(x), -1)), x.dtype)
+def _grams_in_range(Ga: np.ndarray, Gb: np.ndarray, n_in: int, n_out: int, dtype) -> bool:
+    """The fast path's condition (every snapshot finite, its largest |value| in `_stats`' fast
+    range or zero), read off the float64 Grams instead of another pass over the chunk: each entry
+    x of A is in a diagonal entry d of A Aᵀ (a sum of n_in squares), so √(d/n_in) ≤ max|x| ≤ √d
+    with d the largest one. A NaN or Inf makes d non-finite. The √n slack only sends more
+    borderline series to the exact path."""
+    lo, hi = _stats._FAST_RANGE[np.dtype(dtype)]
+    for G, n in ((Ga, n_in), (Gb, n_out)):
+        d = np.diagonal(G, axis1=1, axis2=2).max(axis=1)
+        if not (np.isfinite(d).all() and np.all((d == 0) | ((d >= lo * lo * n) & (d <= hi * hi)))):
+            return False
+    return True
 
 
 def _dw_values(Ga: np.ndarray, Gb: np.ndarray, k: int) -> np.ndarray:
@@ -58,122 +70,129 @@ def _dw_values(Ga: np.ndarray, Gb: np.ndarray, k: int) -> np.ndarray:
     return np.sqrt(np.maximum(np.linalg.eigvalsh(C)[:, ::-1][:, :k], 0.0))
 
 
-def _spectra_of(a: np.ndarray, b: np.ndarray, Ga: np.ndarray, Gb: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
-    """Singular values of A, B and B·A for a chunk from its float64 Grams (r ≤ in, r ≤ out);
-    unreliable rows are redone as `spectra` does (SVD for A and B, QR core for ΔW)."""
+def _spectra_of(A: np.ndarray, B: np.ndarray, Ga: np.ndarray, Gb: np.ndarray, k: int) -> tuple[np.ndarray, ...]:
+    """Singular values of A, B and B·A for the whole series from its float64 Grams (r ≤ in,
+    r ≤ out), three batched eigendecompositions in all; unreliable rows are redone from the
+    series as `spectra` does (SVD for A and B, QR core for ΔW)."""
     sA = np.sqrt(np.maximum(np.linalg.eigvalsh(Ga)[:, ::-1], 0.0))
     sB = np.sqrt(np.maximum(np.linalg.eigvalsh(Gb)[:, ::-1], 0.0))
-    for s, x in ((sA, a), (sB, b)):
-        top = s[:, :1]
+    for sv, x in ((sA, A), (sB, B)):
+        top = sv[:, :1]
         with np.errstate(invalid="ignore", divide="ignore"):
-            bad = ((s / np.where(top > 0, top, 1.0)) < _spectra.GRAM_RELIABLE_RATIO).any(axis=1) & (top[:, 0] > 0)
+            bad = ((sv / np.where(top > 0, top, 1.0)) < _spectra.GRAM_RELIABLE_RATIO).any(axis=1) & (top[:, 0] > 0)
         if bad.any():
-            s[bad] = np.linalg.svd(x[bad], compute_uv=False)
+            sv[bad] = np.linalg.svd(x[bad].astype(np.float64), compute_uv=False)
     sW = _dw_values(Ga, Gb, k)
     ref = np.sqrt(np.maximum(np.trace(Ga, axis1=1, axis2=2), 0.0) * np.maximum(np.trace(Gb, axis1=1, axis2=2), 0.0))
     bad = (sW < _spectra.GRAM_RELIABLE_RATIO * ref[:, None]).any(axis=1) & (ref > 0)
     if bad.any():
-        _, core, _ = _spectra._cores(a[bad], b[bad], "r")
+        _, core, _ = _spectra._cores(A[bad].astype(np.float64), B[bad].astype(np.float64), "r")
         sW[bad] = np.linalg.svd(core, compute_uv=False)[:, :k]
     return sA, sB, sW
 
 
-def _one_pass(A: np.ndarray, B: np.ndarray, scaling: float):
+def _one_pass(A: np.ndarray, B: np.ndarray, scaling: float, A0: np.ndarray, B0: np.ndarray):
+    """The chunk loop: per cache-sized chunk, float64 Grams (kept for the whole series, 2·r²
+    values per snapshot, so that the spectra are three batched calls at the end instead of
+    three per chunk), the sums behind the mean, the distance from the first snapshot, and the
+    r×r products of the updates. None when the series needs the exact path."""
     T, r, n_in = A.shape
     n_out = B.shape[1]
     if r > n_in or r > n_out:
         return None  # the r×r Grams are not the small ones: the separate functions choose
     f64, s = np.float64, abs(scaling)
-    k = r
-    sv = {"A": np.full((T, r), np.nan), "B": np.full((T, r), np.nan), "dW": np.full((T, k), np.nan)}
-    dyn = {key: np.full(T, np.nan) for key in _DYN_KEYS}
-    A0, B0 = A[0], B[0]
+    Ga, Gb = np.empty((T, r, r)), np.empty((T, r, r))
+    sums_a, sums_b = np.empty((T, r)), np.empty((T, r))
+    n2 = np.full(T, np.nan)   # ‖U_t‖² of the update U_t = ΔW_t − ΔW_{t−1} (unscaled)
+    dot = np.full(T, np.nan)  # ⟨U_t, U_{t−1}⟩
     b0_zero = not B0.any()  # the usual LoRA init: ΔW_0 = 0, so the distance is ‖ΔW_t‖
+    d2 = None if b0_zero else np.empty(T)
+    GB0 = (B0.astype(f64).T @ B0.astype(f64))
+    GA0 = (A0.astype(f64) @ A0.astype(f64).T)
+    if not _grams_in_range(GA0[None], GB0[None], n_in, n_out, A.dtype):
+        return None  # the origin of the distance may lie outside this piece of the series
     sc = Scratch()
-    # Carried from the previous chunk: its last snapshot's factors, Grams and update products,
-    # and the update before it (what the first cosines of this chunk need).
-    prev: dict[str, np.ndarray] | None = None
-    GB0 = None
+    carry = None
     for sl in time_chunks(T, r * (n_in + n_out), CACHE_VALUES):
         a, b = A[sl], B[sl]
-        m = len(a)
-        if not (_in_range(a) and _in_range(b)):
-            return None
-        a64 = sc("a64", a.shape, f64)
-        b64 = sc("b64", b.shape, f64)
+        a64, b64 = sc("a64", a.shape, f64), sc("b64", b.shape, f64)
         np.copyto(a64, a)
         np.copyto(b64, b)
-        Ga, Gb = a64 @ a64.transpose(0, 2, 1), b64.transpose(0, 2, 1) @ b64
-        sA, sB, sW = _spectra_of(a64, b64, Ga, Gb, k)
-        sv["A"][sl], sv["B"][sl], sv["dW"][sl] = sA, sB, sW * s
-        frob = np.sqrt(np.maximum(_stats._tr(Gb, Ga), 0.0))
-        dyn["frobenius"][sl] = s * frob
+        np.matmul(a64, a64.transpose(0, 2, 1), out=Ga[sl])
+        np.matmul(b64.transpose(0, 2, 1), b64, out=Gb[sl])
+        if not _grams_in_range(Ga[sl], Gb[sl], n_in, n_out, A.dtype):
+            return None
         # column sums of B and row sums of A as BLAS products (3x faster than .sum on these shapes)
-        sums_b, sums_a = _ones(n_out, f64) @ b64, a64 @ _ones(n_in, f64)
-        dyn["mean"][sl] = np.sign(scaling) * s * np.einsum("tr,tr->t", sums_b, sums_a) / (n_out * n_in)
-        if GB0 is None:
-            GB0 = Gb[0].copy()
-        if b0_zero:
-            dyn["distance_from_first"][sl] = s * frob
-        else:
+        np.matmul(_ones(n_out, f64), b64, out=sums_b[sl])
+        np.matmul(a64, _ones(n_in, f64), out=sums_a[sl])
+        if d2 is not None:
             dB0, dA0 = b - B0, a - A0
-            d2 = (_stats._tr((dB0.transpose(0, 2, 1) @ dB0).astype(f64), Ga)
-                  + _stats._tr(np.broadcast_to(GB0, (m, r, r)), (dA0 @ dA0.transpose(0, 2, 1)).astype(f64))
-                  + 2 * _stats._tr((dB0.transpose(0, 2, 1) @ B0).astype(f64), (dA0 @ a.transpose(0, 2, 1)).astype(f64)))
-            dyn["distance_from_first"][sl] = s * np.sqrt(np.maximum(d2, 0.0))
-        # Updates ending in this chunk: with `prev`, the first one starts at the previous chunk's
-        # last snapshot. Differences go to buffers whose row 0 holds the previous chunk's last
-        # update, so that consecutive updates across the boundary need no concatenated copies.
-        p = 0 if prev is None else 1
-        nu = m - 1 + p
-        if nu >= 1:
-            dAbuf = sc("dA", (m + 1, r, n_in), a.dtype)
-            dBbuf = sc("dB", (m + 1, n_out, r), b.dtype)
-            if p:
-                np.subtract(a[0], prev["a"], out=dAbuf[1])
-                np.subtract(b[0], prev["b"], out=dBbuf[1])
-            np.subtract(a[1:], a[:-1], out=dAbuf[1 + p:1 + nu])
-            np.subtract(b[1:], b[:-1], out=dBbuf[1 + p:1 + nu])
-            dA, dB = dAbuf[1:1 + nu], dBbuf[1:1 + nu]
-            dBT = dB.transpose(0, 2, 1)
-            Y = (dBT @ dB).astype(f64)  # dBᵀdB
-            X = np.empty((nu, r, r))     # dBᵀB_{t−1}
-            if p:
-                X[0] = dBT[0] @ prev["b"]
-            X[p:] = dBT[p:] @ b[:-1]
-            Ya = (dA @ dA.transpose(0, 2, 1)).astype(f64)  # dA dAᵀ
-            Xa = (dA @ a[1 - p:].transpose(0, 2, 1)).astype(f64)  # dA A_tᵀ
-            Gb_prev = np.concatenate([prev["Gb"], Gb[:-1]]) if p else Gb[:-1]  # Gb at t−1
-            n2 = np.maximum(_stats._tr(Y, Ga[1 - p:]) + _stats._tr(Gb_prev, Ya) + 2 * _stats._tr(X, Xa), 0.0)
-            norms = np.sqrt(n2)
-            t0 = sl.start + 1 - p  # the snapshot at which the first update here ends
-            dyn["update_size"][t0:sl.stop] = s * norms
-            # cosines of consecutive updates: the previous chunk's last update joins this chunk's
-            joined = prev is not None and "dA" in prev
-            if joined:
-                dAbuf[0], dBbuf[0] = prev["dA"], prev["dB"]
-                dAc, dBc = dAbuf[:1 + nu], dBbuf[:1 + nu]
-                Xc, Yc = np.concatenate([prev["X"], X]), np.concatenate([prev["Y"], Y])
-                Xac, Yac = np.concatenate([prev["Xa"], Xa]), np.concatenate([prev["Ya"], Ya])
-                nc = np.concatenate([prev["norm"], norms])
-                Gb2 = np.concatenate([prev["Gb2"], Gb_prev])  # Gb2[:-1]: Gb at t−2 for the cosine ending at t
-                c0 = t0
-            else:
-                dAc, dBc, Xc, Yc, Xac, Yac, nc, Gb2 = dA, dB, X, Y, Xa, Ya, norms, Gb_prev
-                c0 = t0 + 1
-            if len(dBc) >= 2:
-                Z = (dBc[:-1].transpose(0, 2, 1) @ dBc[1:]).astype(f64)  # dB_{t−1}ᵀ dB_t
-                Za = (dAc[1:] @ dAc[:-1].transpose(0, 2, 1)).astype(f64)  # dA_t dA_{t−1}ᵀ
-                XT, XaT = Xc.transpose(0, 2, 1), Xac.transpose(0, 2, 1)
-                Ga_c = Ga[m - (len(dBc) - 1):]  # Ga at t
-                dot = (_stats._tr(Z, Ga_c - XaT[1:])
-                       + _stats._tr(XT[1:] - Z, XaT[:-1] + Za)
-                       + _stats._tr(Xc[:-1] + Yc[:-1], Xac[1:] - Yac[1:])
-                       + _stats._tr(Gb2[:-1] + XT[:-1], Za))
-                dyn["update_cosine"][c0:sl.stop] = _stats._cosine(dot, nc[1:], nc[:-1])
-            prev = {"a": a[-1].copy(), "b": b[-1].copy(), "Gb": Gb[-1:], "dB": dB[-1].copy(), "dA": dA[-1].copy(),
-                    "X": X[-1:], "Y": Y[-1:], "Xa": Xa[-1:], "Ya": Ya[-1:], "norm": norms[-1:],
-                    "Gb2": Gb_prev[-1:]}
-        else:
-            prev = {"a": a[-1].copy(), "b": b[-1].copy(), "Gb": Gb[-1:]}
-    return sv, dyn
+            d2[sl] = (_stats._tr((dB0.transpose(0, 2, 1) @ dB0).astype(f64), Ga[sl])
+                      + _stats._tr(np.broadcast_to(GB0, (len(a), r, r)), (dA0 @ dA0.transpose(0, 2, 1)).astype(f64))
+                      + 2 * _stats._tr((dB0.transpose(0, 2, 1) @ B0).astype(f64), (dA0 @ a.transpose(0, 2, 1)).astype(f64)))
+        carry = _updates(A, B, sl, Ga, Gb, n2, dot, carry, sc)
+    sA, sB, sW = _spectra_of(A, B, Ga, Gb, r)
+    frob = np.sqrt(np.maximum(_stats._tr(Gb, Ga), 0.0))
+    norms = np.sqrt(np.maximum(n2, 0.0))
+    cos = np.full(T, np.nan)
+    if T > 2:
+        cos[2:] = _stats._cosine(dot[2:], norms[2:], norms[1:-1])
+    dyn = {
+        "mean": np.sign(scaling) * s * np.einsum("tr,tr->t", sums_b, sums_a) / (n_out * n_in),
+        "frobenius": s * frob,
+        "distance_from_first": s * (frob if d2 is None else np.sqrt(np.maximum(d2, 0.0))),
+        "update_size": s * norms,
+        "update_cosine": cos,
+    }
+    return {"A": sA, "B": sB, "dW": sW * s}, dyn
+
+
+def _updates(A, B, sl: slice, Ga, Gb, n2, dot, carry, sc: Scratch):
+    """The updates U_t = ΔW_t − ΔW_{t−1} = dB_t A_t + B_{t−1} dA_t ending in this chunk: their
+    squared norms into n2[t] and their inner products with the update before into dot[t], from
+    r×r products of differences taken in the series' precision (a small update of a large factor
+    keeps its digits). The first update here starts at the previous chunk's last snapshot (read
+    from the series); `carry` holds that chunk's last difference and products, so that no
+    difference or product is formed twice. Returns the carry for the next chunk."""
+    f64 = np.float64
+    start, stop = sl.start, sl.stop
+    first = max(start, 1)  # the first update ending here
+    nu = stop - first
+    if nu < 1:
+        return None
+    r, n_in, n_out = A.shape[1], A.shape[2], B.shape[1]
+    # difference buffers whose row 0 holds the carried difference, so that consecutive
+    # differences across the chunk boundary need no concatenated copy
+    dAbuf = sc("dA", (nu + 1, r, n_in), A.dtype)
+    dBbuf = sc("dB", (nu + 1, n_out, r), B.dtype)
+    np.subtract(A[first:stop], A[first - 1:stop - 1], out=dAbuf[1:])
+    np.subtract(B[first:stop], B[first - 1:stop - 1], out=dBbuf[1:])
+    dA, dB = dAbuf[1:], dBbuf[1:]
+    dBT = dB.transpose(0, 2, 1)
+    Y = (dBT @ dB).astype(f64)                                       # dBᵀ dB
+    X = (dBT @ B[first - 1:stop - 1]).astype(f64)                    # dBᵀ B_{t−1}
+    Ya = (dA @ dA.transpose(0, 2, 1)).astype(f64)                    # dA dAᵀ
+    Xa = (dA @ A[first:stop].transpose(0, 2, 1)).astype(f64)         # dA A_tᵀ
+    n2[first:stop] = _stats._tr(Y, Ga[first:stop]) + _stats._tr(Gb[first - 1:stop - 1], Ya) + 2 * _stats._tr(X, Xa)
+    if carry is not None:  # join the previous chunk's last update to this chunk's
+        dAbuf[0], dBbuf[0] = carry["dA"], carry["dB"]
+        dAc, dBc = dAbuf, dBbuf
+        Xc, Yc = np.concatenate([carry["X"], X]), np.concatenate([carry["Y"], Y])
+        Xac, Yac = np.concatenate([carry["Xa"], Xa]), np.concatenate([carry["Ya"], Ya])
+        c0 = first
+    else:
+        dAc, dBc, Xc, Yc, Xac, Yac = dA, dB, X, Y, Xa, Ya
+        c0 = first + 1
+    if len(dBc) >= 2:
+        # ⟨U_t, U_{t−1}⟩ from the products above and two lag-one ones, Z = dB_{t−1}ᵀdB_t and
+        # Za = dA_t dA_{t−1}ᵀ: each factor product is rewritten through B_{t−1} = B_{t−2} + dB_{t−1}
+        # and A_{t−1} = A_t − dA_t, adding small terms to large ones (no cancellation).
+        Z = (dBc[:-1].transpose(0, 2, 1) @ dBc[1:]).astype(f64)
+        Za = (dAc[1:] @ dAc[:-1].transpose(0, 2, 1)).astype(f64)
+        XT, XaT = Xc.transpose(0, 2, 1), Xac.transpose(0, 2, 1)
+        tr = _stats._tr
+        dot[c0:stop] = (tr(Z, Ga[c0:stop] - XaT[1:])
+                        + tr(XT[1:] - Z, XaT[:-1] + Za)
+                        + tr(Xc[:-1] + Yc[:-1], Xac[1:] - Yac[1:])
+                        + tr(Gb[c0 - 2:stop - 2] + XT[:-1], Za))
+    return {"dA": dA[-1].copy(), "dB": dB[-1].copy(), "X": X[-1:], "Y": Y[-1:], "Xa": Xa[-1:], "Ya": Ya[-1:]}

@@ -156,11 +156,18 @@ def _cosine(dot: np.ndarray, n1: np.ndarray, n2: np.ndarray) -> np.ndarray:
     return np.clip(c, -1.0, 1.0)
 
 
-def _series_scale(flat: np.ndarray) -> float:
-    """Largest finite |value| of a (T, N) series, chunk by chunk; 1 when there is none."""
+def _series_scale(*flats: np.ndarray) -> float:
+    """Largest finite |value| of one or more (T, N) series, chunk by chunk; 1 when there is none.
+    (A chunk of zeros counts as 0, not as `finite_scale`'s 1, so that B's zero initial snapshot
+    does not hide a series of tiny values.)"""
     best = 0.0
-    for sl in time_chunks(flat.shape[0], flat.shape[1]):
-        best = max(best, float(finite_scale(flat[sl].reshape(1, -1))[0]))
+    for flat in flats:
+        for sl in time_chunks(flat.shape[0], flat.shape[1]):
+            a = np.abs(flat[sl])
+            top = float(a.max()) if a.size else 0.0
+            if not np.isfinite(top):  # NaN or Inf somewhere: only this chunk takes the masked pass
+                top = float(np.where(np.isfinite(a), a, 0.0).max())
+            best = max(best, top)
     return best if best > 0 else 1.0
 
 
@@ -208,23 +215,36 @@ def _abs_max(x: np.ndarray) -> np.ndarray:
     return np.maximum(np.abs(x.min(axis=1)), np.abs(x.max(axis=1))).astype(np.float64)
 
 
-def dynamics(X: np.ndarray) -> dict[str, np.ndarray]:
+def dynamics(X: np.ndarray, first: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """How a dense series moves: `distance_from_first` ‖X_t − X_0‖_F, `update_size`
     ‖X_t − X_{t−1}‖_F (NaN at t = 0) and `update_cosine`, the cosine between consecutive updates
     (NaN for t < 2 or when an update is zero). NaN wherever a snapshot involved holds NaN/Inf.
+    `first` replaces X_0 as the origin of the distance, so that a piece of a series cut along
+    time gives the whole series' distances.
 
     Differences are taken in the series' precision (exact for nearby float32 values) and their
     sums of squares by BLAS; a series with NaN/Inf or magnitudes beyond 2^±40 (float32) takes
     the slower float64 path that rescales every row."""
     X = as_stack(X)
-    fast = _dynamics_fast(X)
-    return fast if fast is not None else _dynamics_exact(X)
+    first = _origin(X, first)
+    fast = _dynamics_fast(X, first)
+    return fast if fast is not None else _dynamics_exact(X, first)
 
 
-def _dynamics_fast(X: np.ndarray) -> dict[str, np.ndarray] | None:
+def _origin(X: np.ndarray, first: np.ndarray | None) -> np.ndarray:
+    """The snapshot distances are measured from: `first` (one matrix shaped like X's) or X_0."""
+    if first is None:
+        return X[0]
+    first = np.asarray(first)
+    if first.shape != X.shape[1:]:
+        raise UsageError(f"the first snapshot {first.shape} is not shaped like the series' snapshots {X.shape[1:]}")
+    return first.astype(X.dtype, copy=False)
+
+
+def _dynamics_fast(X: np.ndarray, first: np.ndarray) -> dict[str, np.ndarray] | None:
     T, N = X.shape[0], X.shape[1] * X.shape[2]
     flat = X.reshape(T, N)
-    first = flat[0]
+    first = first.reshape(N)
     dist, upd, cos = np.full(T, np.nan), np.full(T, np.nan), np.full(T, np.nan)
     sc = Scratch()
     for sl in time_chunks(T, N, CACHE_VALUES):
@@ -248,11 +268,11 @@ def _dynamics_fast(X: np.ndarray) -> dict[str, np.ndarray] | None:
     return {"distance_from_first": dist, "update_size": upd, "update_cosine": cos}
 
 
-def _dynamics_exact(X: np.ndarray) -> dict[str, np.ndarray]:
+def _dynamics_exact(X: np.ndarray, first: np.ndarray) -> dict[str, np.ndarray]:
     """`dynamics` in float64 with every row rescaled: for series with NaN/Inf or extreme magnitudes."""
     T, N = X.shape[0], X.shape[1] * X.shape[2]
     flat = X.reshape(T, N)
-    first = flat[0].astype(np.float64)
+    first = first.reshape(N).astype(np.float64)
     first_ok = bool(np.isfinite(first).all())
     first0 = np.where(np.isfinite(first), first, 0.0)
     dist, upd, cos = np.full(T, np.nan), np.full(T, np.nan), np.full(T, np.nan)
@@ -345,7 +365,8 @@ def _times(v: np.ndarray, factors: tuple[float, ...]) -> np.ndarray:
     return v
 
 
-def lowrank_dynamics(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[str, np.ndarray]:
+def lowrank_dynamics(A: np.ndarray, B: np.ndarray, scaling: float,
+                     first: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """The same numbers as `dynamics` plus the Frobenius norm and mean for ΔW_t = scaling·B_t A_t,
     computed from the rank-r factors only (never the out×in product). Differences are written
     as (B_t − B_s) A_t + B_s (A_t − A_s), so small updates of large factors keep their digits.
@@ -353,14 +374,17 @@ def lowrank_dynamics(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[str, 
     The fast path takes differences in the series' precision and needs eight r×r products per
     snapshot (four per factor), combined so that no product is formed twice; norms and cosines
     come out with a relative error near 1e-6 for float32 series. Series with NaN/Inf or extreme
-    magnitudes take the float64 path that rescales every factor."""
+    magnitudes take the float64 path that rescales every factor. `first` = (A_0, B_0) replaces the
+    series' first snapshot as the origin of the distance (for a piece of a series cut along time)."""
     A, B = as_stack(A, "A"), as_stack(B, "B")
     if A.shape[0] != B.shape[0] or A.shape[1] != B.shape[2]:
         raise UsageError(f"A {A.shape} and B {B.shape} are not a LoRA pair over the same steps")
     if A.dtype != B.dtype:
         A, B = A.astype(np.float64), B.astype(np.float64)
-    fast = _lowrank_dynamics_fast(A, B, float(scaling))
-    return fast if fast is not None else _lowrank_dynamics_exact(A, B, scaling)
+    A0, B0 = (None, None) if first is None else first
+    A0, B0 = _origin(A, A0), _origin(B, B0)
+    fast = _lowrank_dynamics_fast(A, B, float(scaling), A0, B0)
+    return fast if fast is not None else _lowrank_dynamics_exact(A, B, scaling, A0, B0)
 
 
 def _tr(P: np.ndarray, Q: np.ndarray) -> np.ndarray:
@@ -368,12 +392,12 @@ def _tr(P: np.ndarray, Q: np.ndarray) -> np.ndarray:
     return np.einsum("tij,tji->t", P, Q)
 
 
-def _lowrank_dynamics_fast(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[str, np.ndarray] | None:
+def _lowrank_dynamics_fast(A: np.ndarray, B: np.ndarray, scaling: float, A0: np.ndarray,
+                           B0: np.ndarray) -> dict[str, np.ndarray] | None:
     T, r, n_in = A.shape
     n_out = B.shape[1]
     f64 = np.float64
     s = abs(scaling)
-    A0, B0 = A[0], B[0]
     if not (_in_fast_range(_abs_max(A0.reshape(1, -1)), A.dtype) and _in_fast_range(_abs_max(B0.reshape(1, -1)), B.dtype)):
         return None
     b0_zero = not B0.any()  # the usual LoRA init: ΔW_0 = 0, so the distance is ‖ΔW_t‖
@@ -427,15 +451,17 @@ def _lowrank_dynamics_fast(A: np.ndarray, B: np.ndarray, scaling: float) -> dict
     return out
 
 
-def _lowrank_dynamics_exact(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[str, np.ndarray]:
+def _lowrank_dynamics_exact(A: np.ndarray, B: np.ndarray, scaling: float, A0: np.ndarray,
+                            B0: np.ndarray) -> dict[str, np.ndarray]:
     """`lowrank_dynamics` in float64 with every factor rescaled: for NaN/Inf or extreme magnitudes."""
     T, r, n_in = A.shape
     n_out = B.shape[1]
-    sA = _series_scale(A.reshape(T, -1))
-    sB = _series_scale(B.reshape(T, -1))
+    # the origin is in the scale too, in case it lies outside this piece of the series
+    sA = _series_scale(A.reshape(T, -1), A0.reshape(1, -1))
+    sB = _series_scale(B.reshape(T, -1), B0.reshape(1, -1))
     # applied one factor at a time, so that a zero stays zero when sA·sB alone would overflow
     c = (sA, sB, abs(float(scaling)))
-    A0, B0 = A[0].astype(np.float64) / sA, B[0].astype(np.float64) / sB
+    A0, B0 = A0.astype(np.float64) / sA, B0.astype(np.float64) / sB
     first_ok = bool(np.isfinite(A0).all() and np.isfinite(B0).all())
     keys = ("mean", "frobenius", "distance_from_first", "update_size", "update_cosine")
     out = {k: np.full(T, np.nan) for k in keys}

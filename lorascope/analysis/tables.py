@@ -21,6 +21,7 @@ from lorascope.analysis import health as _health
 from lorascope.analysis import lowrank as _lowrank
 from lorascope.analysis import spectra as _spectra
 from lorascope.analysis import stats as _stats
+from lorascope.analysis._batch import Scratch
 from lorascope.errors import RecordingError, UsageError
 from lorascope.registry import Registry
 
@@ -85,9 +86,74 @@ def _evenly(T: int, max_steps: int | None) -> np.ndarray:
     return np.unique(np.linspace(0, T - 1, max(2, max_steps)).round().astype(int))
 
 
-def read_series(module) -> tuple[np.ndarray, np.ndarray]:
-    """A module's whole A and B series as numpy arrays (one read of each)."""
-    return np.asarray(module.A[:]), np.asarray(module.B[:])
+def read_series(module, buffers: Scratch | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """A module's whole A and B series as numpy arrays (one read of each). With `buffers`, a
+    recording's series are read into one block of memory kept from the module before (float32,
+    or float64 when stored so), A then B, so that it grows to the largest module's series and no
+    further: the arrays are views that the next read overwrites. Fresh memory costs the kernel a
+    page fault per 4 KiB, which measured 3-4x the read itself."""
+    lazy = (module.A, module.B)
+    if buffers is None or not all(hasattr(x, "read_into") for x in lazy):
+        return np.asarray(module.A[:]), np.asarray(module.B[:])
+    dtype = np.float64 if any(x.dtype == np.float64 for x in lazy) else np.float32
+    sizes = [int(np.prod(x.shape)) for x in lazy]
+    block = buffers("series", (sum(sizes),), dtype)
+    A = lazy[0].read_into(block[:sizes[0]].reshape(lazy[0].shape))
+    B = lazy[1].read_into(block[sizes[0]:].reshape(lazy[1].shape))
+    return A, B
+
+
+# Snapshots before its slice that a job cut along time reads: an update needs the snapshot
+# before it, the cosine of two updates the one before that.
+LOOKBACK = 2
+# A slice shorter than this is not worth a task of its own.
+_MIN_PIECE = 32
+
+
+def _back(sl: slice, lookback: int = LOOKBACK) -> slice:
+    """The slice widened by `lookback` snapshots to the left (as far as the series goes)."""
+    return slice(max(0, sl.start - lookback), sl.stop)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One computation over a module's series. `lookback` None: it is not cut along time (its
+    result is not per snapshot, e.g. fits at evenly spaced steps); otherwise `run(sl)` returns
+    per-snapshot results for the slice widened by `lookback` (arrays, or dicts and tuples of
+    them), of which `keep` drops the widening."""
+    run: Callable[[slice], object]
+    lookback: int | None = None
+
+    def slices(self, T: int, pieces: int) -> list[slice]:
+        n = 1 if self.lookback is None else max(1, min(pieces, T // _MIN_PIECE))
+        edges = np.linspace(0, T, n + 1).round().astype(int)
+        return [slice(int(a), int(b)) for a, b in zip(edges[:-1], edges[1:])]
+
+    def keep(self, result, sl: slice):
+        if self.lookback is None:
+            return result
+        return _rows(result, slice(sl.start - _back(sl, self.lookback).start, None))
+
+
+def _rows(result, sl: slice):
+    """The rows `sl` of every array of a (nested) per-snapshot result."""
+    if isinstance(result, dict):
+        return {k: _rows(v, sl) for k, v in result.items()}
+    if isinstance(result, tuple):
+        return tuple(_rows(v, sl) for v in result)
+    return result[sl]
+
+
+def _join(parts: list):
+    """Per-snapshot results of consecutive slices joined into one along time."""
+    first = parts[0]
+    if len(parts) == 1:
+        return first
+    if isinstance(first, dict):
+        return {k: _join([p[k] for p in parts]) for k in first}
+    if isinstance(first, tuple):
+        return tuple(_join([p[i] for p in parts]) for i in range(len(first)))
+    return np.concatenate(parts)
 
 
 class ModuleAnalysis:
@@ -129,17 +195,21 @@ class ModuleAnalysis:
 
     # --- the computations, by name, so that a driver can run the independent ones at once ---
 
-    def _jobs(self) -> dict[str, Callable[[], object]]:
+    def _jobs(self) -> dict[str, "_Job"]:
+        """Every computation over this module's series, longest first. A job that can be cut
+        along time gets a slice of snapshots and returns that slice's rows, reading `LOOKBACK`
+        snapshots before it (updates and their cosines reach two snapshots back)."""
         o, A, B = self.options, self.A, self.B
         return {
-            "fits:A": lambda: self._fit("A"),
-            "fits:B": lambda: self._fit("B"),
             # singular values of A, B, ΔW and ΔW's dynamics share one pass over the pair
-            "lowrank": lambda: _lowrank.lora_series(A, B, self.scaling),
-            "moments:B": lambda: _stats.moments(B, o.quantiles, o.quantile_samples),
-            "moments:A": lambda: _stats.moments(A, o.quantiles, o.quantile_samples),
-            "dynamics:B": lambda: _stats.dynamics(B),
-            "dynamics:A": lambda: _stats.dynamics(A),
+            "lowrank": _Job(lambda sl: _lowrank.lora_series(A[_back(sl)], B[_back(sl)], self.scaling, (A[0], B[0])),
+                            LOOKBACK),
+            "fits:B": _Job(lambda sl: self._fit("B")),
+            "fits:A": _Job(lambda sl: self._fit("A")),
+            "moments:B": _Job(lambda sl: _stats.moments(B[sl], o.quantiles, o.quantile_samples), 0),
+            "dynamics:B": _Job(lambda sl: _stats.dynamics(B[_back(sl)], B[0]), LOOKBACK),
+            "moments:A": _Job(lambda sl: _stats.moments(A[sl], o.quantiles, o.quantile_samples), 0),
+            "dynamics:A": _Job(lambda sl: _stats.dynamics(A[_back(sl)], A[0]), LOOKBACK),
         }
 
     def _fit(self, matrix: str):
@@ -149,20 +219,26 @@ class ModuleAnalysis:
         idx = _evenly(len(self.steps), o.fit_steps)
         return idx, _fits.fit_snapshots(self.dense(matrix)[idx], o.families, o.fit_samples, o.criterion)
 
-    def precompute(self, parts: Iterable[str], pool: Executor | None) -> None:
-        """Runs the named computations ('fits', 'dynamics', 'lowrank', 'moments') on the
-        pool's threads at once (numpy releases the GIL in its loops and BLAS calls), longest
-        first; without a pool they run on first use, one by one."""
+    def precompute(self, parts: Iterable[str], pool: Executor | None, pieces: int = 1) -> None:
+        """Runs the named computations ('fits', 'dynamics', 'lowrank', 'moments') on the pool's
+        threads at once (numpy releases the GIL in its loops and BLAS calls), longest first, each
+        cut along time into up to `pieces` slices so that no single computation is the tail that
+        the other threads wait for; without a pool they run on first use, one by one."""
         if pool is None:
             return
-        wanted = [k for k in self._jobs() if k.split(":")[0] in set(parts) and k not in self._results]
-        futures = {k: pool.submit(self._jobs()[k]) for k in wanted}
-        for k, f in futures.items():
-            self._results[k] = f.result()
+        jobs = self._jobs()
+        wanted = [k for k in jobs if k.split(":")[0] in set(parts) and k not in self._results]
+        T = len(self.steps)
+        futures = {k: [pool.submit(jobs[k].run, sl) for sl in jobs[k].slices(T, pieces)] for k in wanted}
+        for k in wanted:
+            parts_done = [f.result() for f in futures[k]]
+            self._results[k] = _join([jobs[k].keep(p, sl) for p, sl in zip(parts_done, jobs[k].slices(T, pieces))])
 
     def result(self, key: str):
         if key not in self._results:
-            self._results[key] = self._jobs()[key]()
+            job = self._jobs()[key]
+            whole = slice(0, len(self.steps))
+            self._results[key] = job.keep(job.run(whole), whole)
         return self._results[key]
 
     @cached_property
@@ -351,7 +427,7 @@ def analyze(
         where = {id(rec): i for i, rec in enumerate(recs)}
         for rec, name, module, series in _prefetched(recs, reader):
             ma = ModuleAnalysis(rec.run_name, name, module, rec.steps, o, getattr(rec, "grad_steps", None), series)
-            ma.precompute(parts, pool)
+            ma.precompute(parts, pool, o.workers)
             done += _module_tables(ma, builders, frames, per_run[where[id(rec)]], health, o)
             del ma, series  # release this module's series before reading the one after the next
             if progress is not None:
@@ -365,19 +441,22 @@ def analyze(
 
 
 def _prefetched(recs: list, reader: Executor | None):
-    """(recording, name, module, (A, B)) for every module of every recording, in order. With a
-    reader thread, the next module's series is read while the caller analyses this one: a cold
-    file's disk time then hides behind the computation (h5py releases the GIL while it reads),
-    at the price of two modules' series in memory instead of one."""
+    """(recording, name, module, (A, B)) for every module of every recording, in order, read into
+    memory reused from module to module (the caller drops a module before asking for the next).
+    With a reader thread, the next module's series is read into a second set of buffers while
+    the caller analyses this one: a cold file's disk time then hides behind the computation, at
+    the price of two modules' series in memory instead of one."""
     todo = [(rec, name, module) for rec in recs for name, module in rec.modules.items()]
+    buffers = [Scratch(), Scratch()]
     if reader is None:
         for rec, name, module in todo:
-            yield rec, name, module, read_series(module)
+            yield rec, name, module, read_series(module, buffers[0])
         return
-    pending = reader.submit(read_series, todo[0][2]) if todo else None
+    pending = reader.submit(read_series, todo[0][2], buffers[0]) if todo else None
     for i, (rec, name, module) in enumerate(todo):
         series = pending.result()
-        pending = reader.submit(read_series, todo[i + 1][2]) if i + 1 < len(todo) else None
+        if i + 1 < len(todo):  # into the buffers of module i - 1, which the caller has dropped
+            pending = reader.submit(read_series, todo[i + 1][2], buffers[(i + 1) % 2])
         yield rec, name, module, series
         del series
 
