@@ -8,8 +8,10 @@ from report_fakes import FakeModule, FakeRecording
 
 
 def lora_run(name: str = "run", seed: int = 0, T: int = 6, rank: int = 4, shape=(24, 16),
-             modules=("transformer.h.0.attn.c_attn", "transformer.h.1.mlp.c_fc"), w0: bool = True) -> FakeRecording:
-    """A run whose A starts uniform and drifts, and whose B starts at exactly zero and grows."""
+             modules=("transformer.h.0.attn.c_attn", "transformer.h.1.mlp.c_fc"), w0: bool = True,
+             a_drift: float = 0.01) -> FakeRecording:
+    """A run whose A starts uniform and drifts (Gaussian steps of `a_drift`: a large one buries the
+    uniform start under Gaussian noise), and whose B starts at exactly zero and grows."""
     rng = np.random.default_rng(seed)
     out_f, in_f = shape
     mods = {}
@@ -19,7 +21,7 @@ def lora_run(name: str = "run", seed: int = 0, T: int = 6, rank: int = 4, shape=
         A[0] = rng.uniform(-0.25, 0.25, (rank, in_f))
         B[0] = 0.0
         for t in range(1, T):
-            A[t] = A[t - 1] + 0.01 * rng.normal(size=(rank, in_f))
+            A[t] = A[t - 1] + a_drift * rng.normal(size=(rank, in_f))
             B[t] = B[t - 1] + 0.01 * rng.normal(size=(out_f, rank))
         mods[mname] = FakeModule(A=A, B=B, scaling=2.0, layer_index=k, W0=rng.normal(size=shape).astype(np.float32) if w0 else None)
     steps = np.arange(T, dtype=np.int64) * 5

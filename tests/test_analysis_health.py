@@ -78,3 +78,10 @@ def test_loss_nan_and_skipped_steps():
 def test_finding_reads_as_a_sentence():
     f = health.Finding("warning", "h.0.attn", "dW", 30, "one direction holds 95% of the energy")
     assert str(f) == "warning: h.0.attn dW at step 30: one direction holds 95% of the energy"
+
+
+def test_finding_names_its_run():
+    f = health.Finding("error", "h.0.attn", "B", 10, "B is still exactly zero", run="adamw")
+    assert str(f) == "error: h.0.attn B of run adamw at step 10: B is still exactly zero"
+    loss = health.Finding("error", None, None, 5, "the loss is nan", run="came")
+    assert str(loss) == "error: run came at step 5: the loss is nan"

@@ -64,6 +64,14 @@ def test_zero_spectrum_is_undefined_not_zero():
         assert np.isnan(m[k][0]), k
 
 
+def test_top1_energy_is_there_whatever_top_k():
+    s = np.array([[3.0, 4.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    m = spectra.spectrum_metrics(s, top_k=3)
+    np.testing.assert_allclose(m["energy_top1"], [16 / 25, 0.25])  # the spike check reads this one
+    np.testing.assert_allclose(m["energy_top3"], [1.0, 0.75])
+    assert [k for k in spectra.spectrum_metrics(s) if k.startswith("energy")] == ["energy_top1"]
+
+
 def test_mismatched_pair_is_a_usage_error():
     with pytest.raises(UsageError, match="LoRA pair"):
         spectra.delta_w_singular_values(np.zeros((2, 3, 5)), np.zeros((2, 4, 2)), 1.0)

@@ -73,6 +73,26 @@ def test_similarity_table(runs):
     assert (df.baseline == np.maximum(df.i, df.j) / np.where(df.matrix == "A", 16, 24)).all()
 
 
+def test_similarity_of_a_zero_matrix_is_nan_with_a_status(runs):
+    df = analysis.similarity_table(list(runs))
+    b0 = df[(df.matrix == "B") & (df.step == 0) & (df.reference == "final")]
+    assert len(b0) and b0.phi.isna().all() and (b0.status == "zero").all()  # B = 0 at init spans nothing
+    assert (df[df.step > 0].status == "ok").all() and df[df.status == "ok"].phi.notna().all()
+
+
+def test_similarity_never_compares_with_a_dead_b(runs):
+    dead = lora_run("dead", seed=2)
+    name = "transformer.h.0.attn.c_attn"
+    dead.modules[name].B[:] = 0.0
+    df = analysis.similarity_table([runs[0], dead])
+    own = df[(df.run == "dead") & (df.module == name) & (df.matrix == "B")]
+    assert len(own) and own.phi.isna().all() and (own.status == "zero").all()
+    against = df[(df.reference == "run") & (df.module == name) & (df.matrix == "B")]
+    assert len(against) and against.phi.isna().all() and (against.status == "zero_reference").all()
+    alive = df[(df.reference == "run") & (df.module != name)]
+    assert (alive.status == "ok").all() and alive.phi.between(0, 1).all()
+
+
 def test_runs_without_common_modules_are_refused():
     with pytest.raises(UsageError, match="no module in common"):
         analysis.similarity_table([lora_run("a"), lora_run("b", modules=("other.0.q",))])
@@ -92,6 +112,32 @@ def test_health_findings_name_a_dead_b():
     m.B[:] = 0.0
     found = analysis.health_findings(rec)
     assert any(f.module == "transformer.h.0.attn.c_attn" and f.matrix == "B" and f.severity == "error" for f in found)
+
+
+def test_every_finding_names_its_run():
+    recs = [lora_run(name, seed=i) for i, name in enumerate(("a", "b"))]
+    for rec in recs:
+        rec.modules["transformer.h.0.attn.c_attn"].B[:] = 0.0
+    recs[1].scalars.loc[3, "loss"] = np.nan
+    found = analysis.health_findings(recs)
+    assert {(f.run, f.matrix) for f in found} == {("a", "B"), ("b", "B"), ("b", None)}
+    assert any(str(f).startswith("error: transformer.h.0.attn.c_attn B of run b at step") for f in found)
+    assert any(str(f).startswith("error: run b at step 4: the loss is nan") for f in found)
+
+
+def _spiky_run():
+    """Only B's first column ever moves, so ΔW = B A has rank one: one direction holds all its energy."""
+    rec = lora_run("spiky")
+    for m in rec.modules.values():
+        m.B[:, :, 1:] = 0.0
+    return rec
+
+
+@pytest.mark.parametrize("top_k", [1, 3])
+def test_spike_check_works_whatever_top_k(top_k):
+    found = analysis.health_findings(_spiky_run(), tables.Options(top_k=top_k))
+    spikes = [f for f in found if "one singular direction" in f.message]
+    assert sorted(f.module for f in spikes) == sorted(_spiky_run().modules)
 
 
 def test_memory_bounded_by_one_module(runs, monkeypatch):
@@ -146,6 +192,69 @@ def test_cli_bad_input_is_one_line(tmp_path, monkeypatch, args, message):
         base += ["-o", str(tmp_path / "o.csv")]
     r = CliRunner().invoke(app, base + args)
     assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output
+
+
+def _cli(tmp_path, monkeypatch, recs: dict, *args):
+    """Runs `lorascope analyze` on fake recordings named by file name; returns the result and
+    the names of the recordings it opened."""
+    for name in recs:
+        (tmp_path / name).write_bytes(b"")
+    opened = []
+    monkeypatch.setattr(lorascope, "open", lambda p, **k: opened.append(p.name) or recs[p.name])
+    r = CliRunner().invoke(app, ["analyze", *(str(tmp_path / n) for n in recs), *args])
+    return r, opened
+
+
+@pytest.mark.parametrize("output, message", [
+    ("somefile.h5/o.csv", "is a file, not a folder"),
+    ("somefile.h5/deeper/o.csv", "is a file, not a folder"),
+    ("/proc/lorascope-x/o.csv", "cannot write the tables to /proc/lorascope-x"),
+])
+def test_cli_unwritable_output_fails_before_the_analysis(tmp_path, monkeypatch, output, message):
+    if output.startswith("/proc") and not __import__("os").path.isdir("/proc"):
+        pytest.skip("needs Linux's /proc")
+    (tmp_path / "somefile.h5").write_bytes(b"")
+    r, opened = _cli(tmp_path, monkeypatch, {"a.h5": lora_run("a")}, "-o", str(tmp_path / output))
+    assert r.exit_code == 2 and message in r.output and "Traceback" not in r.output, r.output
+    assert len(r.output.strip().splitlines()) == 1 and opened == []  # no recording was read
+
+
+def test_cli_failed_write_is_one_line(tmp_path, monkeypatch):
+    import importlib
+    cli = importlib.import_module("lorascope.cli.analyze")
+
+    def full_disk(df, path):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setitem(cli._WRITERS, ".csv", full_disk)
+    r, _ = _cli(tmp_path, monkeypatch, {"a.h5": lora_run("a")}, "-o", str(tmp_path / "o.csv"), "--no-health")
+    assert r.exit_code == 2 and "Traceback" not in r.output, r.output
+    assert "could not write" in r.output and "No space left on device" in r.output
+
+
+def test_cli_writes_family_changes_without_the_fits(tmp_path, monkeypatch):
+    # A starts uniform and large Gaussian steps bury it: uniform at step 0, Gaussian from step 5
+    rec = lora_run("a", a_drift=0.2, shape=(32, 256))
+    out = tmp_path / "changes.csv"
+    r, _ = _cli(tmp_path, monkeypatch, {"a.h5": rec}, "-o", str(out), "--tables", "family_changes", "--no-health")
+    assert r.exit_code == 0, r.output
+    df = pd.read_csv(out)
+    assert list(df.columns) == [*tables.KEYS, "before", "after"]
+    a = df[df.matrix == "A"]
+    assert sorted(a.module) == sorted(rec.modules)
+    assert (a.step == 5).all() and (a.before == "uniform").all() and (a.after == "normal").all()
+    b = df[df.matrix == "B"].groupby("module").first()
+    assert (b.step == 5).all() and (b.before == "zero").all()
+    assert sorted(p.name for p in tmp_path.glob("*.csv")) == ["changes.csv"]  # the fits were only read
+
+
+def test_cli_module_warnings_say_which_run(tmp_path, monkeypatch):
+    recs = {f"{n}.h5": lora_run(n, seed=i) for i, n in enumerate(("a", "b"))}
+    for rec in recs.values():
+        rec.modules["transformer.h.1.mlp.c_fc"].B[:] = 0.0
+    r, _ = _cli(tmp_path, monkeypatch, recs, "-o", str(tmp_path / "o.csv"))
+    assert r.exit_code == 0, r.output
+    for run in ("a", "b"):
+        assert f"error: transformer.h.1.mlp.c_fc B of run {run} at step" in r.output
 
 
 def test_fits_on_evenly_spaced_steps_say_so(runs):

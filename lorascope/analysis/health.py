@@ -20,9 +20,12 @@ class Finding:
     matrix: str | None   # "A", "B", "dW" or None
     step: int | None     # the first step at which it holds
     message: str
+    run: str | None = None  # the run it belongs to; None where only one run is in view
 
     def __str__(self) -> str:
         where = " ".join(x for x in (self.module, self.matrix) if x)
+        if self.run is not None:  # several recordings print their findings together
+            where = f"{where} of run {self.run}" if where else f"run {self.run}"
         at = f" at step {self.step}" if self.step is not None else ""
         return f"{self.severity}: {where}{at}: {self.message}" if where else f"{self.severity}{at}: {self.message}"
 

@@ -207,13 +207,16 @@ def condition_number(s: np.ndarray) -> np.ndarray:
 
 
 def spectrum_metrics(s: np.ndarray, top_k: int = 1) -> dict[str, np.ndarray]:
-    """The usual one-number summaries of a (T, k) stack of spectra, each a (T,) array."""
+    """The usual one-number summaries of a (T, k) stack of spectra, each a (T,) array. The energy
+    share of the top singular value, `energy_top1`, is always there (the spectral-spike check
+    reads it); `energy_top{top_k}` is added beside it for another top_k."""
     s = np.asarray(s, dtype=np.float64)
+    energy = {f"energy_top{k}": energy_share(s, k) for k in dict.fromkeys((1, top_k))}
     return {
         "spectral_norm": s.max(axis=-1),
         "sigma_min": s.min(axis=-1),
         "effective_rank": effective_rank(s),
         "stable_rank": stable_rank(s),
-        f"energy_top{top_k}": energy_share(s, top_k),
+        **energy,
         "condition_number": condition_number(s),
     }

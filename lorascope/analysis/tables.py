@@ -7,7 +7,7 @@ comes from the pure functions beside it."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Callable, Iterable, Sequence
@@ -465,7 +465,8 @@ def _module_tables(ma: ModuleAnalysis, builders: dict, frames: dict, findings: l
     for tname, build in builders.items():
         frames[tname].extend(build(ma))
     if health:
-        findings.extend(_health.check_module(ma.series(), o.thresholds))
+        # the checks see one module; the run it came from is what tells several recordings apart
+        findings.extend(replace(f, run=ma.run) for f in _health.check_module(ma.series(), o.thresholds))
     return 1
 
 
@@ -473,8 +474,7 @@ def _loss_findings(rec) -> list[_health.Finding]:
     sc = getattr(rec, "scalars", None)
     if sc is None:
         return []
-    found = _health.check_scalars(sc)
-    return [_health.Finding(f.severity, None, None, f.step, f"run {rec.run_name}: {f.message}") for f in found]
+    return [replace(f, run=rec.run_name) for f in _health.check_scalars(sc)]
 
 
 def stats_table(recs, options: Options | None = None) -> pd.DataFrame:
@@ -540,7 +540,9 @@ def similarity_table(recs, options: Options | None = None) -> pd.DataFrame:
     """The LoRA paper's subspace similarity φ (§7; right-singular vectors of A, left-singular of
     B) for i = j = 1 and i = j = rank: each snapshot against its run's last snapshot
     (`reference` 'final'), and every pair of runs at their last snapshots ('run'), each row with
-    the random baseline max(i, j)/d."""
+    the random baseline max(i, j)/d. An all-zero matrix (B at init, a B that never trains) spans
+    no subspace: its φ is NaN with `status` 'zero', or 'zero_reference' where the snapshot it is
+    compared with is the zero one; no other snapshot stands in for a zero reference."""
     o = options or Options()
     recs = _as_list(recs)
     rows: list[pd.DataFrame] = []
@@ -556,15 +558,18 @@ def similarity_table(recs, options: Options | None = None) -> pd.DataFrame:
                 ok = np.isfinite(X).all(axis=(1, 2))
                 if not ok[-1]:
                     continue  # the last snapshot is the reference; without it there is nothing to compare
+                # the SVD of a zero matrix returns some basis, so φ against it would be a made-up number
+                zero = ~X[ok].any(axis=(1, 2))
+                status = np.where(zero, "zero", "zero_reference" if zero[-1] else "ok")
                 U = _geo.subspace_basis(X[ok], matrix)
-                finals[(rec.run_name, matrix)] = (U[-1], int(rec.steps[idx][ok][-1]), layer)
+                finals[(rec.run_name, matrix)] = (U[-1], int(rec.steps[idx][ok][-1]), layer, bool(zero[-1]))
                 for i in sorted({1, U.shape[-1]}):
                     rows.append(pd.DataFrame({
                         "run": rec.run_name, "module": name, "layer": layer, "role": _role(name, layer),
                         "matrix": matrix, "step": rec.steps[idx][ok], "reference": "final",
                         "other_run": rec.run_name, "other_step": int(rec.steps[idx][ok][-1]), "i": i, "j": i,
-                        "phi": _geo.subspace_similarity(U, U[-1], i, i),
-                        "baseline": _geo.random_baseline(U.shape[-2], i, i),
+                        "phi": np.where(status == "ok", _geo.subspace_similarity(U, U[-1], i, i), np.nan),
+                        "baseline": _geo.random_baseline(U.shape[-2], i, i), "status": status,
                     }))
         for a in range(len(recs)):
             for b in range(a + 1, len(recs)):
@@ -572,17 +577,19 @@ def similarity_table(recs, options: Options | None = None) -> pd.DataFrame:
                     ka, kb = (recs[a].run_name, matrix), (recs[b].run_name, matrix)
                     if ka not in finals or kb not in finals:
                         continue
-                    (U1, s1, layer), (U2, s2, _) = finals[ka], finals[kb]
+                    (U1, s1, layer, zero1), (U2, s2, _, zero2) = finals[ka], finals[kb]
                     if U1.shape[0] != U2.shape[0]:
                         continue
+                    status = "zero" if zero1 else "zero_reference" if zero2 else "ok"
                     for i, j in sorted({(1, 1), (U1.shape[1], U2.shape[1])}):
+                        phi = _geo.subspace_similarity(U1, U2, i, j) if status == "ok" else np.nan
                         rows.append(pd.DataFrame({
                             "run": [ka[0]], "module": name, "layer": layer, "role": _role(name, layer),
                             "matrix": matrix, "step": s1, "reference": "run", "other_run": kb[0],
-                            "other_step": s2, "i": i, "j": j, "phi": _geo.subspace_similarity(U1, U2, i, j),
-                            "baseline": _geo.random_baseline(U1.shape[0], i, j),
+                            "other_step": s2, "i": i, "j": j, "phi": phi,
+                            "baseline": _geo.random_baseline(U1.shape[0], i, j), "status": status,
                         }))
-    cols = [*KEYS, "reference", "other_run", "other_step", "i", "j", "phi", "baseline"]
+    cols = [*KEYS, "reference", "other_run", "other_step", "i", "j", "phi", "baseline", "status"]
     return pd.concat(rows, ignore_index=True)[cols] if rows else pd.DataFrame(columns=cols)
 
 

@@ -2,6 +2,7 @@
 written as CSV or Parquet; health findings are printed as warnings."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
@@ -13,14 +14,18 @@ from lorascope.cli.app import app
 from lorascope.errors import UsageError
 from lorascope.progress import StepProgress
 
-__all__ = ["analyze", "TABLE_NAMES", "write_table", "output_paths"]
+__all__ = ["analyze", "TABLE_NAMES", "write_table", "output_paths", "check_output_folder"]
 
 # Tables computed over several runs at once (the rest are per module, from `T.TABLES`).
 _MULTI_RUN: dict[str, Callable[[list, T.Options, int], pd.DataFrame]] = {
     "similarity": lambda recs, o, bins: T.similarity_table(recs, o),
     "histograms": lambda recs, o, bins: T.histogram_table(recs, bins, o),
 }
-TABLE_NAMES: list[str] = [*T.TABLES.names(), *_MULTI_RUN]
+# Tables derived from another table, by name of the table they read (computed even when not written).
+_DERIVED: dict[str, tuple[str, Callable[[pd.DataFrame], pd.DataFrame]]] = {
+    "family_changes": ("fits", T.best_family_changes),
+}
+TABLE_NAMES: list[str] = [*T.TABLES.names(), *_MULTI_RUN, *_DERIVED]
 _WRITERS: dict[str, Callable[[pd.DataFrame, Path], None]] = {
     ".csv": lambda df, p: df.to_csv(p, index=False),
     ".parquet": lambda df, p: _to_parquet(df, p),
@@ -43,9 +48,27 @@ def output_paths(output: Path, names: list[str]) -> dict[str, Path]:
     return {n: output.with_name(f"{output.stem}.{n}{output.suffix}") for n in names}
 
 
+def check_output_folder(folder: Path) -> None:
+    """Creates the folder the tables go to and makes sure a file can be written there, so that a
+    bad --output fails before the analysis rather than after it."""
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise UsageError(f"cannot write the tables to {folder}: {existing} is a file, not a folder; choose another --output")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise UsageError(f"cannot write the tables to {folder} ({exc.strerror or exc}); "
+                         "choose an --output folder you can write to") from None
+
+
 def write_table(df: pd.DataFrame, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _WRITERS[path.suffix.lower()](df, path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _WRITERS[path.suffix.lower()](df, path)
+    except OSError as exc:  # a full disk, a folder removed meanwhile, a table name taken by a folder
+        raise UsageError(f"could not write {path} ({exc.strerror or exc}); free some space or choose another --output") from None
 
 
 def _parse_tables(spec: str) -> list[str]:
@@ -58,11 +81,18 @@ def _parse_tables(spec: str) -> list[str]:
     return list(dict.fromkeys(names))
 
 
+def _per_module_tables(names: list[str]) -> list[str]:
+    """The per-module tables to compute: those asked for, then those a derived table reads."""
+    wanted = [n for n in names if n in T.TABLES] + [_DERIVED[n][0] for n in names if n in _DERIVED]
+    return list(dict.fromkeys(wanted))
+
+
 @app.command()
 def analyze(
     recordings: Annotated[list[Path], typer.Argument(help="Recording files (.h5).", exists=True, dir_okay=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="out.csv or out.parquet; several tables go to out.<table>.csv.", dir_okay=False)],
-    tables: Annotated[str, typer.Option(help=f"Comma-separated tables: all, {', '.join(TABLE_NAMES)}.")] = "stats",
+    tables: Annotated[str, typer.Option(help=f"Comma-separated tables: all, {', '.join(TABLE_NAMES)} "
+                                             "(family_changes: the steps where the best fitted family changes, from the fits).")] = "stats",
     fit_samples: Annotated[int, typer.Option(help="Entries per snapshot the distribution fits use, a fixed random subset (0: all); the fits table's column n.")] = 2048,
     fit_steps: Annotated[int, typer.Option(help="Snapshots fitted per matrix, evenly spaced with the first and last (0: all); the fits table's columns fitted_steps, recorded_steps.")] = 50,
     quantile_samples: Annotated[int, typer.Option(help="Entries per snapshot the quantiles use, a fixed random subset (0: all, exact); the stats table's column quantile_n; the same entries as the fits. Everything else covers every entry.")] = 2048,
@@ -87,9 +117,10 @@ def analyze(
     options = T.Options(fit_samples=fit_samples or None, fit_steps=fit_steps or None,
                         quantile_samples=quantile_samples or None, criterion=criterion, max_steps=max_steps or None,
                         workers=workers, prefetch=prefetch)
+    check_output_folder(output.parent)  # after the flags: a typo in one leaves no folder behind
     recs = [lorascope.open(p) for p in recordings]
     try:
-        per_module = [n for n in names if n in T.TABLES]
+        per_module = _per_module_tables(names)
         total = sum(len(r.modules) for r in recs)
         with StepProgress(total, label="module") as bar:
             result = T.analyze(recs, per_module, options, health=health,
@@ -98,6 +129,9 @@ def analyze(
         for name in names:
             if name in _MULTI_RUN:
                 frames[name] = _MULTI_RUN[name](recs, options, bins)
+            if name in _DERIVED:
+                source, derive = _DERIVED[name]
+                frames[name] = derive(frames[source])
     finally:
         for r in recs:
             close = getattr(r, "close", None)
