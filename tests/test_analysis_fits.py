@@ -112,3 +112,59 @@ def test_bad_options_are_usage_errors():
         fits.fit_snapshots(X, families=("cauchy",))
     with pytest.raises(UsageError, match="criterion"):
         fits.fit_snapshots(X, criterion="waic")
+
+
+@pytest.fixture(scope="module")
+def shaped():
+    """Student-t and generalised-normal samples on a LoRA-like scale (0.02), so that a
+    log-likelihood on the standardised scale would be off by n·log(std) from the data's."""
+    rng = np.random.default_rng(11)
+    x = {
+        "t": ss.t.rvs(4.0, loc=0.003, scale=0.02, size=1200, random_state=rng),
+        "gennorm": ss.gennorm.rvs(1.5, loc=-0.01, scale=0.02, size=1200, random_state=rng),
+    }
+    return x, fits.fit_snapshots(np.stack([v.reshape(30, 40) for v in x.values()]), max_samples=None)
+
+
+_SHAPED = {"t": (ss.t, "df"), "gennorm": (ss.gennorm, "beta")}
+
+
+@pytest.mark.parametrize("family", ["normal", "uniform", "laplace", "logistic", "t", "gennorm"])
+def test_aic_bic_follow_their_definitions_from_loglik_and_parameter_count(shaped, family):
+    x, r = shaped
+    got, k, n = r.families[family], len(fits.FAMILIES.get(family).params), r.n
+    assert n == 1200
+    np.testing.assert_allclose(got["aic"], 2 * k - 2 * got["loglik"], rtol=1e-12)
+    np.testing.assert_allclose(got["bic"], k * np.log(n) - 2 * got["loglik"], rtol=1e-12)
+    crit = np.stack([r.families[f]["bic"] for f in r.families], axis=1)
+    assert list(r.best) == [list(r.families)[i] for i in crit.argmin(axis=1)]
+
+
+def test_bic_uses_the_number_of_values_fitted_after_subsampling():
+    x = np.random.default_rng(12).normal(size=(1, 40, 50))
+    r = fits.fit_snapshots(x, families=("normal",), max_samples=300)
+    g = r.families["normal"]
+    assert r.n == 300
+    np.testing.assert_allclose(g["bic"], 2 * np.log(300) - 2 * g["loglik"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("family", ["t", "gennorm"])
+def test_shape_families_loglik_and_ks_equal_scipy_at_returned_parameters(shaped, family):
+    # loglik is that of the data x (not of the standardised z): scipy's logpdf summed on x
+    x, r = shaped
+    dist, shape = _SHAPED[family]
+    got = r.families[family]
+    for t, v in enumerate(x.values()):
+        params = (got[shape][t], got["loc"][t], got["scale"][t])
+        np.testing.assert_allclose(got["loglik"][t], dist.logpdf(v, *params).sum(), rtol=1e-10)
+        np.testing.assert_allclose(got["ks"][t], ss.kstest(v, dist.cdf, args=params).statistic, rtol=1e-8, atol=1e-12)
+
+
+def test_loglik_is_on_the_data_scale():
+    # scaling the data by c moves every family's log-likelihood by exactly −n·log c
+    x = np.random.default_rng(13).logistic(size=(1, 20, 30))
+    a = fits.fit_snapshots(x, max_samples=None)
+    b = fits.fit_snapshots(1e-3 * x, max_samples=None)
+    for fam in a.families:
+        np.testing.assert_allclose(b.families[fam]["loglik"], a.families[fam]["loglik"] - 600 * np.log(1e-3),
+                                   rtol=1e-10, err_msg=fam)

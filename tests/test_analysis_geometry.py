@@ -86,3 +86,27 @@ def test_bad_input_is_a_usage_error():
         geometry.subspace_basis(np.full((1, 2, 3), np.nan), "A")
     with pytest.raises(UsageError, match="'A' or 'B'"):
         geometry.subspace_basis(np.ones((1, 2, 3)), "dW")
+
+
+def test_float16_inputs_equal_their_float64_upcast():
+    rng = np.random.default_rng(6)
+    W0 = rng.normal(size=(30, 20)).astype(np.float16)
+    A = rng.uniform(-0.25, 0.25, size=(3, 4, 20)).astype(np.float16)
+    B = (0.05 * rng.normal(size=(3, 30, 4))).astype(np.float16)
+    up = {k: v.astype(np.float64) for k, v in {"W0": W0, "A": A, "B": B}.items()}
+    for matrix, X in (("A", A), ("B", B)):
+        U16, U64 = geometry.subspace_basis(X, matrix), geometry.subspace_basis(up[matrix], matrix)
+        for i, j in ((1, 1), (4, 4), (2, 3)):
+            np.testing.assert_allclose(geometry.subspace_similarity(U16, U16[-1], i, j),
+                                       geometry.subspace_similarity(U64, U64[-1], i, j), rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(geometry.similarity_grid(U16[0], U16[-1]), geometry.similarity_grid(U64[0], U64[-1]),
+                                   rtol=1e-6, atol=1e-7)
+    U, S, V = spectra.delta_w_svd(A, B, 0.5)
+    U64, S64, V64 = spectra.delta_w_svd(up["A"], up["B"], 0.5)
+    got = geometry.w0_projection(W0, U, V, np.sqrt((S**2).sum(1)))
+    want = geometry.w0_projection(up["W0"], U64, V64, np.sqrt((S64**2).sum(1)))
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, err_msg=k)
+    got, want = geometry.dora_change(W0, A, B, 0.5), geometry.dora_change(up["W0"], up["A"], up["B"], 0.5)
+    for k in want:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-6, err_msg=k)

@@ -82,3 +82,26 @@ def test_nonfinite_and_wide_rank_fall_back_to_the_separate_functions():
     sv, dyn = lowrank.lora_series(A, B, 1.0)
     np.testing.assert_allclose(sv["dW"], np.linalg.svd(B @ A, compute_uv=False)[:, :5], rtol=1e-9, atol=1e-14)
     np.testing.assert_allclose(dyn["frobenius"], np.linalg.norm(B @ A, axis=(1, 2)), rtol=1e-9)
+
+
+def test_float16_series_equal_their_float64_upcast():
+    # half precision is upcast on the way in: the numbers are those of the same values in float64,
+    # to float32's tolerance (the float32 fast path), for the kernel and for both spectra routes
+    rng = np.random.default_rng(6)
+    A16, B16 = _pair(7, rng, 0.05, np.float16)
+    A64, B64 = A16.astype(np.float64), B16.astype(np.float64)
+    sv, dyn = lowrank.lora_series(A16, B16, 0.5)
+    sv64, dyn64 = lowrank.lora_series(A64, B64, 0.5)
+    W = 0.5 * B64 @ A64
+    np.testing.assert_allclose(sv64["dW"], np.linalg.svd(W, compute_uv=False)[:, :4], rtol=1e-9)
+    for k in sv64:
+        np.testing.assert_allclose(sv[k], sv64[k], rtol=1e-6, err_msg=k)
+    for k in dyn64:
+        np.testing.assert_allclose(dyn[k], dyn64[k], rtol=2e-5, atol=1e-7 * dyn64["frobenius"].max(), err_msg=k)
+    s16 = spectra.lora_singular_values(A16, B16, 0.5)
+    for k in sv64:
+        np.testing.assert_allclose(s16[k], sv64[k], rtol=1e-6, err_msg=k)
+    U, S, V = spectra.delta_w_svd(A16, B16, 0.5)
+    U64, S64, V64 = spectra.delta_w_svd(A64, B64, 0.5)
+    np.testing.assert_allclose(S, S64, rtol=1e-6)
+    np.testing.assert_allclose(U @ (S[..., None] * V.transpose(0, 2, 1)), W, atol=1e-6 * np.abs(W).max())

@@ -75,3 +75,42 @@ def test_top1_energy_is_there_whatever_top_k():
 def test_mismatched_pair_is_a_usage_error():
     with pytest.raises(UsageError, match="LoRA pair"):
         spectra.delta_w_singular_values(np.zeros((2, 3, 5)), np.zeros((2, 4, 2)), 1.0)
+
+
+def _ill_conditioned_pair(rng):
+    """Three snapshots of a rank-3 pair with known spectra: ΔW/scaling has singular values
+    1, 1e-3, 1e-6 at t = 0 (through B) and t = 1 (through A), and 2, 1, 0.5 at t = 2. The
+    spread beyond 1/GRAM_RELIABLE_RATIO sends t = 0, 1 to the fallbacks, and t = 2 not."""
+    s = np.array([1.0, 1e-3, 1e-6])
+    assert s[-1] / s[0] < spectra.GRAM_RELIABLE_RATIO
+
+    def orth(m):
+        return np.linalg.qr(rng.normal(size=(m, 3)))[0]
+    A = np.stack([orth(40).T, (orth(40) * s).T, orth(40).T])
+    B = np.stack([orth(30) * s, orth(30), orth(30) * [2.0, 1.0, 0.5]])
+    return A, B, s
+
+
+@pytest.mark.parametrize("route", ["spectra", "lowrank"])
+def test_ill_conditioned_delta_w_takes_the_qr_core_and_factors_the_svd(monkeypatch, route):
+    from lorascope.analysis import lowrank
+
+    A, B, s = _ill_conditioned_pair(np.random.default_rng(5))
+    cores, svds = [], []
+    real_cores, real_svd = spectra._cores, np.linalg.svd
+    monkeypatch.setattr(spectra, "_cores", lambda a, b, mode: cores.append(len(a)) or real_cores(a, b, mode))
+    monkeypatch.setattr(np.linalg, "svd", lambda x, *a, **k: svds.append(np.shape(x)) or real_svd(x, *a, **k))
+    got = spectra.lora_singular_values(A, B, -0.5) if route == "spectra" else lowrank.lora_series(A, B, -0.5)[0]
+    monkeypatch.setattr(np.linalg, "svd", real_svd)
+    assert cores == [2]  # the two ill-conditioned snapshots, once, and not the third
+    # A's and B's SVD fallback, each for its one ill-conditioned snapshot (t = 1 and t = 0)
+    assert (1, 3, 40) in svds and (1, 30, 3) in svds, svds
+    W = -0.5 * B @ A
+    want = real_svd(W, compute_uv=False)[:, :3]
+    np.testing.assert_allclose(want[:2], 0.5 * np.stack([s, s]), rtol=1e-9)  # the reference itself
+    # the Gram route alone is off by ~3e-6 relative at 1e-6: 1e-9 needs the QR core
+    np.testing.assert_allclose(got["dW"], want, rtol=1e-9, atol=0)
+    np.testing.assert_allclose(got["A"], real_svd(A, compute_uv=False), rtol=1e-12)
+    np.testing.assert_allclose(got["B"], real_svd(B, compute_uv=False), rtol=1e-12)
+    np.testing.assert_allclose(got["A"][1], s, rtol=1e-12)
+    np.testing.assert_allclose(got["B"][0], s, rtol=1e-12)
