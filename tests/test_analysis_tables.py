@@ -357,3 +357,19 @@ def test_slices_cover_the_series_once_and_respect_the_minimum():
         assert all(a.stop == b.start for a, b in zip(got, got[1:]))
         assert len(got) == max(1, min(pieces, T // tables._MIN_PIECE))
     assert len(tables._Job(lambda sl: None).slices(1000, 7)) == 1  # not cut along time
+
+
+def test_scratch_lets_the_old_buffer_go_before_taking_a_larger_one():
+    import tracemalloc
+
+    s = tables.Scratch()
+    tracemalloc.start()  # before the first block: it counts only what it saw allocated
+    try:
+        s("series", (1 << 20,), np.float64)  # 8 MiB
+        grown = s("series", (1 << 21,), np.float64)  # 16 MiB
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert grown.shape == (1 << 21,) and grown.dtype == np.float64
+    assert peak < (16 + 4) * 2**20  # 24 MiB if the 8 MiB block were still held
+    assert s("series", (10, 3), np.float32).base is not None  # smaller asks reuse the block

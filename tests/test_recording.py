@@ -119,3 +119,22 @@ def test_stale_running_status_reads_as_interrupted(recording, tmp_path):
         f.attrs["writer_pid"] = 2**22 + 12345  # above pid_max's default: no such process
     with lorascope.open(path) as r:
         assert r.stored_status == "running" and r.status == "interrupted"
+
+
+def test_read_into_fills_a_given_array_and_refuses_a_wrong_shape(recording):
+    with lorascope.open(recording) as rec:
+        m = next(iter(rec.modules.values()))
+        out = np.full((len(m.A) - 1, *m.A.shape[1:]), np.nan, dtype=np.float32)
+        assert m.A.read_into(out) is out
+        np.testing.assert_array_equal(out, m.A[: len(out)])  # the first snapshots, in order
+        with pytest.raises(ValueError, match="cannot read"):
+            m.A.read_into(np.empty((1, *m.B.shape[1:]), np.float32))
+        with pytest.raises(ValueError, match="cannot read"):
+            m.A.read_into(np.empty((len(m.A) + 1, *m.A.shape[1:]), np.float32))
+
+
+def test_reading_keeps_no_chunk_cache(recording):
+    # A chunk cache per open dataset (HDF5's default is 8 MiB) grew a process that read every
+    # module by ~20 MiB per module; a chunk is one snapshot read whole, so none is kept.
+    with lorascope.open(recording) as rec:
+        assert rec._f.id.get_access_plist().get_cache()[2] == 0

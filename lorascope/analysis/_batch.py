@@ -114,6 +114,7 @@ class Scratch:
         nbytes = int(np.prod(shape)) * dtype.itemsize
         buf = self._bytes.get(name)
         if buf is None or buf.size < nbytes:
-            self._bytes.pop(name, None)  # let the smaller one go before the larger one is taken
+            # let the smaller one go before the larger one is taken (this name too held it)
+            buf = self._bytes[name] = None
             buf = self._bytes[name] = np.empty(max(nbytes, 1), dtype=np.uint8)
         return buf[:nbytes].view(dtype).reshape(shape)

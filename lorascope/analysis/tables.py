@@ -228,11 +228,10 @@ class ModuleAnalysis:
             return
         jobs = self._jobs()
         wanted = [k for k in jobs if k.split(":")[0] in set(parts) and k not in self._results]
-        T = len(self.steps)
-        futures = {k: [pool.submit(jobs[k].run, sl) for sl in jobs[k].slices(T, pieces)] for k in wanted}
+        slices = {k: jobs[k].slices(len(self.steps), pieces) for k in wanted}
+        futures = {k: [pool.submit(jobs[k].run, sl) for sl in slices[k]] for k in wanted}
         for k in wanted:
-            parts_done = [f.result() for f in futures[k]]
-            self._results[k] = _join([jobs[k].keep(p, sl) for p, sl in zip(parts_done, jobs[k].slices(T, pieces))])
+            self._results[k] = _join([jobs[k].keep(f.result(), sl) for f, sl in zip(futures[k], slices[k])])
 
     def result(self, key: str):
         if key not in self._results:
