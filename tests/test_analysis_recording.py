@@ -13,6 +13,7 @@ from lorascope import analysis
 from lorascope.cli import app
 from lorascope.config import RecordConfig
 
+from analysis_fakes import lora_run
 from record_helpers import lora_params, tiny_lora_gpt2, train
 
 
@@ -104,3 +105,95 @@ def test_gradient_rows_equal_numpy_on_the_recorded_gradients(recording, g):
         assert row.frobenius == pytest.approx(np.linalg.norm(x), rel=1e-6)
         assert row.spectral_norm == pytest.approx(np.linalg.norm(x, 2), rel=1e-6)
         assert row.status == "ok" and row.nonfinite == 0
+
+
+@pytest.fixture(scope="module")
+def accumulated(tmp_path_factory):
+    """Gradients per micro-step (accumulation 2: two rows per optimizer step) and AdamW's state."""
+    from lorascope.record.recorder import Recorder
+
+    path = tmp_path_factory.mktemp("rec") / "accum.h5"
+    model = tiny_lora_gpt2(init="gaussian", seed=1)
+    opt = torch.optim.AdamW(lora_params(model), lr=1e-2)
+    with Recorder(path, model, RecordConfig(grads=True, optimizer_state=True)) as rec:
+        rec.start(opt)
+        train(model, opt, rec, steps=3, accum=2)
+    with lorascope.open(path) as rec:
+        return path, analysis.stats_table(rec)
+
+
+@pytest.mark.parametrize("m,key", [("A", "exp_avg"), ("B", "exp_avg_sq")])
+def test_state_rows_equal_numpy_on_the_recorded_state(accumulated, m, key):
+    path, stats = accumulated
+    with lorascope.open(path) as rec:
+        name = list(rec.modules)[1]
+        state = np.asarray(getattr(rec.modules[name], f"state_{m}")[key][:], dtype=np.float64)
+        state_steps = rec.state_steps
+    rows = stats[(stats.module == name) & (stats.matrix == f"state_{m}.{key}")]
+    assert len(rows) == len(state) == len(state_steps) > 1
+    np.testing.assert_array_equal(rows.step, state_steps)
+    assert rows.micro_step.isna().all()  # state is per optimizer step: step alone is the key
+    # B starts at zero, so A's first gradient, and with it A's state after step 1, is exactly zero
+    first = 1 if m == "A" else 0
+    if m == "A":
+        assert not state[0].any() and rows.iloc[0].status == "zero" and rows.iloc[0].frobenius == 0
+    for i in range(first, len(state)):
+        x, row = state[i], rows.iloc[i]
+        assert np.abs(x).max() > 0
+        assert row["mean"] == pytest.approx(x.mean(), abs=1e-6 * x.std())
+        assert row["std"] == pytest.approx(x.std(), rel=1e-6)
+        assert row.frobenius == pytest.approx(np.linalg.norm(x), rel=1e-6)
+        assert row.spectral_norm == pytest.approx(np.linalg.norm(x, 2), rel=1e-6)
+        assert row.status == "ok" and row.nonfinite == 0
+
+
+def test_every_recorded_state_entry_has_rows(accumulated):
+    path, stats = accumulated
+    with lorascope.open(path) as rec:
+        want = {f"state_{m}.{k}" for mod in rec.modules.values() for m in "AB"
+                for k in getattr(mod, f"state_{m}")}
+    assert want == {"state_A.exp_avg", "state_A.exp_avg_sq", "state_B.exp_avg", "state_B.exp_avg_sq"}
+    assert want <= set(stats.matrix)
+
+
+def test_gradient_rows_are_keyed_by_micro_step(accumulated):
+    path, stats = accumulated
+    with lorascope.open(path) as rec:
+        micro, grad_steps, modules = rec.grad_micro_steps, rec.grad_steps, list(rec.modules)
+    assert len(np.unique(grad_steps)) < len(grad_steps)  # accumulation: steps repeat
+    grads = stats[stats.matrix.isin(["grad_A", "grad_B"])]
+    assert not grads.duplicated(["module", "matrix", "step", "micro_step"]).any()
+    for name in modules:
+        for g in ("grad_A", "grad_B"):
+            rows = grads[(grads.module == name) & (grads.matrix == g)]
+            np.testing.assert_array_equal(rows.micro_step.to_numpy(dtype=np.int64), micro)
+            np.testing.assert_array_equal(rows.step, grad_steps)
+    # every other row is per optimizer step and unique without a micro-step
+    rest = stats[~stats.matrix.isin(["grad_A", "grad_B"])]
+    assert rest.micro_step.isna().all() and not rest.duplicated(["module", "matrix", "step"]).any()
+    assert list(stats.columns[:7]) == [*analysis.tables.KEYS, "micro_step"]
+
+
+def test_vector_state_gets_moments_but_no_spectral_norm():
+    """Adafactor-style factored state (1-D per snapshot) next to a full-shaped entry and one of
+    an unrelated shape, which is skipped."""
+    from lorascope.analysis import tables
+
+    run = lora_run(T=3, rank=2, shape=(6, 5), modules=("h.0.attn",))
+    module = run.modules["h.0.attn"]
+    rng = np.random.default_rng(0)
+    row = rng.random((2, 2)).astype(np.float32)
+    module.state_A = {"exp_avg": rng.normal(size=(2, 2, 5)).astype(np.float32), "exp_avg_sq_row": row,
+                      "odd": np.ones((2, 3, 3), np.float32)}
+    module.state_B = {}
+    run.state_steps = np.array([1, 2])  # the recording's state axis, as Recording.state_steps
+    stats = analysis.stats_table(run)
+    vec = stats[stats.matrix == "state_A.exp_avg_sq_row"]
+    np.testing.assert_array_equal(vec.step, [1, 2])
+    np.testing.assert_allclose(vec["mean"], row.mean(axis=1), rtol=1e-6)
+    np.testing.assert_allclose(vec.frobenius, np.linalg.norm(row, axis=1), rtol=1e-6)
+    assert vec.spectral_norm.isna().all()
+    full = stats[stats.matrix == "state_A.exp_avg"]
+    assert full.spectral_norm.notna().all() and len(full) == 2
+    assert "state_A.odd" not in set(stats.matrix)
+    assert tables.KEYS == list(stats.columns[:6])

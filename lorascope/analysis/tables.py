@@ -1,6 +1,8 @@
 """The thin layer from recordings to tidy DataFrames: one row per (run, module, matrix, step)
-with columns `run, module, layer, role, matrix, step`, then the metrics. It streams over modules,
-reading one module's A and B series at a time, so memory stays bounded by one module's series.
+with columns `run, module, layer, role, matrix, step`, then the metrics (the stats table adds
+`micro_step`, set on gradient rows, which with accumulation share a step). It streams over
+modules, reading one module's A and B series at a time into memory reused from module to module,
+so memory stays bounded by one module's series (1.3x the largest, measured).
 
 Only this file touches a `Recording` (the reading API of docs/architecture.md); every number
 comes from the pure functions beside it."""
@@ -161,9 +163,13 @@ class ModuleAnalysis:
     by the tables that need it."""
 
     def __init__(self, run: str, name: str, module, steps: np.ndarray, options: Options,
-                 grad_steps: np.ndarray | None = None, series: tuple[np.ndarray, np.ndarray] | None = None) -> None:
+                 grad_steps: np.ndarray | None = None, series: tuple[np.ndarray, np.ndarray] | None = None,
+                 grad_micro_steps: np.ndarray | None = None, state_steps: np.ndarray | None = None) -> None:
         self.run, self.name, self.module, self.options = run, name, module, options
-        self.grad_steps = None if grad_steps is None else np.asarray(grad_steps, dtype=np.int64)
+        # the step axes of the gradient and optimizer-state series (None: not recorded)
+        as_axis = lambda a: None if a is None else np.asarray(a, dtype=np.int64)  # noqa: E731
+        self.grad_steps, self.grad_micro_steps = as_axis(grad_steps), as_axis(grad_micro_steps)
+        self.state_steps = as_axis(state_steps)
         self.A, self.B = series if series is not None else read_series(module)
         T = min(len(self.A), len(self.B))  # a file being written may be one snapshot ahead in A
         if T == 0:
@@ -295,6 +301,7 @@ def _stats_frames(ma: ModuleAnalysis) -> list[pd.DataFrame]:
                 "nonfinite": nonfinite, "status": status}
         frames.append(ma.frame(m, cols))
     frames.extend(_gradient_frames(ma))
+    frames.extend(_state_frames(ma))
     # ΔW's entries are never formed: its mean and norms come from the factors, the shape
     # statistics (skew, quantiles) would need the out×in product and are left out.
     dw = dict(ma.dynamics["dW"])
@@ -304,26 +311,92 @@ def _stats_frames(ma: ModuleAnalysis) -> list[pd.DataFrame]:
         "spectral_norm": ma.spectrum["dW"]["spectral_norm"], **dw,
         "status": np.where(bad, "nonfinite", np.where(ma.spectrum["dW"]["spectral_norm"] == 0, "zero", "ok")),
     }))
-    return frames
+    return [_with_micro_step(f) for f in frames]
+
+
+def _micro_steps(values: np.ndarray | None, n: int) -> pd.arrays.IntegerArray:
+    """`micro_step` as a nullable integer column: the recorded values, <NA> where there are none
+    (rows of A, B, dW and state are per optimizer step and need no micro-step to be unique)."""
+    out = pd.array([pd.NA] * n, dtype="Int64")
+    if values is not None:
+        k = min(n, len(values))
+        out[:k] = values[:k]
+    return out
+
+
+def _with_micro_step(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame with a `micro_step` key column right after `step` (<NA> if it had none), so that
+    every stats frame has the same columns in the same order whichever comes first in the table."""
+    if "micro_step" not in frame.columns:
+        frame.insert(frame.columns.get_loc("step") + 1, "micro_step", _micro_steps(None, len(frame)))
+    return frame
+
+
+def _series_rows(ma: ModuleAnalysis, matrix: str, X: np.ndarray, steps: np.ndarray,
+                 spectral: bool = True, extra: dict | None = None) -> pd.DataFrame:
+    """The stats rows of a series X (n, m, k) on its own step axis: moments, quantiles,
+    Frobenius norm and (with `spectral`) spectral norm, as for the gradients."""
+    mo = _stats.moments(X, ma.options.quantiles, ma.options.quantile_samples)
+    status, nonfinite = mo.pop("status"), mo.pop("nonfinite")
+    spectral_norm = _spectra.singular_values(X).max(axis=1) if spectral else np.full(len(X), np.nan)
+    head = {"run": ma.run, "module": ma.name, "layer": ma.layer, "role": ma.role, "matrix": matrix,
+            "step": steps, **(extra or {})}
+    return pd.DataFrame({**head, **mo, "spectral_norm": spectral_norm, "nonfinite": nonfinite, "status": status})
 
 
 def _gradient_frames(ma: ModuleAnalysis) -> list[pd.DataFrame]:
     """Moments and norms of recorded gradients (matrix 'grad_A', 'grad_B'), on their own step
-    axis (/grad_snapshots: per micro-step or per optimizer step), read one series at a time."""
+    axis (/grad_snapshots: per micro-step or per optimizer step), read one series at a time.
+    With gradient accumulation several rows share a `step`; `micro_step` tells them apart."""
     frames = []
+    micro = ma.grad_micro_steps
     for g in ("grad_A", "grad_B"):
         series = getattr(ma.module, g, None)
         if series is None or ma.grad_steps is None or len(series) == 0:
             continue
         X = np.asarray(series[:])
         n = min(len(X), len(ma.grad_steps))
-        X, steps = X[:n], ma.grad_steps[:n]
-        mo = _stats.moments(X, ma.options.quantiles, ma.options.quantile_samples)
-        status, nonfinite = mo.pop("status"), mo.pop("nonfinite")
-        head = {"run": ma.run, "module": ma.name, "layer": ma.layer, "role": ma.role, "matrix": g, "step": steps}
-        frames.append(pd.DataFrame({**head, **mo, "spectral_norm": _spectra.singular_values(X).max(axis=1),
-                                    "nonfinite": nonfinite, "status": status}))
+        frames.append(_series_rows(ma, g, X[:n], ma.grad_steps[:n],
+                                   extra={"micro_step": _micro_steps(micro, n)}))
         del X
+    return frames
+
+
+# How an optimizer-state entry is analysed, by its shape per snapshot. An entry shaped like its
+# parameter (AdamW's exp_avg, exp_avg_sq) is a matrix like A or B. A 1-D entry (Adafactor's and
+# CAME's factored exp_avg_sq_row/_col) still has a distribution, so it gets moments as a 1×n
+# matrix, but no spectral norm: a vector's would only repeat its Frobenius norm. Any other shape
+# (a 0-d step counter is never stored; a factored tensor of another rank) is skipped.
+_STATE_SHAPES: dict[str, tuple[Callable[[np.ndarray], np.ndarray], bool]] = {
+    "matrix": (lambda X: X, True),
+    "vector": (lambda X: X[:, None, :], False),
+}
+
+
+def _state_shape(shape: tuple[int, ...], param_shape: tuple[int, ...]) -> str | None:
+    if shape == param_shape:
+        return "matrix"
+    return "vector" if len(shape) == 1 else None
+
+
+def _state_frames(ma: ModuleAnalysis) -> list[pd.DataFrame]:
+    """Moments and norms of recorded optimizer state (matrix 'state_A.<key>', 'state_B.<key>',
+    <key> the optimizer's own name, e.g. 'state_B.exp_avg_sq'), on the state's step axis
+    (/state_snapshots), reading one state series at a time."""
+    steps = ma.state_steps
+    if steps is None:
+        return []
+    frames = []
+    for m, param_shape in (("A", ma.A.shape[1:]), ("B", ma.B.shape[1:])):
+        for key, series in sorted((getattr(ma.module, f"state_{m}", None) or {}).items()):
+            kind = _state_shape(tuple(series.shape[1:]), tuple(param_shape))
+            n = min(len(series), len(steps))
+            if kind is None or n == 0:
+                continue
+            as_stack, spectral = _STATE_SHAPES[kind]
+            X = as_stack(np.asarray(series[:n]))
+            frames.append(_series_rows(ma, f"state_{m}.{key}", X, steps[:n], spectral))
+            del X
     return frames
 
 
@@ -425,7 +498,8 @@ def analyze(
         per_run = [_loss_findings(rec) if health else [] for rec in recs]
         where = {id(rec): i for i, rec in enumerate(recs)}
         for rec, name, module, series in _prefetched(recs, reader):
-            ma = ModuleAnalysis(rec.run_name, name, module, rec.steps, o, getattr(rec, "grad_steps", None), series)
+            ma = ModuleAnalysis(rec.run_name, name, module, rec.steps, o, getattr(rec, "grad_steps", None), series,
+                                getattr(rec, "grad_micro_steps", None), getattr(rec, "state_steps", None))
             ma.precompute(parts, pool, o.workers)
             done += _module_tables(ma, builders, frames, per_run[where[id(rec)]], health, o)
             del ma, series  # release this module's series before reading the one after the next
