@@ -247,10 +247,12 @@ def _dynamics_fast(X: np.ndarray, first: np.ndarray) -> dict[str, np.ndarray] | 
     first = first.reshape(N)
     dist, upd, cos = np.full(T, np.nan), np.full(T, np.nan), np.full(T, np.nan)
     sc = Scratch()
+    if not _in_fast_range(_abs_max(first[None]), X.dtype):
+        return None
     for sl in time_chunks(T, N, CACHE_VALUES):
         lo = max(0, sl.start - 2)
         x = flat[lo:sl.stop]
-        if not _in_fast_range(_abs_max(x), x.dtype) or not _in_fast_range(_abs_max(first[None]), x.dtype):
+        if not _in_fast_range(_abs_max(x), x.dtype):
             return None
         m = len(x)
         e = np.subtract(x, first, out=sc("e", x.shape, x.dtype))
