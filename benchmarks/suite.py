@@ -35,6 +35,7 @@ class Scale:
     train_repeats: int
     grad_accum: int
     analysis: dict  # keyword arguments of analysis_speed.run: layers, snapshots, loop_snapshots
+    analysis_file_args: tuple[str, ...]  # arguments of analysis_h5.py: a recording file, analysed as the CLI does
     report_args: tuple[str, ...]
     size_snapshots: tuple[int, int]
     size_dtypes: tuple[str, ...]
@@ -44,16 +45,19 @@ SCALES: dict[str, Scale] = {
     # seconds, on a tiny model: for the smoke test
     "smoke": Scale(("tiny-gpt2",), 3, 1, 3, 1, 2,
                    {"layers": 1, "snapshots": 12, "loop_snapshots": 1},
+                   ("--layers", "1", "--snapshots", "12", "--repeat", "1", "--variants", "default"),
                    ("--runs", "2", "--steps", "3", "--compare-modules", "1", "--repeats", "1"),
                    (2, 3), ("float32",)),
     # a few minutes on GPT-2 small
     "quick": Scale(("gpt2-small",), 4, 3, 4, 3, 2,
                    {"layers": 1, "snapshots": 100, "loop_snapshots": 2},
+                   ("--layers", "1", "--snapshots", "2000", "--repeat", "2"),
                    ("--runs", "6", "--steps", "20", "--compare-modules", "1", "--repeats", "1"),
                    (2, 6), ("float32", "float16")),
     # the long version: both models, the owners' full settings
     "full": Scale(("gpt2-small", "smollm2-135m"), 10, 5, 8, 5, 2,
-                  {"layers": 12, "snapshots": 2000, "loop_snapshots": 3}, ("--runs", "6", "--steps", "100"),
+                  {"layers": 12, "snapshots": 2000, "loop_snapshots": 3},
+                  ("--layers", "12", "--snapshots", "2000", "--repeat", "2"), ("--runs", "6", "--steps", "100"),
                   (3, 11), ("float32", "float16", "bfloat16")),
 }
 
@@ -170,6 +174,18 @@ def parse_report(text: str) -> dict[str, float]:
     return _parse(text, patterns, "report_time.py")
 
 
+def parse_analysis_file(text: str) -> dict[str, dict[str, float]]:
+    """Per variant, the numbers ``analysis_h5.py`` prints on its summary lines: median seconds
+    and peak memory as a multiple of the largest module's series, plus the file's shape."""
+    found = {m.group(1): {"median_s": float(m.group(2)), "peak_x": float(m.group(3))}
+             for m in re.finditer(r"^(\S+) +stats \+ health.*: median ([\d.]+) s, .*peak ([\d.]+)x", text, re.M)}
+    if not found:
+        raise RuntimeError(f"benchmarks/analysis_h5.py printed no summary line; its output format changed:\n{text[-1500:]}")
+    shape = _parse(text, {"modules": r"(\d+) modules x", "snapshots": r"modules x (\d+) snapshots",
+                          "gib": r"snapshots, ([\d.]+) GiB"}, "analysis_h5.py")
+    return {"shape": shape, **found}
+
+
 def _parse(text: str, patterns: dict[str, str], script: str) -> dict[str, float]:
     found = {}
     for key, pattern in patterns.items():
@@ -200,6 +216,21 @@ def _analysis(scale: Scale, log: Callable[[str], None]) -> Outcome:
              f"{result.worst['stats']:.1e}", "agree"),
     ], "\n".join(lines + ["", f"batched {result.batched_s:.1f} s, loop (estimated from {result.loop_timed} "
                                 f"timed snapshots) {result.loop_s:.1f} s"]))
+
+
+@SUITE.register("analysis_file")
+def _analysis_file(scale: Scale, log: Callable[[str], None]) -> Outcome:
+    text = _script("analysis_h5.py", scale.analysis_file_args, log)
+    numbers = parse_analysis_file(text)
+    shape = numbers.pop("shape")
+    what = f"analysis of a file, {shape['modules']:.0f} modules × {shape['snapshots']:.0f} snapshots ({shape['gib']:.1f} GiB)"
+    rows = []
+    for variant, n in numbers.items():
+        rows.append(_row(what, f"`lorascope analyze` (stats, health) seconds, {variant}", f"{n['median_s']:.1f} s",
+                         "well under 60 s" if shape["modules"] >= 48 else ""))
+        rows.append(_row(what, f"peak memory / largest module's A+B series, {variant}", f"{n['peak_x']:.2f}",
+                         "about 1" if variant == "default" else ""))
+    return Outcome("analysis_file", rows, text.strip())
 
 
 @SUITE.register("report")

@@ -6,6 +6,8 @@ import os
 
 import pytest
 
+import lorascope
+
 from benchmarks.common import (
     Samples, Segment, folder_bytes, format_bytes, format_table, interleave, median, paired_ratio, random_batches,
     ratio,
@@ -204,3 +206,39 @@ def test_analysis_benchmark_runs_at_the_smallest_scale():
     outcome = SUITE.get("analysis")(SCALES["smoke"], lambda line: None)
     assert float(outcome.summary[0]["result"]) > 0
     assert "4 modules × 12 snapshots" in outcome.summary[0]["benchmark"]
+
+
+ANALYSIS_FILE_OUTPUT = """recording /tmp/x.h5: 48 modules x 2000 snapshots, 17.58 GiB, ready in 1 s
+  default       27.0 s wall, CPU  39.1 user +   5.5 sys, peak +   605 MiB = 1.29x the largest module
+default     stats + health: median 28.5 s, best 27.0 s, peak 1.29x the largest module
+prefetch    stats + health (cold): median 46.9 s, best 46.9 s, peak 2.29x the largest module
+"""
+
+
+def test_parser_reads_the_analysis_file_summary():
+    from benchmarks.suite import parse_analysis_file
+
+    got = parse_analysis_file(ANALYSIS_FILE_OUTPUT)
+    assert got["shape"] == {"modules": 48.0, "snapshots": 2000.0, "gib": 17.58}
+    assert got["default"] == {"median_s": 28.5, "peak_x": 1.29}
+    assert got["prefetch"] == {"median_s": 46.9, "peak_x": 2.29}
+    with pytest.raises(RuntimeError, match="output format changed"):
+        parse_analysis_file("recording written")
+
+
+@pytest.mark.slow
+def test_analysis_file_benchmark_runs_at_the_smallest_scale(tmp_path):
+    """Writes a tiny recording through the Recorder's writer and times `analyze` on it in a
+    child process: the rows the summary shows."""
+    import dataclasses
+
+    from benchmarks.suite import SCALES, SUITE
+
+    scale = dataclasses.replace(SCALES["smoke"], analysis_file_args=(
+        *SCALES["smoke"].analysis_file_args, "--path", str(tmp_path / "bench.h5")))
+    outcome = SUITE.get("analysis_file")(scale, lambda line: None)
+    assert "4 modules × 12 snapshots" in outcome.summary[0]["benchmark"]
+    assert float(outcome.summary[0]["result"].rstrip(" s")) > 0
+    assert float(outcome.summary[1]["result"]) > 0
+    with lorascope.open(tmp_path / "bench.h5") as rec:  # a real recording, finished
+        assert rec.status == "complete" and len(rec.steps) == 12 and len(rec.modules) == 4
