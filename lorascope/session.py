@@ -8,8 +8,6 @@ import json
 import platform
 import random
 import shutil
-import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable

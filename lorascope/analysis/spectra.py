@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lorascope.analysis._batch import CACHE_VALUES, Scratch, as_stack, finite_scale, time_chunks
+from lorascope.analysis._batch import CACHE_VALUES, Scratch, as_stack, time_chunks
 from lorascope.errors import UsageError
 
 __all__ = [

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lorascope.analysis._batch import CACHE_VALUES, Scratch, as_stack, entry_subset, finite_scale, row_sums, time_chunks
+from lorascope.analysis._batch import CACHE_VALUES, Scratch, as_stack, entry_subset, row_sums, time_chunks
 from lorascope.errors import UsageError
 
 __all__ = [

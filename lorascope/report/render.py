@@ -6,7 +6,6 @@ and keeps one Canvas, so figures are reused inside each worker as they are in a 
 from __future__ import annotations
 
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
