@@ -4,12 +4,13 @@ cosines — from one pass over the two series.
 
 `spectra.lora_singular_values` and `stats.lowrank_dynamics` each walk the whole series; both
 build the r×r Gram matrices of every snapshot, check ranges and take minima and maxima. Here
-each cache-sized chunk is read once: its float64 Grams feed the singular values and the ΔW norms
-alike, B's eigendecomposition gives both B's spectrum and ΔW's core, and the products that
-update cosines need from earlier snapshots are carried over from the previous chunk instead of
-recomputing two look-back snapshots per chunk. Numbers are those of the two functions (same
-formulas, same fallbacks, float64 Grams); a series with NaN/Inf, magnitudes beyond the fast
-range, or a rank larger than a side of the matrix is handed to them unchanged."""
+each cache-sized chunk is read once: its float64 Grams feed the ΔW norms, tell whether the
+chunk is in the fast range, and are kept (2·r² values a snapshot) for the spectra of A, B and ΔW,
+three batched eigendecompositions at the end; the products that update cosines need from earlier
+snapshots are carried over from the previous chunk instead of recomputing two look-back
+snapshots per chunk. Numbers are those of the two functions (same formulas, same fallbacks,
+float64 Grams); a series with NaN/Inf, magnitudes beyond the fast range, or a rank larger than
+a side of the matrix is handed to them unchanged."""
 from __future__ import annotations
 
 import numpy as np
@@ -19,8 +20,6 @@ from lorascope.analysis import stats as _stats
 from lorascope.analysis._batch import CACHE_VALUES, Scratch, _ones, time_chunks
 
 __all__ = ["lora_series"]
-
-_DYN_KEYS = ("mean", "frobenius", "distance_from_first", "update_size", "update_cosine")
 
 
 def lora_series(A: np.ndarray, B: np.ndarray, scaling: float, first: tuple[np.ndarray, np.ndarray] | None = None,
