@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -314,28 +315,41 @@ def _open_h5(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r", locking=False, **_CHUNK_CACHE)
     except OSError as exc:
-        if "truncated" in str(exc):
+        if "truncated" in str(exc) and not _superblock(path)[1]:
             raise _damaged(path, exc) from None
     # A file whose SWMR writer is still running, or was killed, is marked open for writing: only
-    # SWMR-read mode opens it. Check its length first ourselves.
-    stored_eof = _superblock_eof(path)
-    if stored_eof is not None and path.stat().st_size < stored_eof:
-        raise _damaged(path, OSError(f"file is {path.stat().st_size} bytes, its superblock says {stored_eof}"))
+    # SWMR-read mode opens it. Check its length first ourselves. A live writer can write a new end
+    # into the superblock before the file has grown to it (seen once in a CI run: 147,456 bytes
+    # against 158,610), so a short file marked as being written gets a moment to catch up.
+    for pause in _LIVE_PAUSES:
+        time.sleep(pause)
+        stored_eof, _ = _superblock(path)
+        size = path.stat().st_size
+        if stored_eof is None or size >= stored_eof:
+            break
+    else:
+        raise _damaged(path, OSError(f"file is {size} bytes, its superblock says {stored_eof}"))
     try:
         return h5py.File(path, "r", swmr=True, locking=False, **_CHUNK_CACHE)
     except OSError as exc:
         raise _damaged(path, exc) from None
 
 
-def _superblock_eof(path: Path) -> int | None:
-    """The end-of-file address in a version 2/3 superblock at offset 0 (what lorascope writes
-    with libver="latest"), or None for any other layout."""
+# Seconds to wait, one after the other, for a file being written to reach the end its superblock
+# names (0.44 s in all; a killed writer's short file is then reported as damaged).
+_LIVE_PAUSES = (0.0, 0.01, 0.03, 0.1, 0.3)
+
+
+def _superblock(path: Path) -> tuple[int | None, bool]:
+    """(end-of-file address, whether a writer has the file open) from a version 2/3 superblock
+    at offset 0 (what lorascope writes with libver="latest"); (None, False) for another layout.
+    The consistency flags (byte 11) say 'open for writing' (bit 0) and 'SWMR writer' (bit 2)."""
     with open(path, "rb") as fh:
         head = fh.read(48)
     if len(head) < 36 or head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3) or head[9] != 8:
-        return None
+        return None, False
     base = int.from_bytes(head[12:20], "little")
-    return base + int.from_bytes(head[28:36], "little")
+    return base + int.from_bytes(head[28:36], "little"), bool(head[11] & 0b101)
 
 
 def _committed(f: h5py.File, group: str, names: Iterable[str]) -> np.ndarray:

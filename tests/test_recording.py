@@ -138,3 +138,51 @@ def test_reading_keeps_no_chunk_cache(recording):
     # module by ~20 MiB per module; a chunk is one snapshot read whole, so none is kept.
     with lorascope.open(recording) as rec:
         assert rec._f.id.get_access_plist().get_cache()[2] == 0
+
+
+def _live_copy(tmp_path):
+    """The bytes of a recording whose writer is still running (SWMR flags set), after a commit."""
+    from types import SimpleNamespace
+
+    from lorascope.record.format import FORMAT_VERSION
+    from lorascope.record.writer import FileLayout, ModuleSpec, RecordingFile, Snapshot
+
+    spec = ModuleSpec("m", {"name": "m", "index": 0, "rank": 2, "alpha": 2.0, "scaling": 1.0,
+                            "in_features": 8, "out_features": 6, "layer_index": 0}, (2, 8), (6, 2))
+    live = RecordingFile(tmp_path / "live.h5", FileLayout({"lorascope_format": FORMAT_VERSION, "run_name": "live"}, [spec]))
+    arrays = [np.ones((2, 8), np.float32), np.zeros((6, 2), np.float32)]
+    live.write_snapshot(Snapshot(1, 1, 0.0, SimpleNamespace(arrays=arrays), None, lambda: None))
+    live.commit()
+    data = (tmp_path / "live.h5").read_bytes()
+    live.close("complete")
+    return data
+
+
+def test_a_live_file_shorter_than_its_superblock_is_waited_for(tmp_path, monkeypatch):
+    # A running writer can name a new end in the superblock before the file reaches it: the
+    # reader waits a moment instead of calling a healthy live recording damaged. The file grows
+    # during the reader's first real pause (sleep is replaced, so no timing is involved).
+    import lorascope.recording as recording
+
+    data = _live_copy(tmp_path)
+    path = tmp_path / "copy.h5"
+    path.write_bytes(data[:-4096])
+    pauses = []
+
+    def writer_catches_up(seconds):
+        pauses.append(seconds)
+        if seconds > 0:
+            path.write_bytes(data)
+
+    monkeypatch.setattr(recording.time, "sleep", writer_catches_up)
+    with lorascope.open(path) as rec:
+        assert len(rec.steps) == 1
+    assert any(p > 0 for p in pauses)
+
+
+def test_a_live_file_that_stays_short_is_damaged(tmp_path):
+    data = _live_copy(tmp_path)
+    path = tmp_path / "short.h5"
+    path.write_bytes(data[:-4096])
+    with pytest.raises(RecordingError, match="damaged or truncated"):
+        lorascope.open(path)
