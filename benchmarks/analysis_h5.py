@@ -1,6 +1,6 @@
 """Analysis speed and memory on a recording file, as `lorascope analyze` meets it: a synthetic
 GPT-2-shaped recording (rank 16 on c_attn, attn.c_proj, c_fc and mlp.c_proj of `--layers` blocks)
-written through the Recorder's own writer (`lorascope.record.writer.RecordingFile`), so that its
+written through the Recorder's own writer (`lorascope.h5.file.RecordingFile`), so that its
 layout is a real recording's: each snapshot appends one chunk per matrix, and a module's series
 lies spread through the file, one piece per snapshot. The default `lorascope analyze` work
 (stats and health) is then timed per variant, each in a fresh process, reading module by module.
@@ -23,7 +23,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -56,8 +55,8 @@ def _is_ready(path: Path, names: list[str], T: int) -> bool:
 def write_recording(path: Path, layers: int, T: int, rank: int = 16, seed: int = 0) -> Path:
     """A finished recording of `layers` GPT-2 blocks × T snapshots. A starts kaiming-uniform, B
     at zero, and both walk with steps that shrink as 1/√t, snapshot after snapshot."""
-    from lorascope.record.format import FORMAT_VERSION
-    from lorascope.record.writer import FileLayout, ModuleSpec, RecordingFile, Snapshot
+    from lorascope.h5.format import FORMAT_VERSION
+    from lorascope.h5.file import FileLayout, ModuleSpec, RecordingFile
 
     path = Path(path)
     names = _names(layers)
@@ -89,7 +88,7 @@ def write_recording(path: Path, layers: int, T: int, rank: int = 16, seed: int =
                     rng.standard_normal(dtype=np.float32, out=n)
                     n *= 2e-3 / np.sqrt(1.0 + t)
                     w += n
-            file.write_snapshot(Snapshot(t, t, float(t), SimpleNamespace(arrays=weights), None, lambda: None))
+            file.write_snapshot(t, t, float(t), weights)
             if t % 50 == 49:
                 file.commit()
         file.close("complete")

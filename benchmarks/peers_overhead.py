@@ -210,8 +210,8 @@ class PeersResult:
 
 def _segment(workload: Workload, optimizer, watcher: Watcher, batches, steps: int, warmup: int,
              root: Path) -> Segment:
-    from lorascope.amp import resolve_precision
-    from lorascope.train import train_loop
+    from lorascope.train.amp import resolve_precision
+    from lorascope.train.loop import train_loop
 
     folder = Path(tempfile.mkdtemp(dir=root))
     hooks = watcher.begin(workload.model, optimizer, folder, steps)
@@ -237,7 +237,7 @@ def run_peers(workload: str = "gpt2-small", *, steps: int = 4, repeats: int = 3,
     ``repeats`` times; the first ``warmup`` steps of each turn are not counted (the first step
     opens files and allocates optimizer state)."""
     from lorascope.config import OptimConfig
-    from lorascope.optim import build_optimizer
+    from lorascope.train.optim import build_optimizer
 
     if steps <= warmup:
         raise ValueError(f"steps ({steps}) must exceed warmup ({warmup}) to measure anything")

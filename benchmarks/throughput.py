@@ -51,10 +51,10 @@ class Settings:
 
 
 def _lorascope_turn(work: Workload, batches: list[dict], s: Settings) -> Segment:
-    from lorascope.amp import resolve_precision
+    from lorascope.train.amp import resolve_precision
     from lorascope.config import OptimConfig
-    from lorascope.optim import build_optimizer
-    from lorascope.train import train_loop
+    from lorascope.train.optim import build_optimizer
+    from lorascope.train.loop import train_loop
 
     cpu = torch.device("cpu")
     optimizer = build_optimizer(work.model, OptimConfig(lr=s.lr))

@@ -68,7 +68,7 @@ def _tiny_gpt2() -> tuple[nn.Module, int, str]:
 def _smollm2_cached() -> bool:
     """Loading the default model is only cheap once its GGUF conversion is cached; the benchmark
     never converts (that alone costs a minute of CPU)."""
-    from lorascope.gguf_cache import cache_root
+    from lorascope.models.gguf_cache import cache_root
 
     return (cache_root() / "smollm2-135m-instruct-q4_1" / "config.json").is_file()
 

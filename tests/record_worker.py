@@ -12,7 +12,7 @@ import time
 import torch
 
 from lorascope.config import RecordConfig
-from lorascope.lora_layer import LoRALinear
+from lorascope.lora.layer import LoRALinear
 from lorascope.record import Recorder
 
 WIDTH, RANK, LAYERS = 256, 16, 4

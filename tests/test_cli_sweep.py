@@ -10,7 +10,7 @@ import lorascope
 from lorascope.cli import app
 from lorascope.config import RunConfig
 from lorascope.errors import UsageError
-from lorascope.sweep import expand
+from lorascope.runs.sweep import expand
 
 QUICK = ["--model", "tiny-gpt2", "--steps", "2", "--set", "data.max_examples=32", "--set", "eval_batches=1",
          "--set", "generate_samples=0", "--set", "data.batch_size=2"]

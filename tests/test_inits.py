@@ -13,7 +13,7 @@ from torch import nn
 
 from lorascope.config import LoraConfig
 from lorascope.errors import UsageError
-from lorascope.inits import INITS
+from lorascope.lora.inits import INITS
 from lorascope.lora import LoRALinear, add_lora, lora_layers
 
 IN, OUT, RANK = 256, 192, 64  # A has 16,384 entries: enough for the KS test to tell shapes apart

@@ -20,7 +20,7 @@ from lorascope.lora import (
     merge_lora,
     norm_modules,
 )
-from lorascope.lora_targets import block_index, parse_layers
+from lorascope.lora.targets import block_index, parse_layers
 
 
 @pytest.fixture

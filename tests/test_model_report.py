@@ -6,12 +6,12 @@ from tiny_lora_models import TinyNet, mse, quadratic_problem
 from torch import nn
 
 from lorascope.config import OptimConfig
-from lorascope.model_report import (
+from lorascope.train.model_report import (
     estimate_optimizer_state_bytes,
     model_report,
     optimizer_state_bytes,
 )
-from lorascope.optim import build_optimizer
+from lorascope.train.optim import build_optimizer
 
 
 def test_counts_on_a_model_with_known_parameters():

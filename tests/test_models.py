@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorascope import gguf_cache, models
+from lorascope import models
+from lorascope.models import gguf_cache
 from lorascope.config import ModelConfig
 from lorascope.errors import UsageError
 from lorascope.models import MODELS, convert_gguf, head_modules, load_model, tiny_tokenizer

@@ -7,13 +7,12 @@ from torch import nn
 
 from lorascope.config import OptimConfig
 from lorascope.errors import UsageError
-from lorascope.optim import (
+from lorascope.train.optim import (
     CAME_BETAS,
     CAME_EPS,
     OPTIMIZERS,
     build_optimizer,
     build_schedule,
-    lora_matrices,
     lora_param_groups,
     validate_optim,
 )
@@ -132,7 +131,9 @@ def test_peft_lora_layers_are_found(tiny_gpt2):
     from peft import LoraConfig, get_peft_model
 
     model = get_peft_model(tiny_gpt2, LoraConfig(r=4, target_modules=["c_attn"], fan_in_fan_out=True))
-    pairs = lora_matrices(model)
+    from lorascope.lora.pairs import lora_pairs
+
+    pairs = lora_pairs(model)
     assert len(pairs) == 2  # one c_attn per block
     groups = {g["name"]: g["params"] for g in lora_param_groups(model, 1e-3, 2.0)}
     expected_a = [m.lora_A["default"].weight for m in model.modules() if hasattr(m, "lora_A") and "default" in m.lora_A]

@@ -7,7 +7,7 @@ import torch
 
 from lorascope.config import RecordConfig
 from lorascope.errors import UsageError
-from lorascope.record.discover import find_lora_pairs, select_pairs
+from lorascope.lora.pairs import find_lora_pairs, select_pairs
 from lorascope.record.schedule import build_schedule
 from tests.record_helpers import tiny_lora_gpt2
 

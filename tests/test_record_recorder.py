@@ -12,7 +12,7 @@ import lorascope
 from lorascope.config import RecordConfig
 from lorascope.errors import RecordingError, UsageError
 from lorascope.record import Recorder
-from lorascope.record.discover import find_lora_pairs
+from lorascope.lora.pairs import find_lora_pairs
 from lorascope.record.recorder import NullRecorder
 from tests.record_helpers import batch, lora_params, tiny_lora_gpt2, train
 
@@ -265,15 +265,15 @@ def test_bad_uses_are_refused_with_sentences(tmp_path):
 
 
 def test_a_failing_writer_stops_training_with_a_sentence(tmp_path, monkeypatch):
-    from lorascope.record import writer
+    from lorascope.h5.file import RecordingFile
 
     model = tiny_lora_gpt2()
     path = tmp_path / "full.h5"
 
-    def disk_full(self, msg):
+    def disk_full(self, *args):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(writer.RecordingFile, "write_snapshot", disk_full)
+    monkeypatch.setattr(RecordingFile, "write_snapshot", disk_full)
     rec = Recorder(path, model, RecordConfig(queue_size=2))
     rec.start()
     with pytest.raises(RecordingError, match="No space left"):

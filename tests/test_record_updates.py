@@ -13,7 +13,7 @@ from lorascope.config import RecordConfig
 from lorascope.errors import UsageError
 from lorascope.record import Recorder
 from lorascope.record.capture import FlatLayout
-from lorascope.record.discover import find_lora_pairs
+from lorascope.lora.pairs import find_lora_pairs
 from lorascope.record.updates import DeviceUpdateNorms, HostUpdateNorms
 from tests.record_helpers import lora_params, tiny_lora_gpt2, train
 

@@ -142,16 +142,14 @@ def test_reading_keeps_no_chunk_cache(recording):
 
 def _live_copy(tmp_path):
     """The bytes of a recording whose writer is still running (SWMR flags set), after a commit."""
-    from types import SimpleNamespace
-
-    from lorascope.record.format import FORMAT_VERSION
-    from lorascope.record.writer import FileLayout, ModuleSpec, RecordingFile, Snapshot
+    from lorascope.h5.file import FileLayout, ModuleSpec, RecordingFile
+    from lorascope.h5.format import FORMAT_VERSION
 
     spec = ModuleSpec("m", {"name": "m", "index": 0, "rank": 2, "alpha": 2.0, "scaling": 1.0,
                             "in_features": 8, "out_features": 6, "layer_index": 0}, (2, 8), (6, 2))
     live = RecordingFile(tmp_path / "live.h5", FileLayout({"lorascope_format": FORMAT_VERSION, "run_name": "live"}, [spec]))
     arrays = [np.ones((2, 8), np.float32), np.zeros((6, 2), np.float32)]
-    live.write_snapshot(Snapshot(1, 1, 0.0, SimpleNamespace(arrays=arrays), None, lambda: None))
+    live.write_snapshot(1, 1, 0.0, arrays)
     live.commit()
     data = (tmp_path / "live.h5").read_bytes()
     live.close("complete")
@@ -162,7 +160,7 @@ def test_a_live_file_shorter_than_its_superblock_is_waited_for(tmp_path, monkeyp
     # A running writer can name a new end in the superblock before the file reaches it: the
     # reader waits a moment instead of calling a healthy live recording damaged. The file grows
     # during the reader's first real pause (sleep is replaced, so no timing is involved).
-    import lorascope.recording as recording
+    import lorascope.h5.reader as recording
 
     data = _live_copy(tmp_path)
     path = tmp_path / "copy.h5"

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import lorascope
-from lorascope.session import checkpoint_paths
+from lorascope.runs.session import checkpoint_paths
 from tests.cli_process import LAUNCH, QUICK_RECORD, run_cli, warm  # noqa: F401 - fixture
 
 STEPS = 60
@@ -62,16 +62,16 @@ def _no_space_after(snapshots: int):
     def prepare() -> None:
         import errno
 
-        from lorascope.record import writer
+        from lorascope.h5.file import RecordingFile
 
-        write = writer.RecordingFile.write_snapshot
+        write = RecordingFile.write_snapshot
 
-        def failing(self, msg):
+        def failing(self, *args):
             if self.written["snapshots"] >= snapshots:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            write(self, msg)
+            write(self, *args)
 
-        writer.RecordingFile.write_snapshot = failing
+        RecordingFile.write_snapshot = failing
 
     return prepare
 

@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import lorascope
-from lorascope.session import checkpoint_paths
+from lorascope.runs.session import checkpoint_paths
 from tests.cli_process import LAUNCH, QUICK_RECORD, run_cli, start_cli, warm  # noqa: F401 - fixture
 
 STEPS = 60
@@ -111,7 +111,7 @@ def _killed_while_the_file_is_created() -> None:
     """SIGKILL at the worst moment of a recording's life: its layout is written but not flushed."""
     import os
 
-    from lorascope.record import writer
+    from lorascope.h5 import file as writer
 
     create = writer.RecordingFile._create
 

@@ -8,8 +8,8 @@ from tiny_lora_models import TinyNet, mse, quadratic_problem
 
 from lorascope.config import OptimConfig
 from lorascope.errors import UsageError
-from lorascope.optim import build_optimizer
-from lorascope.schedules import (
+from lorascope.train.optim import build_optimizer
+from lorascope.train.schedules import (
     SCHEDULES,
     build_schedule,
     current_lrs,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorascope.session import checkpoint_paths
+from lorascope.runs.session import checkpoint_paths
 from tests.cli_process import QUICK_RECORD, run_cli, warm  # noqa: F401 - fixture
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lorascope"
@@ -58,7 +58,7 @@ def _problems(source: str, name: str) -> list[str]:
 
 
 def test_the_package_has_sources_to_scan():
-    assert len(SOURCES) > 20 and PACKAGE / "session.py" in SOURCES
+    assert len(SOURCES) > 20 and PACKAGE / "runs" / "session.py" in SOURCES
 
 
 def test_no_pickle_no_eval_and_every_torch_load_is_weights_only():

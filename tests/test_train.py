@@ -8,9 +8,9 @@ import math
 import pytest
 import torch
 
-from lorascope.amp import resolve_precision
+from lorascope.train.amp import resolve_precision
 from lorascope.errors import UsageError
-from lorascope.train import LoopState, StopOnSignal, train_loop
+from lorascope.train.loop import LoopState, StopOnSignal, train_loop
 
 CPU = torch.device("cpu")
 

@@ -1,25 +1,21 @@
 """Small models with known parameter counts for the optimizer, schedule and model-report tests.
-They hold LoRA pairs the way lorascope's LoRALinear does (``A``, ``B`` Parameters) without
-depending on lora.py."""
+Their LoRA pairs are lorascope's own LoRALinear, so they are found the way every model's are."""
 from __future__ import annotations
 
 import torch
 from torch import nn
 
 
-class TinyLoRA(nn.Module):
-    """A frozen Linear plus scaling * B @ A. B is small but non-zero so A gets a gradient at step 0."""
+def TinyLoRA(in_features: int = 6, out_features: int = 4, rank: int = 2) -> nn.Module:
+    """A frozen Linear plus scaling * B @ A (scaling 1). B is small but non-zero so A gets a
+    gradient at step 0."""
+    from lorascope.lora import LoRALinear
 
-    def __init__(self, in_features: int = 6, out_features: int = 4, rank: int = 2) -> None:
-        super().__init__()
-        self.base = nn.Linear(in_features, out_features)
-        self.base.requires_grad_(False)
-        self.A = nn.Parameter(torch.randn(rank, in_features) * 0.5)  # (rank, in)
-        self.B = nn.Parameter(torch.randn(out_features, rank) * 0.1)  # (out, rank)
-        self.scaling = 1.0
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base(x) + self.scaling * (x @ self.A.T) @ self.B.T
+    layer = LoRALinear(nn.Linear(in_features, out_features), rank=rank, alpha=float(rank))
+    with torch.no_grad():
+        layer.A.copy_(torch.randn(rank, in_features) * 0.5)  # (rank, in)
+        layer.B.copy_(torch.randn(out_features, rank) * 0.1)  # (out, rank)
+    return layer
 
 
 class TinyNet(nn.Module):

@@ -12,8 +12,8 @@ from lorascope.cli.app import app
 from lorascope.config import RunConfig, apply_overrides
 from lorascope.errors import UsageError
 from lorascope.lora import INITS
-from lorascope.optim import OPTIMIZERS, SCHEDULES
-from lorascope.sweep import load_sweep_file
+from lorascope.train.optim import OPTIMIZERS, SCHEDULES
+from lorascope.runs.sweep import load_sweep_file
 
 __all__ = ["record", "build_config"]
 
@@ -73,7 +73,7 @@ def record(
     With no options it fine-tunes the embedded default (SmolLM2-135M on news headlines, the last two
     blocks' attention and MLP projections) for a few minutes on CPU.
     """
-    from lorascope.session import run
+    from lorascope.runs.session import run
 
     flags = {
         "output": str(output) if output else None, "name": name, "model.name": model, "data.source": data,

@@ -11,7 +11,7 @@ import typer
 from lorascope.cli.app import app
 from lorascope.cli.record import build_config
 from lorascope.config import RunConfig
-from lorascope.sweep import DEFAULT_AXES, expand, is_complete, load_sweep_file
+from lorascope.runs.sweep import DEFAULT_AXES, expand, is_complete, load_sweep_file
 
 __all__ = ["sweep"]
 
@@ -44,7 +44,7 @@ def sweep(
     (kaiming-uniform A with zero B, and zero A with Gaussian B). Runs whose recording already
     exists and is complete are skipped, so an interrupted sweep picks up where it stopped.
     """
-    from lorascope.session import run
+    from lorascope.runs.session import run
 
     base, file_axes = load_sweep_file(config) if config else (RunConfig(), {})
     cfg = build_config(base, {"optim.steps": steps, "model.name": model}, set_ or [])

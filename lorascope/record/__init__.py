@@ -1,28 +1,23 @@
-"""Recording LoRA training: discovery of LoRA pairs, the snapshot schedule, capture, the
-background HDF5 writer, and the adapters (plain loop, Hugging Face Trainer).
+"""Recording LoRA training (the training side: torch): the Recorder and its parts (the snapshot
+schedule, capture into host buffers, update norms, the background writer, size estimates) and
+the Hugging Face ``Trainer`` callback. The file format itself is ``lorascope.h5``.
 
-Names are imported lazily so that ``lorascope.record.format`` (used by the reader) does not pull
-in torch."""
+``LorascopeCallback`` is imported on first use: it needs transformers, which a plain-loop
+Recorder does not."""
 from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Recorder", "NullRecorder", "LoraPair", "find_lora_pairs", "LorascopeCallback",
-           "SizeEstimate"]
+from lorascope.lora.pairs import LoraPair, find_lora_pairs
+from lorascope.record.estimate import SizeEstimate
+from lorascope.record.recorder import NullRecorder, Recorder
 
-_WHERE = {
-    "Recorder": "lorascope.record.recorder",
-    "NullRecorder": "lorascope.record.recorder",
-    "LoraPair": "lorascope.record.discover",
-    "find_lora_pairs": "lorascope.record.discover",
-    "LorascopeCallback": "lorascope.record.hf",
-    "SizeEstimate": "lorascope.record.estimate",
-}
+__all__ = ["Recorder", "NullRecorder", "LoraPair", "find_lora_pairs", "LorascopeCallback", "SizeEstimate"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in _WHERE:
-        import importlib
+    if name == "LorascopeCallback":
+        from lorascope.record.hf import LorascopeCallback
 
-        return getattr(importlib.import_module(_WHERE[name]), name)
+        return LorascopeCallback
     raise AttributeError(f"module 'lorascope.record' has no attribute {name!r}")

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 import torch
 
 from lorascope.config import RecordConfig
-from lorascope.record.discover import LoraPair, find_lora_pairs, select_pairs
-from lorascope.record.format import numpy_storage_dtype
+from lorascope.lora.pairs import LoraPair, find_lora_pairs, select_pairs
+from lorascope.h5.format import numpy_storage_dtype
 from lorascope.record.schedule import build_schedule
 
 __all__ = ["SizeEstimate", "estimate_size", "format_bytes"]

@@ -28,16 +28,14 @@ import lorascope
 from lorascope.config import RecordConfig
 from lorascope.errors import RecordingError, UsageError
 from lorascope.record.capture import TORCH_DTYPES, Channel
-from lorascope.record.discover import LoraPair, find_lora_pairs, select_pairs
+from lorascope.lora.pairs import LoraPair, find_lora_pairs, select_pairs
 from lorascope.record.estimate import SizeEstimate, estimate_size
-from lorascope.record.format import FORMAT_VERSION, STANDARD_SCALARS, STORAGE_DTYPES
-from lorascope.record.resume import replace, resume_seed, temporary_path
+from lorascope.h5.format import FORMAT_VERSION, STANDARD_SCALARS, STORAGE_DTYPES
+from lorascope.h5.resume import replace, resume_seed, temporary_path
 from lorascope.record.schedule import build_schedule
 from lorascope.record.updates import DeviceUpdateNorms
-from lorascope.record.writer import (
-    Commit, FileLayout, Grads, ModuleSpec, RecordingFile, Scalars, Snapshot, State, Updates, Weights,
-    WriterThread,
-)
+from lorascope.h5.file import FileLayout, ModuleSpec, RecordingFile
+from lorascope.record.writer import Commit, Grads, Scalars, Snapshot, State, Updates, Weights, WriterThread
 
 __all__ = ["Recorder", "NullRecorder", "process_rank", "default_environment"]
 

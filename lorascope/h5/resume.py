@@ -16,7 +16,7 @@ import h5py
 import numpy as np
 
 from lorascope.errors import RecordingError
-from lorascope.record.format import FORMAT_VERSION
+from lorascope.h5.format import FORMAT_VERSION
 
 __all__ = ["resume_seed", "temporary_path", "replace"]
 

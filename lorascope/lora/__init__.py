@@ -9,12 +9,12 @@ from __future__ import annotations
 
 from torch import nn
 
-from lorascope.adapters import load_adapters, save_adapters
+from lorascope.lora.adapters import load_adapters, save_adapters
 from lorascope.config import LoraConfig
 from lorascope.errors import UsageError
-from lorascope.inits import INITS
-from lorascope.lora_layer import LoRALinear, is_adaptable, lora_layers, replace_module
-from lorascope.lora_targets import ROLES, block_index, select_targets
+from lorascope.lora.inits import INITS
+from lorascope.lora.layer import LoRALinear, is_adaptable, lora_layers, replace_module
+from lorascope.lora.targets import ROLES, block_index, select_targets
 
 __all__ = [
     "LoRALinear",

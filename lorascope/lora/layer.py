@@ -8,16 +8,13 @@ from __future__ import annotations
 
 import functools
 import math
-from typing import TYPE_CHECKING
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lorascope.config import LoraConfig
 from lorascope.errors import UsageError
-
-if TYPE_CHECKING:
-    from lorascope.config import LoraConfig
+from lorascope.lora.inits import INITS
 
 __all__ = ["LoRALinear", "lora_layers", "is_adaptable", "replace_module"]
 
@@ -167,11 +164,8 @@ class LoRALinear(nn.Module):
         self.set_base_offset(self.B, self.A)
 
     def initialize(self, name: str, cfg: LoraConfig | None = None) -> None:
-        """Re-initialises A and B with a registered init (``lorascope.inits.INITS``), starting from
+        """Re-initialises A and B with a registered init (``lorascope.lora.inits.INITS``), starting from
         the pretrained base, and records the init's name on the layer."""
-        from lorascope.config import LoraConfig
-        from lorascope.inits import INITS
-
         spec = INITS.get(name)
         cfg = cfg if cfg is not None else LoraConfig(rank=self.rank, alpha=self.alpha)
         if self.base_offset_A is not None:

@@ -10,7 +10,7 @@ from typing import Callable
 from torch import nn
 
 from lorascope.errors import UsageError
-from lorascope.lora_layer import LoRALinear, is_adaptable
+from lorascope.lora.layer import LoRALinear, is_adaptable
 
 __all__ = ["ROLES", "Target", "Selection", "select_targets", "parse_layers", "block_index"]
 

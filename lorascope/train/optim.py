@@ -3,14 +3,13 @@
 A model with LoRA layers is trained in up to three groups, each carrying a ``"name"`` so that the
 recorder can log a learning rate per group: ``"A"``, ``"B"`` (LoRA+ gives it ``ratio * lr``) and
 ``"other"`` (LayerNorms, a classifier head: anything else that requires grad, at the base lr).
-LoRA matrices are found by type (a module holding ``A`` and ``B`` Parameters, or PEFT's
-``LoraLayer``), never by parameter names.
+LoRA matrices are the pairs ``lorascope.lora.pairs.lora_pairs`` finds (by type), never found
+by parameter names.
 
-The learning-rate schedules live in ``lorascope.schedules`` and are re-exported here.
+The learning-rate schedules live in ``lorascope.train.schedules`` and are re-exported here.
 """
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterable
 from typing import Any, Callable
 
@@ -19,8 +18,9 @@ from torch import nn
 
 from lorascope.config import OptimConfig
 from lorascope.errors import UsageError
+from lorascope.lora.pairs import lora_pairs
 from lorascope.registry import Registry
-from lorascope.schedules import (
+from lorascope.train.schedules import (
     SCHEDULES,
     WARMUP_SCHEDULES,
     build_schedule,
@@ -34,7 +34,6 @@ __all__ = [
     "SCHEDULES",
     "CAME_BETAS",
     "CAME_EPS",
-    "lora_matrices",
     "lora_param_groups",
     "build_optimizer",
     "validate_optim",
@@ -55,35 +54,14 @@ CAME_BETAS = (0.9, 0.999, 0.9999)
 CAME_EPS = (1e-30, 1e-16)
 
 
-# --- finding LoRA's A and B ------------------------------------------------------------------
-
-def lora_matrices(model: nn.Module) -> list[tuple[str, nn.Parameter, nn.Parameter]]:
-    """(module name, A, B) for every LoRA pair in ``model``, in model order.
-
-    A lorascope ``LoRALinear`` (or any module) exposes ``A`` and ``B`` as Parameters; a PEFT
-    ``LoraLayer`` holds one ``lora_A``/``lora_B`` Linear per adapter."""
-    # PEFT is only looked at when it is already imported: a model cannot contain PEFT layers
-    # otherwise, and importing it costs seconds on every run that does not use it.
-    peft_lora = sys.modules.get("peft.tuners.lora")
-    found: list[tuple[str, nn.Parameter, nn.Parameter]] = []
-    for name, module in model.named_modules():
-        A, B = getattr(module, "A", None), getattr(module, "B", None)
-        if isinstance(A, nn.Parameter) and isinstance(B, nn.Parameter):
-            found.append((name, A, B))
-        elif peft_lora is not None and isinstance(module, peft_lora.LoraLayer):
-            for adapter in module.lora_A:
-                label = name if len(module.lora_A) == 1 else f"{name}[{adapter}]"
-                found.append((label, module.lora_A[adapter].weight, module.lora_B[adapter].weight))
-    return found
-
-
 def lora_param_groups(model: nn.Module, lr: float, lora_plus_ratio: float = 1.0) -> ParamGroups:
     """Named groups "A", "B" (lr * lora_plus_ratio) and "other"; empty groups are left out, so a
     LoRA-FA model (A frozen) has no "A" group and a head-only model has only "other"."""
     a_params: list[nn.Parameter] = []
     b_params: list[nn.Parameter] = []
     lora_ids: set[int] = set()
-    for _, A, B in lora_matrices(model):
+    for pair in lora_pairs(model).values():
+        A, B = pair.A, pair.B
         for param, bucket in ((A, a_params), (B, b_params)):
             # Frozen A (LoRA-FA) still counts as LoRA, so it never lands in "other".
             if id(param) not in lora_ids:

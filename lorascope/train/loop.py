@@ -17,9 +17,9 @@ from typing import Any, Callable, Iterable, Iterator, Protocol
 import torch
 import torch.distributed as dist
 
-from lorascope.amp import Precision
-from lorascope.distributed import global_sums
-from lorascope.evaluate import evaluate
+from lorascope.train.amp import Precision
+from lorascope.train.distributed import global_sums
+from lorascope.train.evaluate import evaluate
 
 __all__ = ["StepHooks", "LoopState", "LoopResult", "train_loop", "StopOnSignal"]
 

@@ -7,7 +7,7 @@ from typing import Iterable
 
 import torch
 
-from lorascope.amp import Precision
+from lorascope.train.amp import Precision
 
 __all__ = ["evaluate", "classification_metrics", "generate_samples"]
 

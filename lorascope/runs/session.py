@@ -16,13 +16,13 @@ import numpy as np
 import torch
 
 import lorascope
-from lorascope.amp import resolve_device, resolve_precision
+from lorascope.train.amp import resolve_device, resolve_precision
 from lorascope.config import RunConfig, config_to_dict
-from lorascope.distributed import init_distributed, shard_batches, shutdown, wrap_model
+from lorascope.train.distributed import init_distributed, shard_batches, shutdown, wrap_model
 from lorascope.errors import LorascopeError, UsageError
-from lorascope.evaluate import evaluate, generate_samples
+from lorascope.train.evaluate import evaluate, generate_samples
 from lorascope.progress import StepProgress
-from lorascope.train import LoopState, StopOnSignal, train_loop
+from lorascope.train.loop import LoopState, StopOnSignal, train_loop
 
 __all__ = ["RunSummary", "run", "checkpoint_paths", "environment"]
 
@@ -107,9 +107,9 @@ def _check_space(path: Path, needed: int) -> None:
 def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> RunSummary:
     from lorascope.data import build_data
     from lorascope.lora import add_lora, load_adapters, save_adapters
-    from lorascope.model_report import model_report
+    from lorascope.train.model_report import model_report
     from lorascope.models import load_model
-    from lorascope.optim import build_optimizer, build_schedule, current_lrs, validate_optim
+    from lorascope.train.optim import build_optimizer, build_schedule, current_lrs, validate_optim
     from lorascope.record import Recorder
 
     validate_optim(cfg.optim)  # pairing mistakes fail before the model loads

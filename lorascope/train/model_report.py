@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from lorascope.optim import lora_matrices
+from lorascope.lora.pairs import lora_pairs
 from lorascope.registry import Registry
 
 __all__ = [
@@ -113,11 +113,11 @@ def model_report(
     trainable = [p for p in params if p.requires_grad]
     modules = [
         LoraModuleReport(
-            name=name, rank=A.shape[0], in_features=A.shape[1], out_features=B.shape[0],
-            params=A.numel() + B.numel(),
-            trainable=A.numel() * A.requires_grad + B.numel() * B.requires_grad,
+            name=name, rank=p.rank, in_features=p.in_features, out_features=p.out_features,
+            params=p.A.numel() + p.B.numel(),
+            trainable=p.A.numel() * p.A.requires_grad + p.B.numel() * p.B.requires_grad,
         )
-        for name, A, B in lora_matrices(model)
+        for name, p in lora_pairs(model).items()
     ]
     grads = [p.grad for p in trainable if p.grad is not None]
     report = ModelReport(

@@ -12,27 +12,38 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol
 
 import torch
 from torch import nn
 
+from lorascope.config import LoraConfig
 from lorascope.errors import UsageError
 from lorascope.registry import Registry
 
-if TYPE_CHECKING:
-    from lorascope.config import LoraConfig
-    from lorascope.lora_layer import LoRALinear
-
-__all__ = ["INITS", "Init", "KAIMING_A"]
+__all__ = ["INITS", "Init", "KAIMING_A", "LoraFactors"]
 
 # loralib and PEFT use a = sqrt(5), which makes A ~ U(-1/sqrt(in), 1/sqrt(in)) (variance 1/(3 in)).
 KAIMING_A = math.sqrt(5)
 
 
+class LoraFactors(Protocol):
+    """What an init sees of a LoRA layer (``lorascope.lora.layer.LoRALinear`` is one): the
+    inits depend on this, not on the layer's module, so the layer imports the inits and not
+    the other way round."""
+
+    A: nn.Parameter  # (rank, in)
+    B: nn.Parameter  # (out, rank)
+    rank: int
+    scaling: float
+
+    def pretrained_weight(self) -> torch.Tensor: ...
+    def compensate_base(self) -> None: ...
+
+
 @dataclass(frozen=True)
 class Init:
-    apply: Callable[["LoRALinear", "LoraConfig"], None]
+    apply: Callable[["LoraFactors", "LoraConfig"], None]
     description: str  # one line, shown in the CLI's help
     rewrites_base: bool = False  # True: the base weight is replaced by W - scaling * B0 @ A0
 
@@ -41,7 +52,7 @@ INITS: Registry[Init] = Registry("LoRA init")
 
 
 def _register(name: str, description: str, rewrites_base: bool = False):
-    def decorator(fn: Callable[["LoRALinear", "LoraConfig"], None]):
+    def decorator(fn: Callable[["LoraFactors", "LoraConfig"], None]):
         INITS.register(name)(Init(fn, description, rewrites_base))
         return fn
 
@@ -58,7 +69,7 @@ def _std(cfg: LoraConfig) -> float:
 
 
 @_register("kaiming_uniform", "A ~ kaiming-uniform(a=sqrt(5)) = U(+-1/sqrt(in)), B = 0 (loralib/PEFT)")
-def _kaiming_uniform(layer: LoRALinear, cfg: LoraConfig) -> None:
+def _kaiming_uniform(layer: LoraFactors, cfg: LoraConfig) -> None:
     nn.init.kaiming_uniform_(layer.A, a=KAIMING_A)
     layer.B.zero_()
 
@@ -66,26 +77,26 @@ def _kaiming_uniform(layer: LoRALinear, cfg: LoraConfig) -> None:
 # Same a = sqrt(5) as the uniform one, so both have variance 1/(3 in): comparing the two then
 # changes the shape of A's distribution and nothing else.
 @_register("kaiming_normal", "A ~ kaiming-normal(a=sqrt(5)) = N(0, 1/(3 in)), B = 0")
-def _kaiming_normal(layer: LoRALinear, cfg: LoraConfig) -> None:
+def _kaiming_normal(layer: LoraFactors, cfg: LoraConfig) -> None:
     nn.init.kaiming_normal_(layer.A, a=KAIMING_A)
     layer.B.zero_()
 
 
 @_register("gaussian", "A ~ N(0, init_std), B = 0 (004 used init_std = 1)")
-def _gaussian(layer: LoRALinear, cfg: LoraConfig) -> None:
+def _gaussian(layer: LoraFactors, cfg: LoraConfig) -> None:
     nn.init.normal_(layer.A, mean=0.0, std=_std(cfg))
     layer.B.zero_()
 
 
 @_register("orthogonal", "A with orthonormal rows (a random rank-r projection), B = 0")
-def _orthogonal(layer: LoRALinear, cfg: LoraConfig) -> None:
+def _orthogonal(layer: LoraFactors, cfg: LoraConfig) -> None:
     # For rank > in, rows cannot be orthonormal; torch then makes the columns orthonormal.
     nn.init.orthogonal_(layer.A)
     layer.B.zero_()
 
 
 @_register("gaussian_b", "A = 0, B ~ N(0, init_std): the zero moves to A (000's suggestion)")
-def _gaussian_b(layer: LoRALinear, cfg: LoraConfig) -> None:
+def _gaussian_b(layer: LoraFactors, cfg: LoraConfig) -> None:
     layer.A.zero_()
     nn.init.normal_(layer.B, mean=0.0, std=_std(cfg))
 
@@ -98,7 +109,7 @@ def _gaussian_b(layer: LoRALinear, cfg: LoraConfig) -> None:
     "A ~ kaiming-uniform, B ~ N(0, init_std); base compensated so the output is unchanged",
     rewrites_base=True,
 )
-def _both_nonzero(layer: LoRALinear, cfg: LoraConfig) -> None:
+def _both_nonzero(layer: LoraFactors, cfg: LoraConfig) -> None:
     nn.init.kaiming_uniform_(layer.A, a=KAIMING_A)
     nn.init.normal_(layer.B, mean=0.0, std=_std(cfg))
     layer.compensate_base()
@@ -109,7 +120,7 @@ def _both_nonzero(layer: LoRALinear, cfg: LoraConfig) -> None:
     "A ~ N(0, init_std), B ~ uniform with std init_std; base compensated (000's Adafactor idea)",
     rewrites_base=True,
 )
-def _gaussian_a_uniform_b(layer: LoRALinear, cfg: LoraConfig) -> None:
+def _gaussian_a_uniform_b(layer: LoraFactors, cfg: LoraConfig) -> None:
     std = _std(cfg)
     nn.init.normal_(layer.A, mean=0.0, std=std)
     bound = math.sqrt(3.0) * std  # U(-b, b) has std b / sqrt(3)
@@ -122,7 +133,7 @@ def _gaussian_a_uniform_b(layer: LoRALinear, cfg: LoraConfig) -> None:
     "PiSSA: scaling*B@A = the top-r SVD part of W, base = the residual W - W_r",
     rewrites_base=True,
 )
-def _svd(layer: LoRALinear, cfg: LoraConfig) -> None:
+def _svd(layer: LoraFactors, cfg: LoraConfig) -> None:
     weight = layer.pretrained_weight()  # (out, in), float32
     if layer.rank > min(weight.shape):
         raise UsageError(

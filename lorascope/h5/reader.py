@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from lorascope.errors import RecordingError
-from lorascope.record.format import FORMAT_VERSION, STANDARD_SCALARS, UPDATE_COLUMNS, decode
+from lorascope.h5.format import FORMAT_VERSION, STANDARD_SCALARS, UPDATE_COLUMNS, decode
 
 __all__ = ["Recording", "ModuleRecording", "LazyArray", "open_recording", "open_many"]
 

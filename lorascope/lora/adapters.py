@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from lorascope.errors import UsageError
-from lorascope.lora_layer import LoRALinear, lora_layers, replace_module
+from lorascope.lora.layer import LoRALinear, lora_layers, replace_module
 
 __all__ = ["save_adapters", "load_adapters", "ADAPTER_FORMAT"]
 

@@ -12,7 +12,7 @@ import torch
 
 from lorascope.errors import UsageError
 
-__all__ = ["LoraPair", "find_lora_pairs", "select_pairs", "unwrap_model"]
+__all__ = ["LoraPair", "lora_pairs", "find_lora_pairs", "select_pairs", "unwrap_model"]
 
 
 @dataclass
@@ -62,7 +62,7 @@ def layer_index_from_name(name: str) -> int | None:
 # imported are looked at: recording a lorascope model never pays for importing PEFT (seconds).
 
 def _lorascope_types() -> tuple[type, ...]:
-    module = sys.modules.get("lorascope.lora_layer")
+    module = sys.modules.get("lorascope.lora.layer")
     return (module.LoRALinear,) if module is not None else ()
 
 
@@ -120,10 +120,17 @@ def _iter_pairs(model: torch.nn.Module) -> Iterator[LoraPair]:
                 yield pair
 
 
+def lora_pairs(model: torch.nn.Module) -> dict[str, LoraPair]:
+    """Every LoRA pair of ``model`` in ``named_modules()`` order (none: an empty dict). The one
+    discovery of the project: the Recorder, the optimizer's parameter groups and the model
+    report all see the same pairs."""
+    return {p.name: p for p in _iter_pairs(model)}
+
+
 def find_lora_pairs(model: torch.nn.Module) -> dict[str, LoraPair]:
-    """Every LoRA pair of ``model`` in ``named_modules()`` order. A model without any is a usage
-    error: recording it would produce an empty file."""
-    pairs = {p.name: p for p in _iter_pairs(model)}
+    """As ``lora_pairs``, but a model without any is a usage error: recording it would produce
+    an empty file."""
+    pairs = lora_pairs(model)
     if not pairs:
         raise UsageError(
             "the model has no LoRA modules to record; add LoRA first with "

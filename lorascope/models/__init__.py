@@ -18,7 +18,7 @@ from torch import nn
 
 from lorascope.config import ModelConfig
 from lorascope.errors import UsageError
-from lorascope.gguf_cache import cache_root, convert_gguf
+from lorascope.models.gguf_cache import cache_root, convert_gguf
 from lorascope.registry import Registry
 
 __all__ = [
