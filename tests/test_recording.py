@@ -160,7 +160,7 @@ def test_a_live_file_shorter_than_its_superblock_is_waited_for(tmp_path, monkeyp
     # A running writer can name a new end in the superblock before the file reaches it: the
     # reader waits a moment instead of calling a healthy live recording damaged. The file grows
     # during the reader's first real pause (sleep is replaced, so no timing is involved).
-    import lorascope.h5.reader as recording
+    import lorascope.h5.opening as opening
 
     data = _live_copy(tmp_path)
     path = tmp_path / "copy.h5"
@@ -172,7 +172,7 @@ def test_a_live_file_shorter_than_its_superblock_is_waited_for(tmp_path, monkeyp
         if seconds > 0:
             path.write_bytes(data)
 
-    monkeypatch.setattr(recording.time, "sleep", writer_catches_up)
+    monkeypatch.setattr(opening.time, "sleep", writer_catches_up)
     with lorascope.open(path) as rec:
         assert len(rec.steps) == 1
     assert any(p > 0 for p in pauses)
