@@ -29,8 +29,9 @@ def lm_batches(n: int, batch_size: int = 4, length: int = 12, seed: int = 0) -> 
 
 
 def lora_model(device: str, seed: int = 0) -> nn.Module:
-    """tiny-gpt2 with lorascope LoRA (rank 4, B non-zero), no dropout, in train mode on ``device``."""
-    return tiny_lora_gpt2(rank=4, seed=seed).to(device).train()
+    """tiny-gpt2 with lorascope LoRA (rank 4; A and B both non-zero, so both have a gradient
+    from the first step), no dropout, in train mode on ``device``."""
+    return tiny_lora_gpt2(rank=4, init="both_nonzero", seed=seed).to(device).train()
 
 
 class OverflowAt(nn.Module):
