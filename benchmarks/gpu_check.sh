@@ -10,7 +10,8 @@
 #
 # Environment: PYTHON (python3), LORASCOPE_TORCH (the torch spec to install when there is no
 # torch; torch==2.13.0 by default, whose PyPI Linux wheel is built with CUDA), GPU_CHECK_BUDGET_S
-# (450: seconds for the whole script), GPU_CHECK_OUT (where table.md is written).
+# (450: seconds for the whole script), GPU_CHECK_OUT (where table.md is written), GPU_CHECK_ONLY
+# (section names, space-separated: rerun only those, e.g. after a fix).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -57,8 +58,10 @@ EOF
 # the sections stop starting new work at their budget; the hard limit leaves 15 s to print
 left=$(( budget - ($(date +%s) - started) - 15 ))
 status=0
+only=()
+[ -n "${GPU_CHECK_ONLY:-}" ] && read -r -a only <<< "--only $GPU_CHECK_ONLY"
 timeout --signal=INT "$(( left + 10 ))" "$PY" -m benchmarks.gpu_check --budget-s "$left" \
-    --install-seconds "$install_s" --markdown "$out/table.md" || status=$?
+    --install-seconds "$install_s" --markdown "$out/table.md" "${only[@]}" || status=$?
 if [ "$status" = 124 ] || [ "$status" = 130 ]; then
     echo "the check ran past its budget and was stopped; the table as far as it got:"
     cat "$out/table.md" 2>/dev/null || echo "(no section finished)"
