@@ -146,6 +146,9 @@ def _gpu_tests(ctx: Context) -> list[dict]:
             return [_row("pytest -m gpu", "all GPU tests", "outcome", f"did not finish in {timeout} s",
                          "passes", "MISSED")]
         ctx.log(done.stdout[-3000:])
+        if ctx.dry_run and done.returncode not in (0, 5):  # 5: nothing collected, which the row says
+            return [_row("pytest -m gpu", "collecting the GPU tests", "outcome",
+                         f"FAILED: pytest exit {done.returncode}: {done.stdout.strip()[-200:]}", "passes", "MISSED")]
         if ctx.dry_run:
             return collected_rows(done.stdout)
         if not report.exists():  # pytest itself failed before running anything
