@@ -1,0 +1,171 @@
+"""Every PEFT LoRA layer type, trained for three steps with the Hugging Face Trainer callback and
+with the README's plain-loop Recorder, is recorded, and the file alone reproduces PEFT's own ΔW
+to 1e-5 relative (see peft_cases for the references)."""
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+import lorascope
+from lorascope.config import RecordConfig
+from lorascope.lora.pairs import NotRecordedWarning
+from tests import peft_cases
+from tests.peft_cases import CASES, QUANTISED, VOCAB
+
+peft = pytest.importorskip("peft")
+transformers = pytest.importorskip("transformers")
+
+STEPS = 3
+
+
+def _needs(name: str) -> None:
+    if name in QUANTISED:
+        pytest.importorskip("bitsandbytes")
+
+
+def _lora_layers(model) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, peft.tuners.lora.LoraLayer)
+            and any(a in m.r for a in m.active_adapters)]
+
+
+def _plain_loop(case, path):
+    """The README's "Recording from your own loop", with the case's model and data."""
+    from lorascope.record import Recorder
+
+    model = case.model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    with Recorder(path, model, RecordConfig(every=1, base_weights=True), total_steps=STEPS) as rec:
+        rec.start(optimizer)
+        for step in range(1, STEPS + 1):
+            out = model(**case.batch(step))
+            loss = out["loss"]
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            rec.on_optimizer_step(step, {"loss": loss.item()})
+
+
+class _Items(torch.utils.data.Dataset):
+    def __init__(self, batch, n: int) -> None:
+        self.items = [{k: v[0] for k, v in batch(i).items()} for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+
+def _trainer(case, path, tmp_path):
+    from lorascope.record import LorascopeCallback
+
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=STEPS, per_device_train_batch_size=2,
+        learning_rate=1e-2, logging_steps=1, save_strategy="no", report_to=[], use_cpu=True,
+        dataloader_num_workers=0, disable_tqdm=True, max_grad_norm=0.0,
+    )
+    callback = LorascopeCallback(path, RecordConfig(every=1, base_weights=True))
+    trainer = transformers.Trainer(model=case.model, args=args, train_dataset=_Items(case.batch, 2 * STEPS),
+                                   callbacks=[callback])
+    trainer.train()
+
+
+RECORDERS = {"plain_loop": lambda case, path, tmp_path: _plain_loop(case, path), "trainer": _trainer}
+
+
+@pytest.mark.parametrize("recorder", list(RECORDERS))
+@pytest.mark.parametrize("case_name", list(CASES))
+def test_recorded_delta_w_is_peft_delta_w(case_name, recorder, tmp_path):
+    _needs(case_name)
+    case = CASES[case_name]()
+    names = _lora_layers(case.model)
+    path = tmp_path / f"{case_name}.h5"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotRecordedWarning)  # nothing left out
+        RECORDERS[recorder](case, path, tmp_path)
+    reference = peft_cases.peft_deltas(case.model, names, case.quantised)
+    with lorascope.open(path) as rec:
+        assert rec.status == "complete" and rec.steps.tolist() == list(range(STEPS + 1))
+        assert list(rec.modules) == names and rec.not_recorded == []
+        for name in names:
+            m = rec.modules[name]
+            delta = m.delta_w(-1)
+            assert delta.shape == reference[name].shape
+            assert np.abs(reference[name]).max() > 1e-4  # training moved it
+            assert peft_cases.relative_error(delta, reference[name]) < 1e-5, name
+            if case.quantised:
+                layer = case.model.get_submodule(name)
+                assert peft_cases.output_difference_error(layer, delta) < 1e-5, name
+
+
+def test_dora_stores_magnitude_and_w0_and_is_format_v2(tmp_path):
+    case = CASES["dora"]()
+    path = tmp_path / "dora.h5"
+    model = case.model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    from lorascope.record import Recorder
+
+    with Recorder(path, model, RecordConfig(every=1)) as rec:  # base_weights off
+        rec.start(optimizer)
+        for step in range(1, STEPS + 1):
+            model(**case.batch(step))["loss"].backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            rec.on_optimizer_step(step, {})
+    with lorascope.open(path) as rec:
+        assert rec.format_version == 2
+        q = rec.modules["base_model.model.model.layers.0.self_attn.q_proj"]
+        layer = model.get_submodule(q.name)
+        assert q.dora and q.magnitude_norm == "row" and q.magnitude.shape == (STEPS + 1, 64)
+        np.testing.assert_array_equal(q.magnitude[-1], layer.lora_magnitude_vector["default"].weight.detach().numpy())
+        np.testing.assert_array_equal(q.W0, layer.get_base_layer().weight.detach().numpy())
+        # PEFT starts the magnitude at ‖W0‖ per row: no change before training
+        assert np.abs(q.delta_w(0)).max() < 1e-6
+        emb = rec.modules["base_model.model.model.embed_tokens"]
+        assert emb.magnitude_norm == "column" and emb.magnitude.shape == (STEPS + 1, 64)
+        # ΔW is not the low-rank term alone
+        assert peft_cases.relative_error(q.lora_delta(-1), q.delta_w(-1).astype(np.float64)) > 1e-2
+
+
+def test_quantised_w0_is_the_dequantised_base_weight(tmp_path):
+    bnb = pytest.importorskip("bitsandbytes")
+    case = CASES["qlora_nf4"]()
+    path = tmp_path / "q.h5"
+    _plain_loop(case, path)
+    with lorascope.open(path) as rec:
+        for name, m in rec.modules.items():
+            weight = case.model.get_submodule(name).get_base_layer().weight
+            expected = bnb.functional.dequantize_4bit(weight.data, weight.quant_state).float().numpy()
+            np.testing.assert_array_equal(m.W0, expected)
+            assert m.kind == "peft.bnb.Linear4bit" and m.W0.shape == (64, 64)
+
+
+def test_embedding_lora_is_recorded_in_the_embedding_shape(tmp_path):
+    case = CASES["embedding"]()
+    path = tmp_path / "emb.h5"
+    _plain_loop(case, path)
+    layer = case.model.get_submodule("base_model.model.model.embed_tokens")
+    with lorascope.open(path) as rec:
+        m = rec.modules["base_model.model.model.embed_tokens"]
+        assert m.kind == "peft.Embedding" and (m.out_features, m.in_features) == (VOCAB, 64)
+        assert m.A.shape[1:] == (4, 64) and m.B.shape[1:] == (VOCAB, 4)
+        np.testing.assert_array_equal(m.A[-1], layer.lora_embedding_B["default"].detach().numpy().T)
+        np.testing.assert_array_equal(m.B[-1], layer.lora_embedding_A["default"].detach().numpy().T)
+        assert not np.any(m.B[0]) and np.any(m.A[0])  # PEFT zeroes lora_embedding_A: B here, as for Linear
+        assert m.W0.shape == m.delta_w(-1).shape == (VOCAB, 64)
+
+
+def test_two_adapters_record_only_the_active_one(tmp_path):
+    case = CASES["two_adapters"]()
+    path = tmp_path / "two.h5"
+    _plain_loop(case, path)
+    with lorascope.open(path) as rec:
+        assert {m.adapter for m in rec.modules.values()} == {"second"}
+        assert {m.rank for m in rec.modules.values()} == {2}
+        assert all(n.endswith(("v_proj", "o_proj")) for n in rec.modules)
+        assert rec.peft["active_adapters"] == ["second"]
+        assert rec.peft["adapters"]["default"]["r"] == 4 and rec.peft["adapters"]["second"]["r"] == 2
+
