@@ -169,3 +169,32 @@ def test_two_adapters_record_only_the_active_one(tmp_path):
         assert rec.peft["active_adapters"] == ["second"]
         assert rec.peft["adapters"]["default"]["r"] == 4 and rec.peft["adapters"]["second"]["r"] == 2
 
+
+
+@pytest.mark.parametrize("case_name", ["embedding", "conv2d"])
+def test_gradients_and_optimizer_state_are_recorded_as_their_matrices(case_name, tmp_path):
+    from lorascope.record import Recorder
+
+    case = CASES[case_name]()
+    model = case.model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    path = tmp_path / "g.h5"
+    grads = {}
+    with Recorder(path, model, RecordConfig(every=1, grads=True, optimizer_state=True)) as rec:
+        rec.start(optimizer)
+        pairs = rec.modules
+        for step in range(1, STEPS + 1):
+            model(**case.batch(step))["loss"].backward()
+            rec.on_micro_step(step)
+            grads = {n: [p.as_matrix(t.grad.clone()) for t in (p.A, p.B)] for n, p in pairs.items()}
+            optimizer.step()
+            optimizer.zero_grad()
+            rec.on_optimizer_step(step, {})
+    with lorascope.open(path) as r:
+        for name, pair in pairs.items():
+            m = r.modules[name]
+            np.testing.assert_array_equal(m.grad_A[-1], grads[name][0].numpy())
+            np.testing.assert_array_equal(m.grad_B[-1], grads[name][1].numpy())
+            for key in ("exp_avg", "exp_avg_sq"):
+                assert m.state_A[key].shape[1:] == (m.rank, m.in_features)
+                np.testing.assert_array_equal(m.state_B[key][-1], pair.as_matrix(optimizer.state[pair.B][key]).numpy())
