@@ -84,7 +84,7 @@ def test_a_killed_recording_is_repaired_for_every_reader(tmp_path):
     with pytest.raises(OSError, match="already open for write"):
         h5py.File(path, "r")
     with lorascope.open(path) as rec:  # lorascope's own reader opens it as it is
-        assert rec.needs_repair and "lorascope repair" in rec.repair_hint
+        assert rec.needs_repair and "lorascope.h5.repair.repair(" in rec.repair_hint
         steps = rec.steps.tolist()
     result = repair(path)
     assert result.cleared and result.status == "interrupted"

@@ -317,8 +317,8 @@ class Recording:
         if not self.needs_repair:
             return ""
         return (f"{self.path} was not closed by its writer (killed), so h5dump and plain h5py "
-                f"refuse it; `lorascope repair {self.path}` (lorascope.h5.repair.repair) clears its "
-                "write flags and keeps every committed snapshot")
+                f"refuse it; lorascope.h5.repair.repair('{self.path}') (or HDF5's `h5clear -s`) "
+                "clears its write flags and keeps every committed snapshot")
 
     # --- scalars and updates -----------------------------------------------------------------
     @property

@@ -19,10 +19,7 @@ from lorascope.errors import RecordingError
 from lorascope.h5.reader import _pid_gone, _plain
 from lorascope.h5.superblock import clear_write_flags, read_superblock
 
-__all__ = ["RepairResult", "repair", "REPAIR_COMMAND"]
-
-# How a person runs it; the reader's hints name it.
-REPAIR_COMMAND = "lorascope repair"
+__all__ = ["RepairResult", "repair"]
 
 
 @dataclass(frozen=True)
