@@ -198,3 +198,27 @@ def test_gradients_and_optimizer_state_are_recorded_as_their_matrices(case_name,
             for key in ("exp_avg", "exp_avg_sq"):
                 assert m.state_A[key].shape[1:] == (m.rank, m.in_features)
                 np.testing.assert_array_equal(m.state_B[key][-1], pair.as_matrix(optimizer.state[pair.B][key]).numpy())
+
+
+def test_format_doc_plain_h5py_example_reads_dora(tmp_path):
+    """docs/format.md's "Reading with plain h5py" gives the ΔW lorascope.open gives, DoRA included."""
+    import re
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs/format.md").read_text()
+    body = text.split("## Reading with plain h5py\n", 1)[1]
+    (example,) = re.findall(r"```python\n(.*?)```", body.split("\n## ", 1)[0], flags=re.S)
+    case = CASES["dora"]()
+    path = tmp_path / "dora.h5"
+    _plain_loop(case, path)
+    # the last module is a Linear (row norms), the first the embedding (column norms)
+    scopes: dict[int, dict] = {-1: {}, 0: {}}
+    for index, scope in scopes.items():
+        code = example.replace("recordings/run.h5", str(path)).replace("order[-1]", f"order[{index}]")
+        exec(compile(code, "docs/format.md", "exec"), scope)
+    with lorascope.open(path) as rec:
+        for index, scope in scopes.items():
+            module = rec.modules[list(rec.modules)[index]]
+            assert module.dora
+            np.testing.assert_allclose(scope["dW_last"], module.delta_w(-1), rtol=0, atol=1e-7)
+        np.testing.assert_array_equal(scopes[0]["loss"], rec.scalars["loss"].to_numpy())

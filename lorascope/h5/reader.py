@@ -384,7 +384,7 @@ def _open_h5(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r", locking=False, **_CHUNK_CACHE)
     except OSError as exc:
-        if _HELD_HERE in str(exc):
+        if any(words in str(exc) for words in _HELD_HERE):
             raise _held_here(path) from None
         block = read_superblock(path)
         if "truncated" in str(exc) and not (block and block.open_for_writing):
@@ -414,7 +414,7 @@ _LIVE_PAUSES = (0.0, 0.01, 0.03, 0.1, 0.3)
 
 
 # HDF5's words when a file this process already holds is opened with other flags
-_HELD_HERE = "file locking flag values don't match"
+_HELD_HERE = ("file locking flag values don't match", "SWMR read access flag not the same")
 
 
 def _committed(f: h5py.File, group: str, names: Iterable[str]) -> np.ndarray:
