@@ -41,6 +41,19 @@ def image_batch(seed: int) -> dict[str, torch.Tensor]:
     return {"pixel_values": torch.randn(2, 3, 8, 8, generator=g), "labels": torch.randint(0, 4, (2,), generator=g)}
 
 
+class _Items(torch.utils.data.Dataset):
+    """A batch function's first rows as a dataset, for the Trainer."""
+
+    def __init__(self, batch, n: int) -> None:
+        self.items = [{k: v[0] for k, v in batch(i).items()} for i in range(n)]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        return self.items[i]
+
+
 def _llama_config():
     from transformers import LlamaConfig
 

@@ -13,7 +13,7 @@ import lorascope
 from lorascope.config import RecordConfig
 from lorascope.lora.pairs import NotRecordedWarning
 from tests import peft_cases
-from tests.peft_cases import CASES, QUANTISED, VOCAB
+from tests.peft_cases import CASES, QUANTISED, VOCAB, _Items
 
 peft = pytest.importorskip("peft")
 transformers = pytest.importorskip("transformers")
@@ -46,17 +46,6 @@ def _plain_loop(case, path):
             optimizer.step()
             optimizer.zero_grad()
             rec.on_optimizer_step(step, {"loss": loss.item()})
-
-
-class _Items(torch.utils.data.Dataset):
-    def __init__(self, batch, n: int) -> None:
-        self.items = [{k: v[0] for k, v in batch(i).items()} for i in range(n)]
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        return self.items[i]
 
 
 def _trainer(case, path, tmp_path):

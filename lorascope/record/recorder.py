@@ -39,7 +39,8 @@ from lorascope.record.writer import (
     Commit, Grads, Magnitudes, Scalars, Snapshot, State, Updates, Weights, WriterThread,
 )
 
-__all__ = ["Recorder", "NullRecorder", "process_rank", "default_environment"]
+__all__ = ["Recorder", "NullRecorder", "process_rank", "default_environment", "group_lrs",
+           "lr_names"]
 
 
 def process_rank() -> int:
@@ -62,6 +63,23 @@ def default_environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
+
+
+def lr_names(optimizer: torch.optim.Optimizer) -> list[str]:
+    """The learning-rate scalars of an optimizer: "lr" (its first group) and, with several groups,
+    one "lr_<name>" per group, named by the group's "name" key as lorascope's loop names them
+    (lr_A, lr_B, lr_other), else by its index."""
+    groups = optimizer.param_groups
+    return ["lr"] + ([f"lr_{g.get('name', i)}" for i, g in enumerate(groups)] if len(groups) > 1 else [])
+
+
+def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The ``lr_names`` with the lr each group holds now; a group without a numeric lr
+    (relative-step Adafactor computes its own) is left out."""
+    groups = optimizer.param_groups
+    values = [groups[0].get("lr")] + ([g.get("lr") for g in groups] if len(groups) > 1 else [])
+    return {name: float(v) for name, v in zip(lr_names(optimizer), values)
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _check_options(cfg: RecordConfig) -> None:
@@ -275,11 +293,10 @@ class Recorder:
             self._send_weights(self._step, "update")
         values = dict(scalars or {})
         if optimizer is not None:
-            groups = optimizer.param_groups
-            values.setdefault("lr", float(groups[0]["lr"]))
-            if len(groups) > 1:
-                for i, group in enumerate(groups):
-                    values.setdefault(f"lr_{i}", float(group["lr"]))
+            # read here only what the caller did not say: after a scheduler's step the optimizer
+            # already holds the next step's lr, while the caller knows the one its update applied
+            for name, lr in group_lrs(optimizer).items():
+                values.setdefault(name, lr)
         self._send(Scalars(self._step, values))
         if self._writer is None and not self._closed:
             self._open_file(self._probe_state(optimizer))
@@ -473,8 +490,8 @@ class Recorder:
             "not_recorded": [n.as_dict() for n in self.not_recorded],
         }
         columns = list(STANDARD_SCALARS)
-        if self._optimizer is not None and len(self._optimizer.param_groups) > 1:
-            columns += [f"lr_{i}" for i in range(len(self._optimizer.param_groups))]
+        if self._optimizer is not None:
+            columns += [name for name in lr_names(self._optimizer) if name not in columns]
         modules = [self._module_spec(i, p, state_layout.get(i, {}))
                    for i, p in enumerate(self.pairs.values())]
         layout = FileLayout(root, modules, cfg.dtype, cfg.compression, cfg.grads,
