@@ -211,3 +211,26 @@ def test_format_doc_plain_h5py_example_reads_dora(tmp_path):
             assert module.dora
             np.testing.assert_allclose(scope["dW_last"], module.delta_w(-1), rtol=0, atol=1e-7)
         np.testing.assert_array_equal(scopes[0]["loss"], rec.scalars["loss"].to_numpy())
+
+
+def test_size_estimate_counts_dora_magnitudes_and_w0(tmp_path):
+    from lorascope.record import Recorder
+
+    case = CASES["dora"]()
+    model = case.model.train()
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    path = tmp_path / "dora.h5"
+    with Recorder(path, model, RecordConfig(every=1), total_steps=STEPS) as rec:
+        estimate = rec.size_estimate()
+        rec.start(optimizer)
+        for step in range(1, STEPS + 1):
+            model(**case.batch(step))["loss"].backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            rec.on_optimizer_step(step, {})
+    with lorascope.open(path) as r:
+        stored = sum(m.A[:].nbytes + m.B[:].nbytes + m.magnitude[:].nbytes + m.W0.nbytes
+                     for m in r.modules.values())
+    assert estimate.bytes_per_snapshot * (STEPS + 1) + sum(
+        m.in_features * m.out_features * 4 for m in rec.modules.values()) <= estimate.total_bytes
+    assert stored <= estimate.total_bytes < stored + STEPS * 1024
