@@ -174,3 +174,23 @@ def test_optimizer_groups_and_model_report_use_the_same_pairs():
 def test_a_model_without_lora_has_no_pairs_and_no_peft_setup():
     found = discover(llama())
     assert found.pairs == {} and found.peft == {} and found.not_recorded == []
+
+
+def test_two_peft_runs_side_by_side_show_their_config_difference(tmp_path):
+    from lorascope.record import Recorder
+    from lorascope.report.runs import runs_table
+
+    paths = []
+    for name, dora in (("lora", False), ("dora", True)):
+        model = peft.get_peft_model(TinyConvNet(), peft.LoraConfig(r=2, target_modules=["conv1"], use_dora=dora))
+        paths.append(tmp_path / f"{name}.h5")
+        with Recorder(paths[-1], model, RecordConfig(every=1)) as rec:
+            rec.start()
+    recs = lorascope.open_many(paths)
+    try:
+        table = runs_table(recs)
+    finally:
+        for rec in recs:
+            rec.close()
+    assert table.loc["peft.adapters.default.use_dora"].tolist() == [False, True]
+    assert "peft.adapters.default.r" not in table.index  # the same in both: not a difference
