@@ -234,3 +234,37 @@ def test_size_estimate_counts_dora_magnitudes_and_w0(tmp_path):
     assert estimate.bytes_per_snapshot * (STEPS + 1) + sum(
         m.in_features * m.out_features * 4 for m in rec.modules.values()) <= estimate.total_bytes
     assert stored <= estimate.total_bytes < stored + STEPS * 1024
+
+
+def test_a_resumed_dora_recording_keeps_one_magnitude_row_per_snapshot(tmp_path):
+    from lorascope.record import Recorder
+
+    case = CASES["dora"]()
+    model = case.model.train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-1)
+    path = tmp_path / "resume.h5"
+    magnitudes = {}
+
+    def run(rec, steps):
+        for step in steps:
+            model(**case.batch(step))["loss"].backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            rec.on_optimizer_step(step, {})
+            magnitudes[step] = {n: p.magnitude.detach().clone().numpy() for n, p in rec.modules.items()}
+
+    rec = Recorder(path, model, RecordConfig(every=1))
+    rec.start(optimizer)
+    run(rec, [1, 2, 3])
+    rec.close("interrupted")
+    # the checkpoint was taken at step 2: step 3 is recorded again
+    rec = Recorder(path, model, RecordConfig(every=1), resume=True)
+    rec.start(optimizer, step=2)
+    run(rec, [3, 4])
+    rec.close()
+    with lorascope.open(path) as r:
+        assert r.steps.tolist() == [0, 1, 2, 3, 4] and r.format_version == 2
+        for name, m in r.modules.items():
+            assert m.magnitude.shape[0] == 5
+            for t, step in enumerate(r.steps[1:], start=1):
+                np.testing.assert_array_equal(m.magnitude[t], magnitudes[int(step)][name])
