@@ -200,7 +200,8 @@ def describe_not_recorded(entries: list[NotRecorded], examples: int = 3) -> str:
         groups[(entry.type, entry.reason)].append(entry.module)
     parts = []
     for (kind, reason), names in groups.items():
-        shown = ", ".join(names[:examples]) + (f" and {len(names) - examples} more" if len(names) > examples else "")
+        more = f" and {len(names) - examples} more" if len(names) > examples else ""
+        shown = ", ".join(names[:examples]) + more
         parts.append(f"{len(names)} × {kind} ({reason}): {shown}")
     return "; ".join(parts)
 

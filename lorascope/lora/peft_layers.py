@@ -120,26 +120,32 @@ def _conv(name: str, module: LoraLayer, adapter: str) -> LoraPair:
                  weight_shape=tuple(base.weight.shape))
 
 
+# Why a layer is left out, for the warning and the file's not_recorded attribute.
+SAVED_COPY = "modules_to_save: a full copy trained beside the adapters, not a LoRA pair"
+NOT_LORA = "a PEFT adapter that is not LoRA"
+UNVERIFIED = "a PEFT LoRA layer type lorascope has not verified, so its ΔW is not assumed to be scaling·B·A"
+MERGED = "its adapter is merged into the base weight; unmerge it (model.unmerge_adapter()) before training"
+LORA_BIAS = "lora_bias=True: the bias of lora_B trains but only A and B are recorded"
+
+
 def inspect(name: str, module: torch.nn.Module) -> tuple[LoraPair | None, list[NotRecorded]]:
     """The pair ``module`` contributes (None when it is no LoRA layer or cannot be recorded) and
     what of it is not recorded."""
     kind = type(module).__name__
     if isinstance(module, ModulesToSaveWrapper):
-        return None, [NotRecorded(name, kind, "modules_to_save: a full copy trained beside the adapters, not a LoRA pair")]
+        return None, [NotRecorded(name, kind, SAVED_COPY)]
     if not isinstance(module, LoraLayer):
-        if isinstance(module, BaseTunerLayer):
-            return None, [NotRecorded(name, kind, "a PEFT adapter that is not LoRA")]
-        return None, []
+        return None, [NotRecorded(name, kind, NOT_LORA)] if isinstance(module, BaseTunerLayer) else []
     adapters = [a for a in module.active_adapters if a in module.r]  # inactive adapters never count
     if not adapters:
         return None, []
     if layer_type(module) not in PEFT_LAYERS:
-        return None, [NotRecorded(name, kind, "a PEFT LoRA layer type lorascope has not verified, so its ΔW is not assumed to be scaling·B·A")]
+        return None, [NotRecorded(name, kind, UNVERIFIED)]
     if module.merged:
-        return None, [NotRecorded(name, kind, "its adapter is merged into the base weight; unmerge it (model.unmerge_adapter()) before training")]
+        return None, [NotRecorded(name, kind, MERGED)]
     adapter, *others = adapters
-    notes = [NotRecorded(name, kind, f"adapter {other!r} is active beside {adapter!r}; lorascope records one adapter per layer")
-             for other in others]
+    notes = [NotRecorded(name, kind, f"adapter {other!r} is active beside {adapter!r}; lorascope "
+                                     "records one adapter per layer") for other in others]
     variant = module.lora_variant.get(adapter)
     if variant is not None and not isinstance(variant, _DORA):
         return None, notes + [NotRecorded(name, kind, f"PEFT's {type(variant).__name__}: ΔW is not scaling·B·A")]
@@ -148,7 +154,7 @@ def inspect(name: str, module: torch.nn.Module) -> tuple[LoraPair | None, list[N
     except _NotRecordable as exc:
         return None, notes + [NotRecorded(name, kind, str(exc))]
     if module.lora_bias.get(adapter):
-        notes.append(NotRecorded(name, kind, "lora_bias=True: the bias of lora_B trains but only A and B are recorded"))
+        notes.append(NotRecorded(name, kind, LORA_BIAS))
     return pair, notes
 
 
@@ -184,7 +190,7 @@ def setup(model: torch.nn.Module, found: Discovery) -> dict[str, Any]:
     for pair in found.pairs.values():
         if pair.adapter in configs:
             pair.init = _init_name(getattr(configs[pair.adapter], "init_lora_weights", ""))
-    saved = [n.module for n in found.not_recorded if n.type == ModulesToSaveWrapper.__name__]
+    saved = [n.module for n in found.not_recorded if n.reason == SAVED_COPY]
     if not configs and not saved:
         return {}
     active = getattr(holder, "active_adapters", None) if holder is not None else None

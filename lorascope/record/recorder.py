@@ -392,7 +392,8 @@ class Recorder:
                 mslot, mevent = self._magnitudes.capture(
                     [p.magnitude.detach().reshape(-1) for p in self._dora], self._alive)
             self._send(Magnitudes(mslot, mevent, self._magnitudes.ring.release))
-        slot, event = self._weights.capture(self._matrices([t.detach() for t in self._params]), self._alive)
+        weights = self._matrices([t.detach() for t in self._params])
+        slot, event = self._weights.capture(weights, self._alive)
         self._last_snapshot = step
         role = norms if self.update_norms == "host" else ""
         self._send(Snapshot(step, self._micro, time.perf_counter() - self._t0, slot, event,
@@ -401,7 +402,8 @@ class Recorder:
     def _send_weights(self, step: int, norms: str) -> None:
         """A float32 copy of the weights for the writer's update norms only (host path)."""
         with torch.no_grad():
-            slot, event = self._weights.capture(self._matrices([t.detach() for t in self._params]), self._alive)
+            weights = self._matrices([t.detach() for t in self._params])
+            slot, event = self._weights.capture(weights, self._alive)
         self._send(Weights(step, slot, event, self._weights.ring.release, norms))
 
     def _send_update_norms(self) -> None:
@@ -431,7 +433,8 @@ class Recorder:
                 keys = sorted(k for k, v in state.items()
                               if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0)
                 if keys:
-                    layout[i][matrix] = [(k, tuple(_state_view(pair, param, state[k]).shape)) for k in keys]
+                    layout[i][matrix] = [(k, tuple(_state_view(pair, param, state[k]).shape))
+                                         for k in keys]
                     self._state_keys.extend((pair, param, k) for k in keys)
         shapes = [s for m in layout.values() for entries in m.values() for _, s in entries]
         self._state = Channel(shapes, torch.float32, self.device, self.config.queue_size) if shapes else None
