@@ -14,7 +14,6 @@ from typing import Any, Callable
 
 import torch
 from peft.tuners.lora import LoraLayer
-from peft.tuners.lora.variants import DoraLinearVariant, _DoraConvNdVariant
 from peft.tuners.tuners_utils import BaseTunerLayer
 from peft.utils.integrations import dequantize_module_weight
 from peft.utils.other import ModulesToSaveWrapper
@@ -30,7 +29,12 @@ Reader = Callable[[str, LoraLayer, str], LoraPair]
 # bitsandbytes names costs nothing when bitsandbytes is not installed: no layer has that type.
 PEFT_LAYERS: Registry[Reader] = Registry("PEFT LoRA layer type")
 
-_DORA = (DoraLinearVariant, _DoraConvNdVariant)
+try:  # PEFT ≥ 0.15 implements DoRA (and other variants) as a layer's lora_variant
+    from peft.tuners.lora.variants import DoraLinearVariant, _DoraConvNdVariant
+
+    _DORA: tuple[type, ...] = (DoraLinearVariant, _DoraConvNdVariant)
+except ImportError:  # before, DoRA lived in the layer itself and there were no variants
+    _DORA = ()
 
 
 class _NotRecordable(Exception):
@@ -43,7 +47,7 @@ def layer_type(module: torch.nn.Module) -> str:
 
 
 def _kind(module: torch.nn.Module) -> str:
-    """"peft.Linear", "peft.Embedding", "peft.bnb.Linear4bit", ..."""
+    """The recording's kind: "peft.Linear", "peft.Embedding", "peft.bnb.Linear4bit", ..."""
     return "peft." + layer_type(module).removeprefix("peft.tuners.lora.").removeprefix("layer.")
 
 
@@ -51,14 +55,16 @@ def _pair(name: str, module: LoraLayer, adapter: str, A: torch.nn.Parameter, B: 
           *, in_features: int, out_features: int, base_weight: Callable[[], torch.Tensor],
           matrix: Callable[[torch.Tensor], torch.Tensor] | None = None,
           magnitude_norm: str = "row", weight_shape: tuple[int, ...] = ()) -> LoraPair:
-    dora = adapter in module.lora_magnitude_vector
+    magnitudes = getattr(module, "lora_magnitude_vector", None) or {}
+    magnitude = magnitudes[adapter] if adapter in magnitudes else None
+    # a DoraLinearLayer holding the vector as .weight, or (older PEFT) the parameter itself
+    magnitude = getattr(magnitude, "weight", magnitude)
     return LoraPair(
         name=name, A=A, B=B, scaling=float(module.scaling[adapter]), rank=int(module.r[adapter]),
         alpha=float(module.lora_alpha[adapter]), in_features=int(in_features),
         out_features=int(out_features), kind=_kind(module), init="",
         layer_index=layer_index_from_name(name), base_weight=base_weight, adapter=adapter,
-        magnitude=module.lora_magnitude_vector[adapter].weight if dora else None,
-        magnitude_norm=magnitude_norm if dora else "",
+        magnitude=magnitude, magnitude_norm=magnitude_norm if magnitude is not None else "",
         weight_shape=weight_shape, matrix=matrix,
     )
 
@@ -146,14 +152,14 @@ def inspect(name: str, module: torch.nn.Module) -> tuple[LoraPair | None, list[N
     adapter, *others = adapters
     notes = [NotRecorded(name, kind, f"adapter {other!r} is active beside {adapter!r}; lorascope "
                                      "records one adapter per layer") for other in others]
-    variant = module.lora_variant.get(adapter)
+    variant = getattr(module, "lora_variant", {}).get(adapter)
     if variant is not None and not isinstance(variant, _DORA):
         return None, notes + [NotRecorded(name, kind, f"PEFT's {type(variant).__name__}: ΔW is not scaling·B·A")]
     try:
         pair = PEFT_LAYERS.get(layer_type(module))(name, module, adapter)
     except _NotRecordable as exc:
         return None, notes + [NotRecorded(name, kind, str(exc))]
-    if module.lora_bias.get(adapter):
+    if getattr(module, "lora_bias", {}).get(adapter):
         notes.append(NotRecorded(name, kind, LORA_BIAS))
     return pair, notes
 
