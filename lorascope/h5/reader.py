@@ -1,8 +1,10 @@
 """Reading a recording: ``lorascope.open(path)`` → ``Recording``. Needs numpy, h5py and pandas
 only (no torch, no model). Arrays are read lazily, one numpy slice at a time.
 
-Files are opened in SWMR-read mode without file locking: that reads a finished file, a file that
-is still being written, and the file of a run killed with SIGKILL, all without ``h5clear``."""
+Files are opened without file locking, in SWMR-read mode when their superblock says a writer has
+them open: that reads a finished file, a file that is still being written (by another process),
+and the file of a run killed with SIGKILL, all without ``h5clear``. Such a killed file still
+refuses other HDF5 readers until ``lorascope.h5.repair`` clears its flags (``rec.needs_repair``)."""
 from __future__ import annotations
 
 import json
@@ -18,6 +20,7 @@ import pandas as pd
 
 from lorascope.errors import RecordingError
 from lorascope.h5.format import FORMAT_VERSION, STANDARD_SCALARS, UPDATE_COLUMNS, decode
+from lorascope.h5.superblock import read_superblock
 
 __all__ = ["Recording", "ModuleRecording", "LazyArray", "open_recording", "open_many"]
 
@@ -26,6 +29,21 @@ def _damaged(path: Path, exc: Exception) -> RecordingError:
     return RecordingError(
         f"{path} is a damaged or truncated HDF5 file and cannot be read ({exc}); "
         "record the run again or restore the file from a copy"
+    )
+
+
+def _held_here(path: Path) -> RecordingError:
+    """HDF5 opens a file once per process: a second open with other flags is refused."""
+    block = read_superblock(path)
+    if block is not None and block.open_for_writing:
+        return RecordingError(
+            f"{path} is being written by a Recorder in this process, and HDF5 will not open it a "
+            "second time here; read it live from another process (lorascope.open or `lorascope "
+            f"info {path}` in a second shell), or here once the Recorder is closed"
+        )
+    return RecordingError(
+        f"{path} is already open in this process through h5py with other settings; close that "
+        "h5py.File first, or read the file with h5py alone"
     )
 
 
@@ -149,6 +167,10 @@ class ModuleRecording:
         self.out_features = int(self.attrs["out_features"])
         self.kind = str(self.attrs.get("kind", ""))
         self.init = str(self.attrs.get("init", ""))
+        self.adapter = str(self.attrs.get("adapter", ""))  # the PEFT adapter; "" otherwise
+        # DoRA: "row" or "column" (which norm of W0 + scaling·B·A the magnitude rescales)
+        self.magnitude_norm = str(self.attrs.get("magnitude_norm", ""))
+        self.weight_shape = tuple(self.attrs.get("weight_shape", ()))  # a conv kernel's shape
         index = int(self.attrs.get("layer_index", -1))
         self.layer_index = None if index < 0 else index
         T, G, U = len(rec.steps), len(rec.grad_steps), len(rec.state_steps)
@@ -158,6 +180,8 @@ class ModuleRecording:
         self.grad_B = LazyArray(group["grad_B"], G, rec.path) if "grad_B" in group else None
         self.state_A = self._state("state_A", U)
         self.state_B = self._state("state_B", U)
+        # DoRA's magnitude vector (T, out) or (T, in), beside A and B
+        self.magnitude = LazyArray(group["magnitude"], T, rec.path) if "magnitude" in group else None
 
     def _state(self, name: str, length: int) -> dict[str, LazyArray]:
         if name not in self._group:
@@ -169,9 +193,35 @@ class ModuleRecording:
         """The frozen pretrained weight (out, in), when the run recorded it."""
         return self._group["W0"][()] if "W0" in self._group else None
 
-    def delta_w(self, t: int) -> np.ndarray:
-        """ΔW = scaling · B[t] @ A[t], shape (out, in): what the adapter adds to W0."""
+    @property
+    def dora(self) -> bool:
+        return self.magnitude is not None
+
+    def lora_delta(self, t: int) -> np.ndarray:
+        """scaling · B[t] @ A[t], shape (out, in): the low-rank term (ΔW itself unless DoRA)."""
         return (self.scaling * (self.B[t] @ self.A[t])).astype(np.float32)
+
+    def delta_w(self, t: int) -> np.ndarray:
+        """The change of the layer's effective weight at snapshot t, shape (out, in) like W0:
+        scaling · B @ A for LoRA; for DoRA W_eff − W0 with W_eff = m ⊙ V / ‖V‖, V = W0 +
+        scaling · B @ A, the norm taken per row (or per column: ``magnitude_norm``)."""
+        if not self.dora:
+            return self.lora_delta(t)
+        W0 = self.W0
+        if W0 is None:
+            raise RecordingError(
+                f"{self._rec.path}: the DoRA module {self.name} has no W0, which its ΔW needs; "
+                "the file is incomplete, record the run again"
+            )
+        W0 = W0.astype(np.float64)
+        # float64: ΔW is a small difference of W0-sized terms
+        V = W0 + self.scaling * (self.B[t].astype(np.float64) @ self.A[t].astype(np.float64))
+        m = self.magnitude[t].astype(np.float64)
+        if self.magnitude_norm == "column":
+            W_eff = V * (m / np.linalg.norm(V, axis=0))[None, :]
+        else:
+            W_eff = V * (m / np.linalg.norm(V, axis=1))[:, None]
+        return (W_eff - W0).astype(np.float32)
 
     @property
     def updates(self) -> pd.DataFrame:
@@ -226,10 +276,20 @@ class Recording:
         self.attrs = attrs
         self.run_name: str = attrs.get("run_name", self.path.stem)
         self.config: dict = json.loads(attrs.get("config", "{}") or "{}")
+        # the PEFT setup (active adapters, each adapter's LoraConfig, modules_to_save), {} without
+        # PEFT; shown in config as "peft" too, so config comparisons include it
+        self.peft: dict = json.loads(attrs.get("peft", "{}") or "{}")
+        if self.peft and "peft" not in self.config:
+            self.config["peft"] = self.peft
+        # layers that trained but are not recorded: [{"module", "type", "reason"}]
+        self.not_recorded: list[dict] = json.loads(attrs.get("not_recorded", "[]") or "[]")
         self.environment: dict = json.loads(attrs.get("environment", "{}") or "{}")
         self.lorascope_version: str = attrs.get("lorascope_version", "")
         self.stored_status: str = attrs.get("status", "")
         self.status = _effective_status(self.stored_status, attrs)
+        block = read_superblock(self.path)
+        # a killed writer's flags: only SWMR readers (this one) open the file until they are cleared
+        self.needs_repair = bool(block and block.open_for_writing and self.status == "interrupted")
         self.storage_dtype: str = attrs.get("storage_dtype", "float32")
         # T is the committed count: /snapshots/step is extended only after the data it indexes
         # is flushed, so every row below it is complete
@@ -250,6 +310,15 @@ class Recording:
             n: ModuleRecording(f["modules"][n], self) for n in names
         }
         self._scalars: pd.DataFrame | None = None
+
+    @property
+    def repair_hint(self) -> str:
+        """What to do about a killed writer's flags, as a sentence ('' when there is nothing to do)."""
+        if not self.needs_repair:
+            return ""
+        return (f"{self.path} was not closed by its writer (killed), so h5dump and plain h5py "
+                f"refuse it; lorascope.h5.repair.repair('{self.path}') (or HDF5's `h5clear -s`) "
+                "clears its write flags and keeps every committed snapshot")
 
     # --- scalars and updates -----------------------------------------------------------------
     @property
@@ -315,7 +384,10 @@ def _open_h5(path: Path) -> h5py.File:
     try:
         return h5py.File(path, "r", locking=False, **_CHUNK_CACHE)
     except OSError as exc:
-        if "truncated" in str(exc) and not _superblock(path)[1]:
+        if any(words in str(exc) for words in _HELD_HERE):
+            raise _held_here(path) from None
+        block = read_superblock(path)
+        if "truncated" in str(exc) and not (block and block.open_for_writing):
             raise _damaged(path, exc) from None
     # A file whose SWMR writer is still running, or was killed, is marked open for writing: only
     # SWMR-read mode opens it. Check its length first ourselves. A live writer can write a new end
@@ -323,7 +395,8 @@ def _open_h5(path: Path) -> h5py.File:
     # against 158,610), so a short file marked as being written gets a moment to catch up.
     for pause in _LIVE_PAUSES:
         time.sleep(pause)
-        stored_eof, _ = _superblock(path)
+        block = read_superblock(path)
+        stored_eof = None if block is None else block.eof
         size = path.stat().st_size
         if stored_eof is None or size >= stored_eof:
             break
@@ -340,16 +413,8 @@ def _open_h5(path: Path) -> h5py.File:
 _LIVE_PAUSES = (0.0, 0.01, 0.03, 0.1, 0.3)
 
 
-def _superblock(path: Path) -> tuple[int | None, bool]:
-    """(end-of-file address, whether a writer has the file open) from a version 2/3 superblock
-    at offset 0 (what lorascope writes with libver="latest"); (None, False) for another layout.
-    The consistency flags (byte 11) say 'open for writing' (bit 0) and 'SWMR writer' (bit 2)."""
-    with open(path, "rb") as fh:
-        head = fh.read(48)
-    if len(head) < 36 or head[:8] != b"\x89HDF\r\n\x1a\n" or head[8] not in (2, 3) or head[9] != 8:
-        return None, False
-    base = int.from_bytes(head[12:20], "little")
-    return base + int.from_bytes(head[28:36], "little"), bool(head[11] & 0b101)
+# HDF5's words when a file this process already holds is opened with other flags
+_HELD_HERE = ("file locking flag values don't match", "SWMR read access flag not the same")
 
 
 def _committed(f: h5py.File, group: str, names: Iterable[str]) -> np.ndarray:
@@ -390,7 +455,12 @@ def _read_scalars(f: h5py.File) -> pd.DataFrame:
     columns = {"step": g["step"][:n].astype(np.int64)}
     for name, ds in g.items():
         if name not in ("step", "other") and ds.ndim == 1:
-            columns[name] = ds[:n].astype(np.float64)
+            values = ds[:n].astype(np.float64)
+            # a column exists for every standard name; one the run never logged is absent (files
+            # before the "logged" attribute: a column that is NaN throughout)
+            logged = ds.attrs.get("logged")
+            if (bool(logged) if logged is not None else not np.isnan(values).all()):
+                columns[name] = values
     frame = pd.DataFrame(columns)
     # rows logged apart from the optimizer step (a trainer's periodic log) share its step
     frame = frame.groupby("step", sort=True).last()
