@@ -1,5 +1,6 @@
 """Recording overhead against the tools people use today: the same LoRA training loop (lorascope's
-``train_loop``, fp32 on CPU, AdamW, batch 1 × 128) run
+``train_loop``, AdamW; by default fp32 on CPU, batch 1 × 128; on a GPU with ``--device cuda
+--amp bf16``) run
 
     none         without recording;
     lorascope    with lorascope's Recorder storing A and B of every LoRA module every step;
@@ -7,11 +8,13 @@
     wandb        with ``wandb.watch(model, log="parameters", log_freq=1)``, offline
 
 interleaved (the order rotates each repetition) over several repetitions. Printed per contender:
-the median step time, its ratio to ``none``, the spread, the seconds spent closing, the bytes
-written and what was kept.
+the median step time, its ratio to ``none``, the spread, the time the training thread spent in
+the contender's loop hooks (for lorascope also against the raw device→host copy of one snapshot
+of every A and B), the seconds spent closing, the bytes written and what was kept.
 
     OMP_NUM_THREADS=1 python -m benchmarks.peers_overhead                      # quick: GPT-2 small
     OMP_NUM_THREADS=1 python -m benchmarks.peers_overhead --full               # + SmolLM2-135M, longer
+    python -m benchmarks.peers_overhead --device cuda --amp bf16 --batch 8 --seq 512
 """
 from __future__ import annotations
 
@@ -38,7 +41,7 @@ from benchmarks.common import (  # noqa: E402
 from benchmarks.workloads import Workload, available_workloads, build_workload  # noqa: E402
 from lorascope.registry import Registry  # noqa: E402
 
-__all__ = ["WATCHERS", "Watcher", "PeersResult", "run_peers", "peers_rows", "wandb_available"]
+__all__ = ["WATCHERS", "Watcher", "PeersResult", "run_peers", "peers_rows", "raw_copy_seconds", "wandb_available"]
 
 
 class Watcher:
@@ -206,10 +209,28 @@ class PeersResult:
     repeats: int
     samples: dict[str, Samples]
     skipped: dict[str, str]  # contender -> why it did not run
+    raw_copy_seconds: float = float("nan")  # one synchronous device→host copy of every A and B
+
+
+def raw_copy_seconds(model: torch.nn.Module, device: str, repeats: int = 20) -> float:
+    """Median seconds of one device→host copy of every LoRA A and B into a preallocated float32
+    host buffer (pinned on CUDA), waited for: the floor that a recorder's capture is held to."""
+    from benchmarks.record_overhead import RawCopy, sync
+
+    copy = RawCopy([param for _, param in _lora_params(model)], device)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        copy()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return median(times)
 
 
 def _segment(workload: Workload, optimizer, watcher: Watcher, batches, steps: int, warmup: int,
-             root: Path) -> Segment:
+             root: Path, device: str = "cpu", amp: str = "off") -> Segment:
+    from benchmarks.record_overhead import sync
     from lorascope.train.amp import resolve_precision
     from lorascope.train.loop import train_loop
 
@@ -217,11 +238,15 @@ def _segment(workload: Workload, optimizer, watcher: Watcher, batches, steps: in
     hooks = watcher.begin(workload.model, optimizer, folder, steps)
     timed = _TimedHooks(hooks) if hooks is not None else None
     stamps: list[float] = []
+
+    def stamp(state, loss) -> None:
+        sync(device)  # a step ends when the GPU has done its work, not when it was queued
+        stamps.append(time.perf_counter())
+
     start = time.perf_counter()
     train_loop(model=workload.model, optimizer=optimizer, scheduler=None, train_data=batches,
-               device=torch.device("cpu"), precision=resolve_precision("off", torch.device("cpu")),
-               total_steps=steps, max_grad_norm=1.0, hooks=timed,
-               progress=lambda state, loss: stamps.append(time.perf_counter()))
+               device=torch.device(device), precision=resolve_precision(amp, torch.device(device)),
+               total_steps=steps, max_grad_norm=1.0, hooks=timed, progress=stamp)
     finished = time.perf_counter()
     extra = watcher.end()
     extra["hook_seconds"] = timed.per_step[warmup:] if timed is not None else [0.0] * (steps - warmup)
@@ -232,10 +257,14 @@ def _segment(workload: Workload, optimizer, watcher: Watcher, batches, steps: in
 
 def run_peers(workload: str = "gpt2-small", *, steps: int = 4, repeats: int = 3, warmup: int = 1,
               contenders: list[str] | None = None, threads: int = 1, rank: int = 16,
+              device: str = "cpu", amp: str = "off", dtype: torch.dtype | None = None,
+              batch_size: int = 1, seq_len: int = 128,
               log: Callable[[str], None] | None = None) -> PeersResult:
-    """Trains ``workload`` for ``steps`` optimizer steps per turn with each contender in turn,
-    ``repeats`` times; the first ``warmup`` steps of each turn are not counted (the first step
-    opens files and allocates optimizer state)."""
+    """Trains ``workload`` (on ``device``, its frozen base in ``dtype``, under the ``amp``
+    precision of ``lorascope record --amp``) for ``steps`` optimizer steps of ``batch_size`` ×
+    ``seq_len`` tokens per turn with each contender in turn, ``repeats`` times; the first
+    ``warmup`` steps of each turn are not counted (the first step opens files and allocates
+    optimizer state)."""
     from lorascope.config import OptimConfig
     from lorascope.train.optim import build_optimizer
 
@@ -247,18 +276,19 @@ def run_peers(workload: str = "gpt2-small", *, steps: int = 4, repeats: int = 3,
     if "wandb" in names and (why := wandb_available()):
         skipped["wandb"] = why
         names = [n for n in names if n != "wandb"]
-    work = build_workload(workload, rank=rank)
+    work = build_workload(workload, rank=rank, seq_len=seq_len, device=device, dtype=dtype)
     optimizer = build_optimizer(work.model, OptimConfig(lr=1e-4))
-    batches = random_batches(steps, work.seq_len, work.vocab_size)
+    batches = random_batches(steps, work.seq_len, work.vocab_size, batch_size=batch_size)
     watchers = {name: WATCHERS.get(name)() for name in names}
     with tempfile.TemporaryDirectory(prefix="lorascope-peers-") as tmp:
         root = Path(tmp)
         samples = interleave(
-            {name: (lambda w=w: _segment(work, optimizer, w, batches, steps, warmup, root))
+            {name: (lambda w=w: _segment(work, optimizer, w, batches, steps, warmup, root, device, amp))
              for name, w in watchers.items()},
             repeats, log=log,
         )
-    return PeersResult(workload, work.description, steps, repeats, samples, skipped)
+    return PeersResult(workload, work.description, steps, repeats, samples, skipped,
+                       raw_copy_seconds(work.model, device))
 
 
 def peers_rows(result: PeersResult) -> list[dict]:
@@ -279,6 +309,8 @@ def peers_rows(result: PeersResult) -> list[dict]:
             "paired ratio [min, max]": f"{paired:.3f} [{low:.2f}, {high:.2f}]",
             "IQR / median": f"{(q3 - q1) / s.median_step:.0%}" if s.median_step > 0 else "—",
             "in loop hooks per step": f"{hooks * 1000:.1f} ms ({ratio(hooks, baseline):.2%})",
+            "hooks / raw copy": (f"{ratio(hooks, result.raw_copy_seconds):.2f} "
+                                 f"({result.raw_copy_seconds * 1000:.2f} ms)" if name == "lorascope" else ""),
             "close": f"{s.median_finish:.2f} s",
             "written per run": format_bytes(s.last("bytes", float("nan"))),
             "kept": s.last("kept", ""),
@@ -296,6 +328,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--contenders", nargs="+", default=None, choices=WATCHERS.names())
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--seq", type=int, default=128)
     args = ap.parse_args(argv)
     models = args.models or (["gpt2-small", "smollm2-135m"] if args.full else ["gpt2-small"])
     steps = args.steps or (10 if args.full else 4)
@@ -307,7 +343,8 @@ def main(argv: list[str] | None = None) -> None:
     for name in usable:
         print(f"{name}: {steps} steps per turn × {repeats} repetitions, {args.threads} torch thread(s)", flush=True)
         result = run_peers(name, steps=steps, repeats=repeats, contenders=args.contenders,
-                           threads=args.threads, log=lambda line: print(line, flush=True))
+                           threads=args.threads, device=args.device, amp=args.amp, batch_size=args.batch,
+                           seq_len=args.seq, log=lambda line: print(line, flush=True))
         rows += peers_rows(result)
     print()
     print(format_table(rows))

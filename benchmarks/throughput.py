@@ -1,12 +1,14 @@
 """Training throughput: lorascope's trainer (``add_lora`` + ``train_loop``) against PEFT + the
 Hugging Face ``Trainer`` on the same model, LoRA targets (every attention and MLP projection of
 every block), rank, alpha, batch, gradient accumulation, optimizer (``torch.optim.AdamW``, constant
-lr, clipping at 1.0) and precision (fp32 on CPU), on the same random-token batches, interleaved.
+lr, clipping at 1.0), device and precision (fp32 on CPU by default; ``--device cuda --amp bf16``:
+bf16 autocast in both, the Trainer's ``bf16=True``), on the same random-token batches, interleaved.
 Neither side records anything. Printed: median seconds per optimizer step, tokens per second and
 the ratio lorascope / Trainer (above 1 = lorascope is faster).
 
     OMP_NUM_THREADS=1 python -m benchmarks.throughput             # quick: GPT-2 small
     OMP_NUM_THREADS=1 python -m benchmarks.throughput --full      # + SmolLM2-135M, longer
+    python -m benchmarks.throughput --device cuda --amp bf16 --batch 8 --seq 512
 """
 from __future__ import annotations
 
@@ -44,10 +46,20 @@ class Settings:
     lr: float = 1e-4
     max_grad_norm: float = 1.0
     warmup: int = 1
+    seq_len: int = 128
+    device: str = "cpu"
+    amp: str = "off"  # lorascope's --amp: off, bf16, fp16 (the Trainer's bf16= / fp16=)
 
     @property
     def micro_batches(self) -> int:
         return self.steps * self.grad_accum
+
+
+def _stamp(stamps: list[float], device: str) -> None:
+    from benchmarks.record_overhead import sync
+
+    sync(device)  # a step ends when the GPU has done its work, not when it was queued
+    stamps.append(time.perf_counter())
 
 
 def _lorascope_turn(work: Workload, batches: list[dict], s: Settings) -> Segment:
@@ -56,13 +68,13 @@ def _lorascope_turn(work: Workload, batches: list[dict], s: Settings) -> Segment
     from lorascope.train.optim import build_optimizer
     from lorascope.train.loop import train_loop
 
-    cpu = torch.device("cpu")
+    device = torch.device(s.device)
     optimizer = build_optimizer(work.model, OptimConfig(lr=s.lr))
     stamps: list[float] = []
     start = time.perf_counter()
-    train_loop(model=work.model, optimizer=optimizer, scheduler=None, train_data=batches, device=cpu,
-               precision=resolve_precision("off", cpu), total_steps=s.steps, grad_accum=s.grad_accum,
-               max_grad_norm=s.max_grad_norm, progress=lambda state, loss: stamps.append(time.perf_counter()))
+    train_loop(model=work.model, optimizer=optimizer, scheduler=None, train_data=batches, device=device,
+               precision=resolve_precision(s.amp, device), total_steps=s.steps, grad_accum=s.grad_accum,
+               max_grad_norm=s.max_grad_norm, progress=lambda state, loss: _stamp(stamps, s.device))
     times = [b - a for a, b in zip([start, *stamps[:-1]], stamps)]
     return Segment(times[s.warmup:])
 
@@ -91,14 +103,15 @@ def _trainer_turn(work: Workload, batches: list[dict], s: Settings, folder: Path
             stamps.append(time.perf_counter())
 
         def on_step_end(self, args, state, control, **kwargs):
-            stamps.append(time.perf_counter())
+            _stamp(stamps, s.device)
 
     args = TrainingArguments(
         output_dir=str(folder), per_device_train_batch_size=s.batch_size,
         gradient_accumulation_steps=s.grad_accum, max_steps=s.steps, learning_rate=s.lr,
         weight_decay=0.0, adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8,
         max_grad_norm=s.max_grad_norm, optim="adamw_torch", lr_scheduler_type="constant", warmup_steps=0,
-        logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none", use_cpu=True,
+        logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none",
+        use_cpu=s.device == "cpu", bf16=s.amp == "bf16", fp16=s.amp == "fp16",
         dataloader_num_workers=0, dataloader_pin_memory=False, disable_tqdm=True, seed=0,
     )
     trainer = Trainer(model=work.model, args=args, train_dataset=_Rows(batches),
@@ -119,14 +132,15 @@ class ThroughputResult:
 
 
 def run_throughput(workload: str = "gpt2-small", settings: Settings | None = None, *, repeats: int = 3,
-                   threads: int = 1, rank: int = 16, log: Callable[[str], None] | None = None) -> ThroughputResult:
-    """Both trainers on ``workload``, interleaved ``repeats`` times."""
+                   threads: int = 1, rank: int = 16, dtype: torch.dtype | None = None,
+                   log: Callable[[str], None] | None = None) -> ThroughputResult:
+    """Both trainers on ``workload`` (its frozen base in ``dtype``), interleaved ``repeats`` times."""
     s = settings or Settings()
     if s.steps <= s.warmup:
         raise ValueError(f"steps ({s.steps}) must exceed warmup ({s.warmup}) to measure anything")
     torch.set_num_threads(threads)
-    ours = build_workload(workload, lora="lorascope", rank=rank)
-    peft = build_workload(workload, lora="peft", rank=rank)
+    ours = build_workload(workload, lora="lorascope", rank=rank, seq_len=s.seq_len, device=s.device, dtype=dtype)
+    peft = build_workload(workload, lora="peft", rank=rank, seq_len=s.seq_len, device=s.device, dtype=dtype)
     batches = random_batches(s.micro_batches, ours.seq_len, ours.vocab_size, batch_size=s.batch_size)
     tokens_per_step = s.batch_size * ours.seq_len * s.grad_accum
     with tempfile.TemporaryDirectory(prefix="lorascope-throughput-") as tmp:
@@ -164,9 +178,14 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--repeats", type=int, default=None)
     ap.add_argument("--grad-accum", type=int, default=2)
     ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--amp", default="off", choices=("off", "bf16", "fp16"))
+    ap.add_argument("--batch", type=int, default=1)
+    ap.add_argument("--seq", type=int, default=128)
     args = ap.parse_args(argv)
     models = args.models or (["gpt2-small", "smollm2-135m"] if args.full else ["gpt2-small"])
-    settings = Settings(steps=args.steps or (8 if args.full else 4), grad_accum=args.grad_accum)
+    settings = Settings(steps=args.steps or (8 if args.full else 4), grad_accum=args.grad_accum,
+                        batch_size=args.batch, seq_len=args.seq, device=args.device, amp=args.amp)
     repeats = args.repeats or (5 if args.full else 3)
     usable, missing = available_workloads(models)
     for name in missing:

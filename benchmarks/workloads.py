@@ -1,7 +1,9 @@
-"""The models the benchmarks train, by name: a GPT-2-small-shaped model built from config (random
-weights, nothing downloaded), the embedded default SmolLM2-135M when its converted cache exists,
-and a tiny GPT-2 for the smoke test. Each comes with lorascope's LoRA or with PEFT's on the same
-projections, rank and alpha, so that two trainers see the same model.
+"""The models the benchmarks train, by name: a GPT-2-small-shaped model and a ~1.1B-parameter
+Llama (TinyLlama's shape) built from config (random weights, nothing downloaded), the embedded
+default SmolLM2-135M when its converted cache exists, and a tiny GPT-2 and a tiny Llama for the
+smoke tests. Each comes with lorascope's LoRA or with PEFT's on the same projections, rank and
+alpha, so that two trainers see the same model, on a chosen device with the frozen base in a
+chosen dtype (the LoRA factors stay float32 in both, as mixed-precision training wants).
 """
 from __future__ import annotations
 
@@ -59,6 +61,27 @@ def _smollm2() -> tuple[nn.Module, int, str]:
     return model, model.config.vocab_size, "SmolLM2-135M-Instruct (30 × 576), the embedded default"
 
 
+def _llama(**overrides) -> nn.Module:
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    return LlamaForCausalLM(LlamaConfig(**overrides))
+
+
+@WORKLOADS.register("llama-1b")
+def _llama_1b() -> tuple[nn.Module, int, str]:
+    # TinyLlama-1.1B's shape: 22 blocks, hidden 2048, MLP 5632, 32 heads over 4 KV heads
+    model = _llama(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22, num_attention_heads=32,
+                   num_key_value_heads=4, vocab_size=32000, max_position_embeddings=2048)
+    return model, 32000, "Llama 1.1B (22 × 2048, TinyLlama's shape), random weights"
+
+
+@WORKLOADS.register("tiny-llama")
+def _tiny_llama() -> tuple[nn.Module, int, str]:
+    model = _llama(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                   num_key_value_heads=1, vocab_size=128, max_position_embeddings=64)
+    return model, 128, "tiny Llama (2 × 32), for the smoke test"
+
+
 @WORKLOADS.register("tiny-gpt2")
 def _tiny_gpt2() -> tuple[nn.Module, int, str]:
     model = _gpt2(n_layer=2, n_embd=32, n_head=2, n_positions=64, vocab_size=128, bos_token_id=0, eos_token_id=0)
@@ -90,13 +113,17 @@ def _family(model: nn.Module) -> str:
 
 
 def build_workload(name: str, *, lora: str = "lorascope", rank: int = 16, alpha: float = 32.0,
-                   seq_len: int = 128, seed: int = 0) -> Workload:
+                   seq_len: int = 128, seed: int = 0, device: str = "cpu",
+                   dtype: torch.dtype | None = None) -> Workload:
     """The model ``name`` with LoRA of ``rank`` on every attention and MLP projection of every
     block, from lorascope (``lora="lorascope"``) or PEFT (``lora="peft"``), dropout 0, in train
-    mode. The base weights are seeded, so both LoRA flavours start from the same model."""
+    mode, on ``device``, the frozen base in ``dtype`` (as built when None). The base weights are
+    seeded, so both LoRA flavours start from the same model."""
     builder = WORKLOADS.get(name)
     torch.manual_seed(seed)
-    model, vocab, description = builder()
+    with torch.device(device):  # initialised where it trains: 1B random weights are slow on a CPU
+        model, vocab, description = builder()
+    model.to(device=device, dtype=dtype)
     if lora == "lorascope":
         from lorascope.config import LoraConfig
         from lorascope.lora import add_lora

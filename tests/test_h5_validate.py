@@ -167,3 +167,32 @@ def test_a_folder_and_a_missing_file_are_sentences(tmp_path):
         lorascope.open(tmp_path)
     with pytest.raises(RecordingError, match="no recording at"):
         lorascope.open(tmp_path / "nothing.h5")
+
+
+def _with_magnitude(length: int, keep_w0: bool = True):
+    def change(f, _):
+        group = f[f"modules/{MODULES[0]}"]
+        group.create_dataset("magnitude", data=np.ones((4, length), "f4"))
+        group.attrs["magnitude_norm"] = "row"
+        if not keep_w0:
+            del group["W0"]
+    return change
+
+
+def test_a_dora_magnitude_of_the_wrong_length_or_without_w0_is_a_sentence(good, tmp_path):
+    ok = _changed(good, tmp_path, _with_magnitude(6), "dora.h5")  # one norm per row of (6, 8)
+    with lorascope.open(ok) as rec:
+        assert rec.modules[MODULES[0]].dora
+    _refused(_changed(good, tmp_path, _with_magnitude(8), "long.h5"), "per snapshot")
+    _refused(_changed(good, tmp_path, _with_magnitude(6, keep_w0=False), "now0.h5"), "no W0")
+
+
+@pytest.mark.parametrize("attr, value, match", [
+    ("peft", json.dumps([1]), "JSON list, not a JSON dict"),
+    ("not_recorded", json.dumps({"a": 1}), "JSON dict, not a JSON list"),
+])
+def test_the_peft_attributes_are_checked(good, tmp_path, attr, value, match):
+    def change(f, _):
+        f.attrs[attr] = value
+
+    _refused(_changed(good, tmp_path, change), match)

@@ -15,7 +15,7 @@ __all__ = ["Finding", "Thresholds", "ModuleSeries", "CHECKS", "check_module", "c
 
 @dataclass(frozen=True)
 class Finding:
-    severity: str        # "error" (the run is broken) | "warning" (look at it)
+    severity: str        # "error" (the run is broken) | "warning" (look at it) | "note" (expected, worth knowing)
     module: str | None   # None for run-level findings such as the loss
     matrix: str | None   # "A", "B", "dW" or None
     step: int | None     # the first step at which it holds
@@ -36,6 +36,8 @@ class Thresholds:
     rank_collapse_fraction: float = 0.25  # ΔW's effective rank below this fraction of the rank
     spike_share: float = 0.9          # one singular value holding this share of ΔW's energy
     blowup_factor: float = 100.0      # a norm this many times its first non-zero value
+    max_skip_streak: int = 10         # consecutive fp16-overflow skips: the scale fell 2^10-fold, still overflowing
+    min_loss_scale: float = 1.0       # an fp16 loss scale below 1: float16 overflows even unscaled
 
 
 @dataclass
@@ -166,35 +168,84 @@ def check_module(series: ModuleSeries, thresholds: Thresholds | None = None,
     return found
 
 
+def _longest_run(mask: np.ndarray) -> tuple[int, int]:
+    """(length, start index) of the longest run of True in ``mask``; (0, -1) when there is none."""
+    edges = np.flatnonzero(np.diff(np.concatenate([[0], mask.astype(np.int8), [0]])))
+    starts, ends = edges[::2], edges[1::2]  # each run is [start, end)
+    if not len(starts):
+        return 0, -1
+    k = int(np.argmax(ends - starts))  # the first of the longest
+    return int(ends[k] - starts[k]), int(starts[k])
+
+
+def _fp16_skips(steps: np.ndarray, sk: np.ndarray, scale: np.ndarray | None, th: Thresholds) -> list[Finding]:
+    """The rule for steps a GradScaler skipped. One overflow now and then is how fp16 loss
+    scaling works (the scaler skips that update, halves its scale and goes on), so skipped steps
+    are a note. They are a finding when they persist: an error when every step was skipped or the
+    scale fell below ``min_loss_scale`` (float16 overflows even unscaled), a warning when
+    ``max_skip_streak`` or more steps in a row were skipped."""
+    if not sk.any():
+        return []
+    first = int(steps[_first(sk)])
+    if sk.all():
+        return [Finding("error", None, None, first, "every optimizer step was skipped for fp16 "
+                        "overflow; lower the learning rate or train in bfloat16/float32")]
+    found = []
+    if scale is not None:
+        with np.errstate(invalid="ignore"):
+            i = _first(scale < th.min_loss_scale)
+        if i is not None:
+            found.append(Finding("error", None, None, int(steps[i]),
+                                 f"the fp16 loss scale fell to {scale[i]:g}, below {th.min_loss_scale:g}: the "
+                                 "gradients overflow float16 even unscaled; lower the learning rate or train in "
+                                 "bfloat16/float32"))
+    streak, at = _longest_run(sk)
+    if streak >= th.max_skip_streak:
+        found.append(Finding("warning", None, None, int(steps[at]),
+                             f"{streak} optimizer steps in a row were skipped for fp16 overflow although the "
+                             "scaler lowered its scale after each; the gradients keep overflowing: lower the "
+                             "learning rate or train in bfloat16"))
+    if found:
+        return found
+    lowest = f", the loss scale lowered to {np.nanmin(scale):g}" if scale is not None else ""
+    return [Finding("note", None, None, first,
+                    f"{int(sk.sum())} optimizer step(s) skipped for fp16 overflow{lowest}: expected under "
+                    "fp16 loss scaling (the scaler skips that update, halves its scale and goes on), "
+                    "not a failure")]
+
+
 def check_loss(steps: np.ndarray, loss: np.ndarray, skipped: np.ndarray | None = None,
-               loss_scale: np.ndarray | None = None) -> list[Finding]:
-    """NaN/Inf in the training loss. A step skipped under fp16 loss scaling (loss_scale > 1: the
-    scaler met an overflow, lowered its scale and retries) is expected now and then and is
-    reported only when every step was skipped. Without loss scaling a skipped step means the loss
-    itself was NaN/Inf: the trainer kept the weights, and that is reported."""
+               loss_scale: np.ndarray | None = None, thresholds: Thresholds | None = None) -> list[Finding]:
+    """NaN/Inf in the training loss, and the steps the trainer skipped. A run used fp16 loss
+    scaling when some step's ``loss_scale`` is not 1 (or the column is missing: not said); its
+    skipped steps are the scaler's and follow ``_fp16_skips``. Without loss scaling a skipped step
+    means the loss itself was NaN/Inf: the trainer kept the weights, and that is an error."""
+    th = thresholds or Thresholds()
     steps, loss = np.asarray(steps), np.asarray(loss, dtype=np.float64)
     bad = ~np.isfinite(loss)
+    found: list[Finding] = []
     if skipped is not None:
         # NaN means "not reported" (a loop that does not say), not "skipped"
         sk = np.nan_to_num(np.asarray(skipped, dtype=np.float64), nan=0.0) != 0
-        scaled = (np.nan_to_num(np.asarray(loss_scale, dtype=np.float64), nan=1.0) > 1
-                  if loss_scale is not None else np.ones_like(sk))
-        if len(sk) and (sk & scaled).all():
-            return [Finding("error", None, None, None, "every optimizer step was skipped for fp16 "
-                            "overflow; lower the learning rate or train in bfloat16/float32")]
-        bad &= ~(sk & scaled)
+        scale = None if loss_scale is None else np.asarray(loss_scale, dtype=np.float64)
+        with np.errstate(invalid="ignore"):
+            scaled = scale is None or bool((np.isfinite(scale) & (scale != 1)).any())
+        if scaled:
+            found = _fp16_skips(steps, sk, scale, th)
+            bad &= ~sk
     i = _first(bad)
-    if i is None:
-        return []
-    return [Finding("error", None, None, int(steps[i]),
-                    f"the loss is {loss[i]} at step {int(steps[i])} ({int(bad.sum())} steps in all); lower the "
-                    "learning rate, enable gradient clipping, or check the data for empty targets")]
+    if i is not None:
+        found.insert(0, Finding("error", None, None, int(steps[i]),
+                                f"the loss is {loss[i]} at step {int(steps[i])} ({int(bad.sum())} steps in all); "
+                                "lower the learning rate, enable gradient clipping, or check the data for empty "
+                                "targets"))
+    return found
 
 
-def check_scalars(scalars) -> list[Finding]:
+def check_scalars(scalars, thresholds: Thresholds | None = None) -> list[Finding]:
     """check_loss over a recording's scalars table (a DataFrame with step, loss and, when the
     trainer reports them, skipped and loss_scale)."""
     if "loss" not in scalars or "step" not in scalars:
         return []
     column = lambda name: scalars[name].to_numpy() if name in scalars else None  # noqa: E731
-    return check_loss(column("step"), column("loss"), column("skipped"), column("loss_scale"))
+    return check_loss(column("step"), column("loss"), column("skipped"), column("loss_scale"), thresholds)

@@ -63,7 +63,7 @@ def record(
     grad_accum: Annotated[Optional[int], typer.Option(help="Micro-batches per optimizer step.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Random seed (same config + seed = same recording on CPU).")] = None,
     device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or cuda:N.")] = None,
-    amp: Annotated[Optional[Amp], typer.Option(help="Mixed precision.")] = None,
+    amp: Annotated[Optional[Amp], typer.Option(help="Mixed precision: fp16 (autocast + GradScaler) or bf16 autocast, on CPU or CUDA; auto picks bf16 (fp16 without bf16 support) on CUDA and off (fp32) on CPU, where autocast is slower.")] = None,
     record_every: Annotated[Optional[int], typer.Option(help="Snapshot A and B every N optimizer steps.")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Any config field, dotted: --set optim.weight_decay=0.1 (repeatable).")] = None,
     resume: Annotated[bool, typer.Option(help="Continue the run at --output from its checkpoint, appending to its recording.")] = False,

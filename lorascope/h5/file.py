@@ -5,7 +5,12 @@ Commit protocol (what makes a killed run's file safe): data rows are written fir
 is flushed, and only then are the index datasets (``/snapshots/step`` and friends) extended and
 flushed again. A reader takes its counts from the index datasets, so everything it can see was on
 disk before the index pointed at it. The file is in SWMR mode from its creation, which is what
-lets HDF5 open it after a crash (and while it is being written) without ``h5clear``."""
+lets HDF5 open it after a crash (and while it is being written) without ``h5clear``.
+
+The file is written with ``LIBVER`` = ("v110", "v110"): SWMR needs the 1.10 superblock, and the
+upper bound keeps every object in 1.10's encodings, so Debian's HDF5 1.10 tools (``h5dump``,
+``h5ls``) and h5py on any HDF5 ≥ 1.10 read it. With ``libver="latest"`` under HDF5 2.0 the
+compound ``/scalars/other`` got a datatype message that HDF5 1.10 and 1.14 cannot decode."""
 from __future__ import annotations
 
 import errno
@@ -23,6 +28,7 @@ import numpy as np
 from lorascope.errors import RecordingError
 from lorascope.h5.format import (
     BF16_ENCODING,
+    LIBVER,
     OTHER_NAME_BYTES,
     STATUS_BYTES,
     UPDATE_COLUMNS,
@@ -42,6 +48,7 @@ class ModuleSpec:
     a_shape: tuple[int, int]  # (rank, in)
     b_shape: tuple[int, int]  # (out, rank)
     w0: np.ndarray | None = None  # (out, in) float32
+    magnitude: int = 0  # DoRA: the length of the magnitude vector stored with each snapshot
     # optimizer state: matrix ("A"/"B") -> [(key, shape)], in slot order
     state: dict[str, list[tuple[str, tuple[int, ...]]]] = field(default_factory=dict)
 
@@ -95,12 +102,14 @@ class RecordingFile:
         self.modules = layout.modules
         self._pending: dict[str, list] = {"snapshots": [], "grads": [], "state": [], "updates": [],
                                           "scalars": [], "other": []}
-        self.written = {"snapshots": 0, "grads": 0, "state": 0}
+        self.written = {"snapshots": 0, "grads": 0, "state": 0, "magnitudes": 0}
+        self._logged: set[str] = set()  # scalar columns given a value so far
+        self._marked: set[str] = set()  # those whose "logged" attribute says so on disk
         self._abandoned = False  # set once a write failed: see close_after_error
         self._refused = False  # set when _ensure_room refused a write before HDF5 saw it
         self._handles: dict[str, list[_Series]] = {}
         try:
-            self.f = h5py.File(self.path, "w", libver="latest")
+            self.f = h5py.File(self.path, "w", libver=LIBVER)
         except OSError as exc:
             raise RecordingError(
                 f"cannot create the recording {self.path}: {exc}; choose a writable output path"
@@ -165,6 +174,9 @@ class RecordingFile:
         self._index(scalars, "step", "i8")
         for name in layout.scalar_columns:
             self._index(scalars, name, "f8")
+            # set once a value was given: a column of NaN could be a run that was never asked
+            # for it or one whose value was NaN (a diverged loss), and readers must tell them apart
+            scalars[name].attrs["logged"] = np.int8(0)
         other_type = np.dtype([("step", "<i8"), ("name", f"S{OTHER_NAME_BYTES}"), ("value", "<f8")])
         other = scalars.create_dataset("other", shape=(0,), maxshape=(None,), chunks=(256,),
                                        dtype=other_type)
@@ -181,6 +193,10 @@ class RecordingFile:
             if layout.grads:
                 self._series(g, "grad_A", spec.a_shape, storage)
                 self._series(g, "grad_B", spec.b_shape, storage)
+            if spec.magnitude:
+                # float32 whatever the storage dtype: DoRA's ΔW is a small difference of W0-sized
+                # terms, which a float16 magnitude would swamp
+                self._series(g, "magnitude", (spec.magnitude,), "f4", stored=False)
             if spec.w0 is not None:
                 g.create_dataset("W0", data=spec.w0.astype(np.float32), **self._data_kwargs())
             for matrix, entries in spec.state.items():
@@ -198,6 +214,9 @@ class RecordingFile:
             g = self.f["modules"][spec.name]
             out.extend(_Series(g[k]) for k in keys)
         return out
+
+    def _magnitude_list(self) -> list["_Series"]:
+        return [_Series(self.f["modules"][spec.name]["magnitude"]) for spec in self.modules if spec.magnitude]
 
     def _state_list(self) -> list["_Series"]:
         out = []
@@ -227,7 +246,8 @@ class RecordingFile:
     def _append_all(self, kind: str, keys, arrays: list[np.ndarray]) -> int:
         self._ensure_room(sum(a.nbytes for a in arrays))
         if kind not in self._handles:
-            self._handles[kind] = self._state_list() if keys is None else self._series_list(keys)
+            lists = {"state": self._state_list, "magnitudes": self._magnitude_list}
+            self._handles[kind] = lists[kind]() if keys is None else self._series_list(keys)
         row = self.written[kind]
         for series, value in zip(self._handles[kind], arrays):
             series.append(row, value)
@@ -238,6 +258,11 @@ class RecordingFile:
         """One weight snapshot: arrays in pair order (A0, B0, A1, B1, ...), in the storage dtype."""
         self._append_all("snapshots", ["A", "B"], arrays)
         self._pending["snapshots"].append((step, micro_step, time))
+
+    def write_magnitudes(self, arrays: list[np.ndarray]) -> None:
+        """DoRA's magnitude vectors for the next snapshot, in the order of the DoRA modules. Sent
+        before that snapshot, so the snapshot's commit covers them."""
+        self._append_all("magnitudes", None, arrays)
 
     def write_grads(self, step: int, micro_step: int, loss_scale: float, arrays: list[np.ndarray]) -> None:
         self._append_all("grads", ["grad_A", "grad_B"], arrays)
@@ -256,6 +281,7 @@ class RecordingFile:
         # every optimizer step gets its row; a separate log only when it has a column's name
         if optimizer_step or any(c in values for c in columns):
             self._pending["scalars"].append((step, [float(values.get(c, np.nan)) for c in columns]))
+            self._logged.update(c for c in columns if c in values)
         for name, value in values.items():
             if name not in columns:
                 self._pending["other"].append((step, name.encode()[:OTHER_NAME_BYTES], float(value)))
@@ -300,6 +326,9 @@ class RecordingFile:
             self._extend(f["updates/step"], [s for s, _ in p["updates"]])
         if p["scalars"]:
             self._extend(f["scalars/step"], [s for s, _ in p["scalars"]])
+            for name in self._logged - self._marked:
+                f["scalars"][name].attrs.modify("logged", np.int8(1))
+            self._marked |= self._logged
         if p["other"]:
             f["scalars/other"].attrs.modify("rows", np.int64(f["scalars/other"].shape[0]))
         f.flush()

@@ -9,6 +9,9 @@ import numpy as np
 
 __all__ = [
     "FORMAT_VERSION",
+    "DORA_FORMAT_VERSION",
+    "format_version",
+    "LIBVER",
     "STATUSES",
     "STANDARD_SCALARS",
     "UPDATE_COLUMNS",
@@ -18,10 +21,24 @@ __all__ = [
     "numpy_storage_dtype",
 ]
 
-FORMAT_VERSION = 1
+# The newest version this code reads. A file is written as the oldest version whose readers read
+# it right: v2 only when it holds a DoRA module (a v1 reader would take scaling·B·A for its ΔW).
+FORMAT_VERSION = 2
+DORA_FORMAT_VERSION = 2
+
+
+def format_version(dora: bool) -> int:
+    """The version a new file gets."""
+    return DORA_FORMAT_VERSION if dora else 1
+
+
+# HDF5 library version bounds for writing: SWMR needs the 1.10 file format (its superblock), and
+# capping it there keeps every object readable by HDF5 1.10 tools. "latest" under HDF5 2.0 wrote
+# a compound datatype message that HDF5 1.10 and 1.14 cannot decode.
+LIBVER = ("v110", "v110")
 
 # "running" on disk after a crash: the reader turns it into "interrupted" when it can tell that
-# the writing process is gone (see recording.py).
+# the writing process is gone (see reader.py).
 STATUSES = ("running", "complete", "interrupted", "failed")
 STATUS_BYTES = 16  # fixed length, so that the status can be rewritten in place under SWMR
 

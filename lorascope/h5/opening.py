@@ -20,10 +20,9 @@ from pathlib import Path
 import h5py
 
 from lorascope.errors import RecordingError
+from lorascope.h5.superblock import SIGNATURE, read_superblock
 
-__all__ = ["open_h5", "damaged", "superblock", "HDF5_SIGNATURE"]
-
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+__all__ = ["open_h5", "damaged"]
 
 # HDF5 keeps a chunk cache per open dataset (8 MiB by default here), and a Recording keeps every
 # dataset open: reading all modules once grew the process by ~20 MiB per module (0.9 GiB for 48
@@ -41,8 +40,8 @@ _LIVE_PAUSES = (0.0, 0.01, 0.03, 0.1, 0.3)
 # about a second in all before a damaged block is reported (HDF5's default of 100 waited minutes).
 _SWMR_READ_ATTEMPTS = 20
 
-# A version 2/3 superblock with 8-byte addresses: signature, versions and sizes, flags, four
-# addresses, checksum.
+# A version 2/3 superblock with 8-byte addresses (superblock.py): what is read before HDF5 opens
+# the file.
 _SUPERBLOCK_V2_BYTES = 48
 
 
@@ -53,16 +52,29 @@ def damaged(path: Path, exc: Exception | str) -> RecordingError:
     )
 
 
-def superblock(head: bytes) -> tuple[int | None, bool]:
-    """(end-of-file address, whether a writer has the file open) from the first bytes of a file
-    with a version 2/3 superblock at offset 0 (what lorascope writes); (None, False) for any
-    other layout, including a header cut short. The consistency flags (byte 11) say 'open for
-    writing' (bit 0) and 'SWMR writer' (bit 2)."""
-    if (len(head) < _SUPERBLOCK_V2_BYTES or head[:8] != HDF5_SIGNATURE or head[8] not in (2, 3)
-            or head[9] != 8):
-        return None, False
-    base = int.from_bytes(head[12:20], "little")
-    return base + int.from_bytes(head[28:36], "little"), bool(head[11] & 0b101)
+def _held_here(path: Path) -> RecordingError:
+    """HDF5 opens a file once per process: a second open with other flags is refused."""
+    block = read_superblock(path)
+    if block is not None and block.open_for_writing:
+        return RecordingError(
+            f"{path} is being written by a Recorder in this process, and HDF5 will not open it a "
+            "second time here; read it live from another process (lorascope.open or `lorascope "
+            f"info {path}` in a second shell), or here once the Recorder is closed"
+        )
+    return RecordingError(
+        f"{path} is already open in this process through h5py with other settings; close that "
+        "h5py.File first, or read the file with h5py alone"
+    )
+
+
+# HDF5's words when a file this process already holds is opened with other flags
+_HELD_HERE = ("file locking flag values don't match", "SWMR read access flag not the same")
+
+
+def _refused(path: Path, exc: Exception) -> RecordingError:
+    if any(words in str(exc) for words in _HELD_HERE):
+        return _held_here(path)
+    return damaged(path, exc)
 
 
 def _regular_file(path: Path) -> os.stat_result:
@@ -84,6 +96,7 @@ def _regular_file(path: Path) -> os.stat_result:
 
 
 def _head(path: Path) -> bytes:
+    """The first bytes: the signature and, in a lorascope recording, the whole superblock."""
     try:
         with open(path, "rb") as fh:
             return fh.read(_SUPERBLOCK_V2_BYTES)
@@ -96,7 +109,7 @@ def open_h5(path: Path) -> h5py.File:
     path = Path(path)
     _regular_file(path)
     head = _head(path)
-    if head[:8] != HDF5_SIGNATURE:
+    if head[:8] != SIGNATURE:
         if len(head) >= 8 and h5py.is_hdf5(path):  # a signature further in (a user block): another tool's file
             raise RecordingError(
                 f"{path} is an HDF5 file but not a lorascope recording; give a file written by "
@@ -106,25 +119,25 @@ def open_h5(path: Path) -> h5py.File:
             f"{path} is not an HDF5 file; lorascope recordings are .h5 files written by "
             "`lorascope record` or the Recorder"
         )
-    stored_eof, live = superblock(head)
-    if stored_eof is None and head[8:9] in (b"\x02", b"\x03"):
+    block = read_superblock(path)
+    if block is None and head[8:9] in (b"\x02", b"\x03"):
         raise damaged(path, f"its superblock is cut short ({len(head)} bytes)")
-    if not live:
+    if block is None or not block.open_for_writing:
         try:
             return h5py.File(path, "r", locking=False, rdcc_nbytes=_CHUNK_CACHE_BYTES)
         except (OSError, RuntimeError, ValueError) as exc:
-            raise damaged(path, exc) from None
+            raise _refused(path, exc) from None
     for pause in _LIVE_PAUSES:
         time.sleep(pause)
         size = path.stat().st_size
-        if size >= stored_eof:
+        if size >= block.eof:
             break
     else:
-        raise damaged(path, f"file is {size} bytes, its superblock says {stored_eof}")
+        raise damaged(path, f"file is {size} bytes, its superblock says {block.eof}")
     try:
         return _open_swmr(path)
     except (OSError, RuntimeError, ValueError) as exc:
-        raise damaged(path, exc) from None
+        raise _refused(path, exc) from None
 
 
 def _open_swmr(path: Path) -> h5py.File:

@@ -7,9 +7,6 @@ a file that is not a recording the reader can read whole is one ``RecordingError
 from __future__ import annotations
 
 import contextlib
-import json
-import os
-import socket
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -20,7 +17,9 @@ import pandas as pd
 from lorascope.errors import RecordingError
 from lorascope.h5.format import STANDARD_SCALARS, UPDATE_COLUMNS, decode
 from lorascope.h5.opening import damaged, open_h5
+from lorascope.h5.superblock import read_superblock
 from lorascope.h5.validate import Checked, CheckedModule, plain, validate
+from lorascope.h5.writer_process import effective_status
 
 __all__ = ["Recording", "ModuleRecording", "LazyArray", "open_recording", "open_many"]
 
@@ -147,6 +146,10 @@ class ModuleRecording:
         self.out_features = int(self.attrs["out_features"])
         self.kind = str(self.attrs.get("kind", ""))
         self.init = str(self.attrs.get("init", ""))
+        self.adapter = str(self.attrs.get("adapter", ""))  # the PEFT adapter; "" otherwise
+        # DoRA: "row" or "column" (which norm of W0 + scaling·B·A the magnitude rescales)
+        self.magnitude_norm = str(self.attrs.get("magnitude_norm", ""))
+        self.weight_shape = tuple(self.attrs.get("weight_shape", ()) or ())  # a conv kernel's shape
         index = int(self.attrs.get("layer_index", -1))
         self.layer_index = None if index < 0 else index
         T, G, U = len(rec.steps), len(rec.grad_steps), len(rec.state_steps)
@@ -157,6 +160,8 @@ class ModuleRecording:
         self.grad_B = LazyArray(series["grad_B"], G, rec.path) if "grad_B" in series else None
         self.state_A = {k: LazyArray(ds, U, rec.path) for k, ds in checked.state.get("state_A", {}).items()}
         self.state_B = {k: LazyArray(ds, U, rec.path) for k, ds in checked.state.get("state_B", {}).items()}
+        # DoRA's magnitude vector (T, out) or (T, in), beside A and B
+        self.magnitude = LazyArray(series["magnitude"], T, rec.path) if "magnitude" in series else None
 
     @property
     def W0(self) -> np.ndarray | None:
@@ -166,9 +171,35 @@ class ModuleRecording:
         with _reading(self._rec.path):
             return self._w0[()]
 
-    def delta_w(self, t: int) -> np.ndarray:
-        """ΔW = scaling · B[t] @ A[t], shape (out, in): what the adapter adds to W0."""
+    @property
+    def dora(self) -> bool:
+        return self.magnitude is not None
+
+    def lora_delta(self, t: int) -> np.ndarray:
+        """scaling · B[t] @ A[t], shape (out, in): the low-rank term (ΔW itself unless DoRA)."""
         return (self.scaling * (self.B[t] @ self.A[t])).astype(np.float32)
+
+    def delta_w(self, t: int) -> np.ndarray:
+        """The change of the layer's effective weight at snapshot t, shape (out, in) like W0:
+        scaling · B @ A for LoRA; for DoRA W_eff − W0 with W_eff = m ⊙ V / ‖V‖, V = W0 +
+        scaling · B @ A, the norm taken per row (or per column: ``magnitude_norm``)."""
+        if not self.dora:
+            return self.lora_delta(t)
+        W0 = self.W0
+        if W0 is None:
+            raise RecordingError(
+                f"{self._rec.path}: the DoRA module {self.name} has no W0, which its ΔW needs; "
+                "the file is incomplete, record the run again"
+            )
+        W0 = W0.astype(np.float64)
+        # float64: ΔW is a small difference of W0-sized terms
+        V = W0 + self.scaling * (self.B[t].astype(np.float64) @ self.A[t].astype(np.float64))
+        m = self.magnitude[t].astype(np.float64)
+        if self.magnitude_norm == "column":
+            W_eff = V * (m / np.linalg.norm(V, axis=0))[None, :]
+        else:
+            W_eff = V * (m / np.linalg.norm(V, axis=1))[:, None]
+        return (W_eff - W0).astype(np.float32)
 
     @property
     def updates(self) -> pd.DataFrame:
@@ -207,10 +238,20 @@ class Recording:
         self.format_version = int(attrs["lorascope_format"])
         self.run_name: str = attrs.get("run_name", self.path.stem)
         self.config: dict = checked.config
+        # the PEFT setup (active adapters, each adapter's LoraConfig, modules_to_save), {} without
+        # PEFT; shown in config as "peft" too, so config comparisons include it
+        self.peft: dict = checked.peft
+        if self.peft and "peft" not in self.config:
+            self.config["peft"] = self.peft
+        # layers that trained but are not recorded: [{"module", "type", "reason"}]
+        self.not_recorded: list[dict] = checked.not_recorded
         self.environment: dict = checked.environment
         self.lorascope_version: str = attrs.get("lorascope_version", "")
         self.stored_status: str = attrs.get("status", "")
-        self.status = _effective_status(self.stored_status, attrs)
+        self.status = effective_status(self.stored_status, attrs)
+        block = read_superblock(self.path)
+        # a killed writer's flags: only SWMR readers (this one) open the file until they are cleared
+        self.needs_repair = bool(block and block.open_for_writing and self.status == "interrupted")
         self.storage_dtype: str = attrs.get("storage_dtype", "float32")
         # Counts are committed rows: an index column is extended only after the data it indexes
         # is flushed, so every row below the shortest column's length is complete.
@@ -226,6 +267,15 @@ class Recording:
                             if counts["state"] else no_rows)
         self.modules: dict[str, ModuleRecording] = {m.name: ModuleRecording(m, self) for m in checked.modules}
         self._scalars: pd.DataFrame | None = None
+
+    @property
+    def repair_hint(self) -> str:
+        """What to do about a killed writer's flags, as a sentence ('' when there is nothing to do)."""
+        if not self.needs_repair:
+            return ""
+        return (f"{self.path} was not closed by its writer (killed), so h5dump and plain h5py "
+                f"refuse it; lorascope.h5.repair.repair('{self.path}') (or HDF5's `h5clear -s`) "
+                "clears its write flags and keeps every committed snapshot")
 
     # --- scalars and updates -----------------------------------------------------------------
     @property
@@ -266,31 +316,6 @@ class Recording:
         self.close()
 
 
-def _pid_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, owned by someone else
-        return False
-    try:  # a killed child that its parent has not reaped yet is a zombie: gone too
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
-
-
-def _effective_status(stored: str, attrs: dict) -> str:
-    """A file still marked "running" whose writer process is gone was interrupted (SIGKILL,
-    power loss). Only decidable on the machine that wrote it; elsewhere it stays "running"."""
-    if stored != "running":
-        return stored
-    pid, host = attrs.get("writer_pid"), attrs.get("writer_host")
-    if pid is not None and host == socket.gethostname() and _pid_gone(int(pid)):
-        return "interrupted"
-    return stored
-
-
 def _last_per_step(steps: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.ndarray:
     """For each step of `at` (sorted, unique), the last non-NaN value among the rows of that step
     (rows in file order), NaN where there is none: rows logged apart from the optimizer step (a
@@ -310,13 +335,19 @@ def _last_per_step(steps: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.
 
 
 def _read_scalars(checked: Checked) -> pd.DataFrame:
-    """One row per step that has any scalar, the last value logged for each name at that step;
-    a name never logged with a value is not a column (absent, not NaN)."""
+    """One row per step of /scalars/step or with a value in /scalars/other, holding the last value
+    logged for each name at that step; a name never logged is not a column (absent, not NaN)."""
     n = checked.counts["scalars"]
     steps = checked.index["scalars/step"][:n].astype(np.int64)
-    series: dict[str, tuple[np.ndarray, np.ndarray]] = {
-        name: (steps, ds[:n].astype(np.float64)) for name, ds in checked.scalar_columns.items()
-    }
+    series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, ds in checked.scalar_columns.items():
+        values = ds[:n].astype(np.float64)
+        # a column exists for every standard name; one the run never logged is absent (files
+        # before the "logged" attribute: a column that is NaN throughout). A logged column of NaN
+        # (a diverged loss) stays.
+        logged = checked.scalar_logged.get(name)
+        if logged or (logged is None and not np.isnan(values).all()):
+            series[name] = (steps, values)
     rows = checked.counts["other"]
     if rows:
         other = checked.scalars_other[:rows]
@@ -331,7 +362,6 @@ def _read_scalars(checked: Checked) -> pd.DataFrame:
                                 np.concatenate([other_values[mine], base_values]))
             else:
                 series[name] = (other_steps[mine], other_values[mine])
-    series = {name: (s, v) for name, (s, v) in series.items() if not np.isnan(v).all()}
     at = np.unique(np.concatenate([steps, *[s for s, _ in series.values()]]))
     standard = [c for c in STANDARD_SCALARS if c in series]
     rest = sorted(c for c in series if c not in standard)

@@ -62,10 +62,10 @@ def resume_seed(old_path: Path, step: int) -> Callable[[h5py.File], dict[str, in
                 "recording with another output path"
             ) from None
         with old:
-            if int(old.attrs.get("lorascope_format", -1)) != FORMAT_VERSION:
+            if not 1 <= int(old.attrs.get("lorascope_format", -1)) <= FORMAT_VERSION:
                 raise RecordingError(
-                    f"cannot resume {old_path}: it is not a lorascope format v{FORMAT_VERSION} "
-                    "recording; start a new recording with another output path"
+                    f"cannot resume {old_path}: it is not a lorascope recording of format v1 to "
+                    f"v{FORMAT_VERSION}; start a new recording with another output path"
                 )
             return _seed(old, new, step, old_path)
 
@@ -90,7 +90,7 @@ def _seed(old: h5py.File, new: h5py.File, step: int, old_path: Path) -> dict[str
     counts = {}
     # snapshots, gradients and optimizer state: an index group and per-module series
     series = {
-        "snapshots": (("step", "micro_step", "time"), ("A", "B")),
+        "snapshots": (("step", "micro_step", "time"), ("A", "B", "magnitude")),
         "grad_snapshots": (("step", "micro_step", "loss_scale"), ("grad_A", "grad_B")),
     }
     for group, (columns, keys) in series.items():
@@ -104,6 +104,7 @@ def _seed(old: h5py.File, new: h5py.File, step: int, old_path: Path) -> dict[str
                 if key in mods_old[name] and key in mods_new[name]:
                     _copy(mods_old[name][key], mods_new[name][key], n)
         counts["snapshots" if group == "snapshots" else "grads"] = n
+    counts["magnitudes"] = counts.get("snapshots", 0)  # DoRA's rows go with the snapshots
     if "state_snapshots" in old and "state_snapshots" in new:
         n = _rows_upto(old["state_snapshots/step"][:], step)
         _copy(old["state_snapshots/step"], new["state_snapshots/step"], n)
@@ -122,6 +123,9 @@ def _seed(old: h5py.File, new: h5py.File, step: int, old_path: Path) -> dict[str
     for name, ds in new["scalars"].items():
         if name != "other" and name in old["scalars"]:
             _copy(old["scalars"][name], ds, n)
+            logged = old["scalars"][name].attrs.get("logged")
+            if n and (logged if logged is not None else not np.isnan(ds[:n]).all()):
+                ds.attrs.modify("logged", np.int8(1))
         elif name != "other":  # a column this run adds: NaN for the old rows
             ds.resize(n, axis=0)
             ds[:n] = np.nan

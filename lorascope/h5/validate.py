@@ -43,7 +43,7 @@ _DAMAGE = (OSError, RuntimeError, KeyError, ValueError, TypeError)
 class CheckedModule:
     name: str
     attrs: dict[str, Any]  # plain Python values; rank, alpha, ... of the checked types
-    series: dict[str, h5py.Dataset]  # "A", "B" and, when recorded, "grad_A", "grad_B"
+    series: dict[str, h5py.Dataset]  # "A", "B" and, when recorded, "grad_A", "grad_B", "magnitude"
     w0: h5py.Dataset | None
     state: dict[str, dict[str, h5py.Dataset]]  # "state_A"/"state_B" -> optimizer key -> series
 
@@ -55,11 +55,16 @@ class Checked:
     attrs: dict[str, Any]  # root attributes, plain Python values
     config: dict
     environment: dict
+    peft: dict  # the PEFT setup, {} without PEFT
+    not_recorded: list  # [{"module", "type", "reason"}]: layers that trained but are not recorded
     counts: dict[str, int]  # committed rows: snapshots, grads, state, updates, scalars, other
     index: dict[str, h5py.Dataset]  # "snapshots/step", "grad_snapshots/micro_step", ...
     modules: list[CheckedModule]
     update_norms: h5py.Dataset
     scalar_columns: dict[str, h5py.Dataset] = field(default_factory=dict)  # name -> 1-D series
+    # name -> whether a value was ever given (the column's "logged" attribute; None in files
+    # written before it existed)
+    scalar_logged: dict[str, bool | None] = field(default_factory=dict)
     scalars_other: h5py.Dataset | None = None
 
 
@@ -250,6 +255,8 @@ def _series(group: h5py.Group, name: str, path: Path, rows: int, tail: tuple[int
     return _rows(ds, rows, path)
 
 
+_MAGNITUDE_NORMS = ("", "row", "column")
+
 # Per-module series: (name, the count its rows follow, its per-snapshot shape from rank/in/out),
 # the first two required.
 _MODULE_SERIES: tuple[tuple[str, str, Callable[[int, int, int], tuple[int, int]]], ...] = (
@@ -269,9 +276,16 @@ def _module(modules: h5py.Group, name: str, count: int, counts: dict[str, int], 
     attrs.integer("index", 0, count - 1)
     if attrs.has("layer_index"):
         attrs.integer("layer_index", -1)
-    for key in ("kind", "init", "name", "param_dtype"):
+    for key in ("kind", "init", "name", "param_dtype", "adapter"):
         if attrs.has(key):
             attrs.text(key)
+    norm = attrs.text("magnitude_norm") if attrs.has("magnitude_norm") else ""
+    if norm not in _MAGNITUDE_NORMS:
+        raise _bad(path, f"module {name!r} has the unknown magnitude_norm {norm!r}")
+    if attrs.has("weight_shape"):
+        shape = np.asarray(attrs.values["weight_shape"])
+        if shape.ndim > 1 or shape.size > 8 or (shape.size and shape.dtype.kind not in "iu"):
+            raise _bad(path, f"the attribute 'weight_shape' of module {name!r} is not a kernel shape")
     for key in ("a_trainable", "b_trainable"):
         if attrs.has(key):
             attrs.flag(key)
@@ -281,6 +295,11 @@ def _module(modules: h5py.Group, name: str, count: int, counts: dict[str, int], 
     for key, counted_by, shape in _MODULE_SERIES:
         if key in ("A", "B") or key in group:
             series[key] = _series(group, key, path, counts[counted_by], shape(rank, n_in, n_out))
+    if "magnitude" in group:  # DoRA: one norm per row (out) or per column (in) of W0 + s·B·A
+        length = n_in if norm == "column" else n_out
+        series["magnitude"] = _series(group, "magnitude", path, counts["snapshots"], (length,))
+        if "W0" not in group:
+            raise _bad(path, f"the DoRA module {name!r} has no W0, which its ΔW needs")
     w0 = None
     if "W0" in group:
         if n_out * n_in > MAX_MATRIX_VALUES:
@@ -310,6 +329,8 @@ _ROOT_CHECKS: dict[str, Callable[[_Attrs, str], Any]] = {
     "lorascope_version": lambda a, n: a.text(n),
     "created": lambda a, n: a.text(n),
     "record": lambda a, n: a.json(n, dict),
+    "peft": lambda a, n: a.json(n, dict),
+    "not_recorded": lambda a, n: a.json(n, list),
     "schedule": lambda a, n: a.json(n, dict),
     "planned_steps": lambda a, n: a.integer(n, -1),
     "writer_pid": lambda a, n: a.integer(n, 1, _MAX_PID),
@@ -353,6 +374,8 @@ def _validate(f: h5py.File, path: Path) -> Checked:
             check(root, name)
     config = root.json("config", dict) if root.has("config") else {}
     environment = root.json("environment", dict) if root.has("environment") else {}
+    peft = root.json("peft", dict) if root.has("peft") else {}
+    not_recorded = root.json("not_recorded", list) if root.has("not_recorded") else []
     if root.has("status") and root.text("status") not in STATUSES:
         raise _bad(path, f"its status {root.text('status')!r} is none of {', '.join(STATUSES)}")
     if root.has("storage_dtype") and root.text("storage_dtype") not in STORAGE_DTYPES:
@@ -382,6 +405,8 @@ def _validate(f: h5py.File, path: Path) -> Checked:
     scalars = f["scalars"]
     columns = {name: _rows(_dataset(scalars, name, path, "fiu", 1), counts["scalars"], path)
                for name in scalars if name not in ("step", "other")}
+    logged = {name: (_Attrs(ds, ds.name, path).flag("logged") if "logged" in ds.attrs else None)
+              for name, ds in columns.items()}
     other = _node(scalars, "other", path, h5py.Dataset, optional=True)
     counts["other"] = 0
     if other is not None:
@@ -393,4 +418,5 @@ def _validate(f: h5py.File, path: Path) -> Checked:
         other_attrs = _Attrs(other, "/scalars/other", path)
         counts["other"] = other_attrs.integer("rows", 0) if other_attrs.has("rows") else 0
         _rows(other, counts["other"], path)
-    return Checked(root.plain(), config, environment, counts, index, checked_modules, norms, columns, other)
+    return Checked(root.plain(), config, environment, peft, not_recorded, counts, index, checked_modules, norms,
+                   columns, logged, other)

@@ -14,7 +14,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from lorascope.config import RecordConfig
-from lorascope.record.recorder import Recorder
+from lorascope.record.recorder import Recorder, group_lrs
 
 __all__ = ["LorascopeCallback"]
 
@@ -30,6 +30,7 @@ class LorascopeCallback(TrainerCallback):
         self.run_name = run_name
         self.environment = environment
         self.recorder: Recorder | None = None
+        self._applied_lrs: dict[str, float] = {}
 
     def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs: Any):
         self.recorder = Recorder(
@@ -44,9 +45,14 @@ class LorascopeCallback(TrainerCallback):
             micro = (state.global_step + 1) * args.gradient_accumulation_steps
             self.recorder.on_micro_step(micro)
 
+    def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs: Any):
+        # the lr this update applied: the Trainer steps its scheduler before on_step_end
+        if self.recorder is not None and optimizer is not None:
+            self._applied_lrs = group_lrs(optimizer)
+
     def on_step_end(self, args, state, control, optimizer=None, **kwargs: Any):
         if self.recorder is not None:
-            self.recorder.on_optimizer_step(state.global_step, {}, optimizer)
+            self.recorder.on_optimizer_step(state.global_step, self._applied_lrs, optimizer)
 
     def on_log(self, args, state, control, logs=None, **kwargs: Any):
         if self.recorder is None or not logs:

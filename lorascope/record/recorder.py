@@ -28,16 +28,19 @@ import lorascope
 from lorascope.config import RecordConfig
 from lorascope.errors import RecordingError, UsageError
 from lorascope.record.capture import TORCH_DTYPES, Channel
-from lorascope.lora.pairs import LoraPair, find_lora_pairs, select_pairs
+from lorascope.lora.pairs import LoraPair, discover, require_pairs, select_pairs, warn_not_recorded
 from lorascope.record.estimate import SizeEstimate, estimate_size
-from lorascope.h5.format import FORMAT_VERSION, STANDARD_SCALARS, STORAGE_DTYPES
+from lorascope.h5.format import STANDARD_SCALARS, STORAGE_DTYPES, format_version
 from lorascope.h5.resume import replace, resume_seed, temporary_path
 from lorascope.record.schedule import build_schedule
 from lorascope.record.updates import DeviceUpdateNorms
 from lorascope.h5.file import FileLayout, ModuleSpec, RecordingFile
-from lorascope.record.writer import Commit, Grads, Scalars, Snapshot, State, Updates, Weights, WriterThread
+from lorascope.record.writer import (
+    Commit, Grads, Magnitudes, Scalars, Snapshot, State, Updates, Weights, WriterThread,
+)
 
-__all__ = ["Recorder", "NullRecorder", "process_rank", "default_environment"]
+__all__ = ["Recorder", "NullRecorder", "process_rank", "default_environment", "group_lrs",
+           "lr_names"]
 
 
 def process_rank() -> int:
@@ -60,6 +63,23 @@ def default_environment(device: torch.device) -> dict[str, Any]:
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     return env
+
+
+def lr_names(optimizer: torch.optim.Optimizer) -> list[str]:
+    """The learning-rate scalars of an optimizer: "lr" (its first group) and, with several groups,
+    one "lr_<name>" per group, named by the group's "name" key as lorascope's loop names them
+    (lr_A, lr_B, lr_other), else by its index."""
+    groups = optimizer.param_groups
+    return ["lr"] + ([f"lr_{g.get('name', i)}" for i, g in enumerate(groups)] if len(groups) > 1 else [])
+
+
+def group_lrs(optimizer: torch.optim.Optimizer) -> dict[str, float]:
+    """The ``lr_names`` with the lr each group holds now; a group without a numeric lr
+    (relative-step Adafactor computes its own) is left out."""
+    groups = optimizer.param_groups
+    values = [groups[0].get("lr")] + ([g.get("lr") for g in groups] if len(groups) > 1 else [])
+    return {name: float(v) for name, v in zip(lr_names(optimizer), values)
+            if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
 def _check_options(cfg: RecordConfig) -> None:
@@ -111,7 +131,10 @@ class Recorder:
         self.resume = resume
         self.config = cfg = config or RecordConfig()
         _check_options(cfg)
-        self.pairs: dict[str, LoraPair] = select_pairs(find_lora_pairs(model), cfg.modules)
+        found = discover(model)
+        self.pairs: dict[str, LoraPair] = select_pairs(require_pairs(found), cfg.modules)
+        self.not_recorded, self.peft = found.not_recorded, found.peft
+        warn_not_recorded(self.not_recorded)
         self.schedule = build_schedule(cfg, total_steps)
         self.total_steps = total_steps
         self.run_name = run_name or self.path.stem
@@ -121,6 +144,9 @@ class Recorder:
         self.update_norms = _norm_place(update_norms, self.device)
         # A0, B0, A1, B1, ...: the order of every flat buffer
         self._params = [t for p in self.pairs.values() for t in (p.A, p.B)]
+        # how each parameter-shaped tensor becomes its recorded matrix (None: it is one already)
+        self._as_matrix = [p.matrix for p in self.pairs.values() for _ in (p.A, p.B)]
+        self._dora = [p for p in self.pairs.values() if p.magnitude is not None]
         self._writer: WriterThread | None = None
         self._early: list[Any] = []  # messages captured before the file exists
         self._held: list[Any] | None = None  # messages of the optimizer step being captured
@@ -163,7 +189,7 @@ class Recorder:
         _check_writable(self.path)
         self._optimizer = optimizer
         cfg, slots = self.config, self.config.queue_size
-        shapes = [tuple(t.shape) for t in self._params]
+        shapes = [s for p in self.pairs.values() for s in (p.a_shape, p.b_shape)]
         storage = TORCH_DTYPES[cfg.dtype]
         # On the host path the weights are always copied in float32: the copy that is stored is
         # also an exact one for the update norms, and the writer rounds it to the storage dtype.
@@ -171,13 +197,15 @@ class Recorder:
         copied = torch.float32 if self.update_norms == "host" else storage
         self._weights = Channel(shapes, copied, self.device, slots)
         self._grads = Channel(shapes, storage, self.device, slots) if cfg.grads else None
+        self._magnitudes = (Channel([(p.magnitude.numel(),) for p in self._dora], torch.float32,
+                                    self.device, slots) if self._dora else None)
         if self.update_norms == "device":
             self._device_norms = DeviceUpdateNorms(self._params)
             self._updates = Channel([(len(self.pairs), 4)], torch.float32, self.device, 2 * slots)
         with torch.no_grad():
             self._grad_prev = [torch.zeros_like(t) for t in self._params] if cfg.grads else []
         self._grad_prev_zero = True
-        self._state_keys: list[tuple[torch.Tensor, str]] = []
+        self._state_keys: list[tuple[LoraPair, torch.Tensor, str]] = []
         self._state: Channel | None = None
         self._started = True
         self._t0 = time.perf_counter()
@@ -232,7 +260,7 @@ class Recorder:
                 torch._foreach_div_(own, float(loss_scale))
             torch._foreach_copy_(self._grad_prev, grads)
             self._grad_prev_zero = False
-            slot, event = self._grads.capture(own, self._alive)
+            slot, event = self._grads.capture(self._matrices(own), self._alive)
         self._send(Grads(self._step + 1, self._micro, float(loss_scale), slot, event,
                          self._grads.ring.release))
 
@@ -265,11 +293,10 @@ class Recorder:
             self._send_weights(self._step, "update")
         values = dict(scalars or {})
         if optimizer is not None:
-            groups = optimizer.param_groups
-            values.setdefault("lr", float(groups[0]["lr"]))
-            if len(groups) > 1:
-                for i, group in enumerate(groups):
-                    values.setdefault(f"lr_{i}", float(group["lr"]))
+            # read here only what the caller did not say: after a scheduler's step the optimizer
+            # already holds the next step's lr, while the caller knows the one its update applied
+            for name, lr in group_lrs(optimizer).items():
+                values.setdefault(name, lr)
         self._send(Scalars(self._step, values))
         if self._writer is None and not self._closed:
             self._open_file(self._probe_state(optimizer))
@@ -353,10 +380,20 @@ class Recorder:
         else:
             self._writer.put(msg)
 
+    def _matrices(self, tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Parameter-shaped tensors in pair order → the recorded matrices (views, no copies)."""
+        return [t if f is None else f(t) for f, t in zip(self._as_matrix, tensors)]
+
     def _snapshot(self, step: int, norms: str = "") -> None:
         """Captures the weights; ``norms`` ("baseline"/"update") also makes this copy the
         writer's update-norm reference where that path is on."""
-        slot, event = self._weights.capture([t.detach() for t in self._params], self._alive)
+        if self._magnitudes is not None:  # sent first: the snapshot's commit then covers it
+            with torch.no_grad():
+                mslot, mevent = self._magnitudes.capture(
+                    [p.magnitude.detach().reshape(-1) for p in self._dora], self._alive)
+            self._send(Magnitudes(mslot, mevent, self._magnitudes.ring.release))
+        weights = self._matrices([t.detach() for t in self._params])
+        slot, event = self._weights.capture(weights, self._alive)
         self._last_snapshot = step
         role = norms if self.update_norms == "host" else ""
         self._send(Snapshot(step, self._micro, time.perf_counter() - self._t0, slot, event,
@@ -365,7 +402,8 @@ class Recorder:
     def _send_weights(self, step: int, norms: str) -> None:
         """A float32 copy of the weights for the writer's update norms only (host path)."""
         with torch.no_grad():
-            slot, event = self._weights.capture([t.detach() for t in self._params], self._alive)
+            weights = self._matrices([t.detach() for t in self._params])
+            slot, event = self._weights.capture(weights, self._alive)
         self._send(Weights(step, slot, event, self._weights.ring.release, norms))
 
     def _send_update_norms(self) -> None:
@@ -395,8 +433,9 @@ class Recorder:
                 keys = sorted(k for k, v in state.items()
                               if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0)
                 if keys:
-                    layout[i][matrix] = [(k, tuple(state[k].shape)) for k in keys]
-                    self._state_keys.extend((param, k) for k in keys)
+                    layout[i][matrix] = [(k, tuple(_state_view(pair, param, state[k]).shape))
+                                         for k in keys]
+                    self._state_keys.extend((pair, param, k) for k in keys)
         shapes = [s for m in layout.values() for entries in m.values() for _, s in entries]
         self._state = Channel(shapes, torch.float32, self.device, self.config.queue_size) if shapes else None
         return layout
@@ -405,7 +444,8 @@ class Recorder:
         if self._state is None or optimizer is None:
             return
         try:
-            tensors = [optimizer.state[param][key].detach() for param, key in self._state_keys]
+            tensors = [_state_view(pair, param, optimizer.state[param][key].detach())
+                       for pair, param, key in self._state_keys]
         except KeyError as exc:
             raise RecordingError(
                 f"the optimizer's state lost the entry {exc} it had after the first step; record "
@@ -423,16 +463,20 @@ class Recorder:
             "b_trainable": bool(pair.B.requires_grad),
             "layer_index": -1 if pair.layer_index is None else pair.layer_index,
             "index": index, "param_dtype": str(pair.A.dtype).removeprefix("torch."),
+            "adapter": pair.adapter, "magnitude_norm": pair.magnitude_norm,
+            "weight_shape": list(pair.weight_shape),
         }
         w0 = None
-        if self.config.base_weights:
+        if self.config.base_weights or pair.magnitude is not None:  # DoRA's ΔW needs W0
             w0 = pair.base_weight().detach().to("cpu", torch.float32).numpy()
-        return ModuleSpec(pair.name, attrs, tuple(pair.A.shape), tuple(pair.B.shape), w0, state)
+        magnitude = 0 if pair.magnitude is None else pair.magnitude.numel()
+        return ModuleSpec(pair.name, attrs, pair.a_shape, pair.b_shape, w0=w0, state=state,
+                          magnitude=magnitude)
 
     def _open_file(self, state_layout: dict, resume_step: int | None = None) -> None:
         cfg = self.config
         root = {
-            "lorascope_format": FORMAT_VERSION,
+            "lorascope_format": format_version(dora=bool(self._dora)),
             "lorascope_version": lorascope.__version__,
             "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "run_name": self.run_name,
@@ -445,10 +489,12 @@ class Recorder:
             "compression": cfg.compression,
             "writer_pid": os.getpid(),
             "writer_host": socket.gethostname(),
+            "peft": self.peft,
+            "not_recorded": [n.as_dict() for n in self.not_recorded],
         }
         columns = list(STANDARD_SCALARS)
-        if self._optimizer is not None and len(self._optimizer.param_groups) > 1:
-            columns += [f"lr_{i}" for i in range(len(self._optimizer.param_groups))]
+        if self._optimizer is not None:
+            columns += [name for name in lr_names(self._optimizer) if name not in columns]
         modules = [self._module_spec(i, p, state_layout.get(i, {}))
                    for i, p in enumerate(self.pairs.values())]
         layout = FileLayout(root, modules, cfg.dtype, cfg.compression, cfg.grads,
@@ -480,6 +526,12 @@ class Recorder:
             self.close("interrupted")
         except Exception:
             pass
+
+
+def _state_view(pair: LoraPair, param: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
+    """An optimizer-state tensor shaped like its parameter, seen as the recorded matrix; other
+    shapes (Adafactor's factored rows and columns) as they are."""
+    return pair.as_matrix(tensor) if tensor.shape == param.shape else tensor
 
 
 class NullRecorder:

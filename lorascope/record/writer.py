@@ -16,6 +16,7 @@ from lorascope.record.updates import HostUpdateNorms
 
 __all__ = [
     "WriterThread", "Snapshot", "Grads", "State", "Updates", "Weights", "Scalars", "Commit", "NORM_ROLES",
+    "Magnitudes",
 ]
 
 
@@ -49,6 +50,15 @@ class Grads:
 @dataclass
 class State:
     step: int
+    slot: Any
+    event: Any
+    release: Callable
+
+
+@dataclass
+class Magnitudes:
+    """DoRA's magnitude vectors (float32) for the snapshot sent right after this message."""
+
     slot: Any
     event: Any
     release: Callable
@@ -114,6 +124,7 @@ class WriterThread:
             Weights: self._track_norms,
             Grads: lambda m: file.write_grads(m.step, m.micro_step, m.loss_scale, m.slot.arrays),
             State: lambda m: file.write_state(m.step, m.slot.arrays),
+            Magnitudes: lambda m: file.write_magnitudes(m.slot.arrays),
             Updates: lambda m: file.add_update_norms(m.step, m.slot.arrays[0]),
             Scalars: self._on_scalars,
         }

@@ -1,7 +1,12 @@
 """The training loop: gradient accumulation, AMP (fp16 + GradScaler or bf16), clipping, the LR
 schedule, periodic evaluation, and the Recorder's three hooks. Read it top to bottom: one optimizer
 step is `for micro in range(accum): forward, backward, on_micro_step` then `unscale, clip, step,
-on_optimizer_step`.
+on_optimizer_step`. The same code runs on CPU and CUDA; only the device differs.
+
+Under fp16 each micro-step's backward is scaled by the GradScaler's current scale, which the
+hooks receive (`on_micro_step(..., loss_scale=)`) so that they can divide it out. A step whose
+gradients overflowed is skipped by the scaler, which halves its scale: the step's scalars then
+say `skipped = 1` and `loss_scale` is the lowered scale (the one the next step uses).
 
 The loop stops at a step boundary on SIGINT/SIGTERM (a second Ctrl-C aborts at once), so that the
 recording and the adapter checkpoint always describe a whole number of optimizer steps."""
@@ -11,6 +16,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Iterator, Protocol
 
@@ -97,6 +103,34 @@ def _count_tokens(batch: dict[str, torch.Tensor]) -> int:
     return int(mask.sum()) if mask is not None else int(batch["input_ids"].numel())
 
 
+def _update(optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, finite: bool) -> tuple[bool, float]:
+    """Applies the optimizer step unless the gradients are not finite; returns (skipped, the loss
+    scale after the step). Without a scaler a NaN/Inf loss or gradient never reaches the weights.
+    With one, the scaler decides: on inf/NaN gradients it skips the update and multiplies its
+    scale by its backoff factor, the only way the scale drops, so a drop is a skip."""
+    if not scaler.is_enabled():
+        if finite:
+            optimizer.step()
+        return not finite, 1.0
+    before = float(scaler.get_scale())
+    scaler.step(optimizer)
+    scaler.update()
+    after = float(scaler.get_scale())
+    return after < before, after
+
+
+def _advance(scheduler: Any, skipped: bool) -> None:
+    """Steps the LR schedule, past a skipped update too: the schedule is a function of the step
+    number, skipped steps included. torch warns when a run's first update was skipped, taking it
+    for calls in the wrong order; here it is an fp16 overflow, expected and already recorded."""
+    if scheduler is None:
+        return
+    with warnings.catch_warnings():
+        if skipped:
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+        scheduler.step()
+
+
 def train_loop(
     *,
     model: torch.nn.Module,
@@ -121,7 +155,7 @@ def train_loop(
 ) -> LoopResult:
     state = state or LoopState()
     world_size = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-    scaler = scaler or torch.amp.GradScaler(device.type, enabled=precision.use_scaler)
+    scaler = scaler or precision.scaler(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     clip_norm = max_grad_norm if max_grad_norm > 0 else math.inf
     batches = _forever(train_data)
@@ -154,24 +188,12 @@ def train_loop(
             loss_sum, step_tokens = global_sums(step_loss, step_tokens)
             step_loss = loss_sum / world_size  # each rank's loss is the mean over its share
         state.tokens += int(step_tokens)
-        scale_before = float(scaler.get_scale()) if scaler.is_enabled() else 1.0
         group_lrs = lrs() if lrs is not None else {}  # the lr this update applies, read before it
         scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, clip_norm))
-        finite = math.isfinite(step_loss) and math.isfinite(grad_norm)
-        if scaler.is_enabled():
-            # GradScaler skips the update itself when it found inf/NaN gradients, and lowers the scale.
-            scaler.step(optimizer)
-            scaler.update()
-            skipped = float(scaler.get_scale()) < scale_before or not finite
-        elif finite:
-            optimizer.step()
-            skipped = False
-        else:
-            skipped = True  # a NaN/Inf loss or gradient never reaches the weights
+        skipped, loss_scale = _update(optimizer, scaler, math.isfinite(step_loss) and math.isfinite(grad_norm))
         optimizer.zero_grad(set_to_none=True)
-        if scheduler is not None:
-            scheduler.step()
+        _advance(scheduler, skipped)
         state.step += 1
         state.skipped_steps += int(skipped)
         result.losses.append(step_loss)
@@ -180,7 +202,7 @@ def train_loop(
             "loss": step_loss,
             "grad_norm": grad_norm,
             "clipped": float(grad_norm > clip_norm),
-            "loss_scale": scale_before,
+            "loss_scale": loss_scale,
             "skipped": float(skipped),
             "tokens": float(state.tokens),
             "micro_step": float(state.micro_step),

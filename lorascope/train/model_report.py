@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from lorascope.lora.pairs import lora_pairs
+from lorascope.lora.pairs import LoraPair, lora_pairs
 from lorascope.registry import Registry
 
 __all__ = [
@@ -39,7 +39,7 @@ class LoraModuleReport:
     rank: int
     in_features: int
     out_features: int
-    params: int  # A and B together
+    params: int  # A and B together (and DoRA's magnitude)
     trainable: int  # fewer than params with LoRA-FA (A frozen)
 
 
@@ -114,8 +114,8 @@ def model_report(
     modules = [
         LoraModuleReport(
             name=name, rank=p.rank, in_features=p.in_features, out_features=p.out_features,
-            params=p.A.numel() + p.B.numel(),
-            trainable=p.A.numel() * p.A.requires_grad + p.B.numel() * p.B.requires_grad,
+            params=sum(t.numel() for t in _adapter_tensors(p)),
+            trainable=sum(t.numel() for t in _adapter_tensors(p) if t.requires_grad),
         )
         for name, p in lora_pairs(model).items()
     ]
@@ -141,6 +141,11 @@ def model_report(
             report.optimizer_state_bytes = estimate
             report.optimizer_state_source = "unknown" if estimate is None else "estimated"
     return report
+
+
+def _adapter_tensors(pair: LoraPair) -> list[torch.Tensor]:
+    """A, B and, with DoRA, the magnitude vector."""
+    return [pair.A, pair.B] + ([pair.magnitude] if pair.magnitude is not None else [])
 
 
 def _nbytes(tensor: torch.Tensor) -> int:

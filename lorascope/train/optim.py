@@ -4,7 +4,7 @@ A model with LoRA layers is trained in up to three groups, each carrying a ``"na
 recorder can log a learning rate per group: ``"A"``, ``"B"`` (LoRA+ gives it ``ratio * lr``) and
 ``"other"`` (LayerNorms, a classifier head: anything else that requires grad, at the base lr).
 LoRA matrices are the pairs ``lorascope.lora.pairs.lora_pairs`` finds (by type), never found
-by parameter names.
+by parameter names; DoRA's magnitude vectors train in "other", at the base lr as PEFT trains them.
 
 The learning-rate schedules live in ``lorascope.train.schedules`` and are re-exported here.
 """
