@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +26,8 @@ __all__ = [
     "apply_overrides",
     "config_to_dict",
     "config_from_dict",
+    "Range",
+    "RANGES",
 ]
 
 
@@ -145,34 +148,78 @@ class RunConfig:
         return Path(self.output) if self.output else Path("recordings") / f"{self.run_name()}.h5"
 
 
-def _positive(value: float, what: str, fix: str) -> None:
-    if not value > 0:
-        raise UsageError(f"{what} must be greater than 0 (got {value}); {fix}")
+@dataclass(frozen=True)
+class Range:
+    """The values a number field may take, and what to do otherwise. Bounds are inclusive unless
+    `*_open`; every float must also be finite (an infinite lr trains nothing, silently)."""
+
+    low: float | None = None
+    high: float | None = None
+    fix: str = ""
+    low_open: bool = False
+    high_open: bool = False
+
+    def check(self, value: float, name: str) -> None:
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UsageError(f"{name} must be a finite number (got {value}); {self.fix}".rstrip("; "))
+        too_low = self.low is not None and (value <= self.low if self.low_open else value < self.low)
+        too_high = self.high is not None and (value >= self.high if self.high_open else value > self.high)
+        if too_low or too_high:
+            left = "unbounded" if self.low is None else f"{'(' if self.low_open else '['}{self.low:g}"
+            right = "" if self.high is None else f"{self.high:g}{')' if self.high_open else ']'}"
+            span = f"in {left}, {right}" if right else f"{'above' if self.low_open else 'at least'} {self.low:g}"
+            raise UsageError(f"{name} must be {span} (got {value}){'; ' + self.fix if self.fix else ''}")
+
+
+# Every number a user can type, with the values it may take. The upper bounds are what a run can
+# mean, not hardware limits: a rank beyond the layer's width is refused when LoRA is added, and a
+# step count's disk and memory are checked against what is free before the run starts.
+RANGES: dict[str, Range] = {
+    "seed": Range(0, 2**32 - 1, "use a seed such as 0, 1 or 2"),
+    "eval_every": Range(0, None, "0 evaluates only at the end"),
+    "eval_batches": Range(0, None, "0 evaluates on every held-out batch"),
+    "generate_samples": Range(0, 1000),
+    "lora.rank": Range(1, 2**16, "use a rank such as 4, 8 or 16"),
+    "lora.alpha": Range(0, None, "a common choice is alpha = 2 * rank", low_open=True),
+    "lora.dropout": Range(0, 1, high_open=True),
+    "lora.init_std": Range(0, None, "004 used 1.0, a small choice is 0.02", low_open=True),
+    "data.max_length": Range(1, 2**20, "use a length such as 64 or 128"),
+    "data.batch_size": Range(1, 2**16, "use 1 or more"),
+    "data.val_fraction": Range(0, 1, "0 holds nothing out (no evaluation)", high_open=True),
+    "data.max_examples": Range(0, None, "0 uses every record"),
+    "data.num_labels": Range(2, 2**20),
+    "optim.lr": Range(0, None, "try 1e-4 to 1e-3 for LoRA", low_open=True),
+    "optim.weight_decay": Range(0, None, "0 turns weight decay off"),
+    "optim.eps": Range(0, 1, low_open=True, high_open=True),
+    "optim.momentum": Range(0, 1, high_open=True),
+    "optim.lora_plus_ratio": Range(0, None, "1 turns LoRA+ off", low_open=True),
+    "optim.warmup": Range(0, None, "a fraction of the steps or a step count"),
+    "optim.min_lr": Range(0, None),
+    "optim.gamma": Range(0, 1, low_open=True),
+    "optim.steps": Range(1, 10**9, "train for at least one step"),
+    "optim.grad_accum": Range(1, 2**20),
+    "optim.max_grad_norm": Range(0, None, "0 turns clipping off"),
+    "record.every": Range(1, None, "use 1 to snapshot after every step"),
+    "record.dense_first": Range(0, None),
+    "record.log_spaced": Range(0, 10**6),
+    "record.flush_every_steps": Range(1, None),
+    "record.flush_every_seconds": Range(0, None, low_open=True),
+    "record.queue_size": Range(2, 1024, "use 2 or more"),
+}
+
+
+def _value(cfg: RunConfig, dotted: str) -> Any:
+    node: Any = cfg
+    for part in dotted.split("."):
+        node = getattr(node, part)
+    return node
 
 
 def validate(cfg: RunConfig) -> None:
     """Checks ranges only; names (optimizer, init, ...) are checked by their registries."""
-    _positive(cfg.lora.rank, "lora.rank (--rank)", "use a rank such as 4, 8 or 16")
-    _positive(cfg.lora.alpha, "lora.alpha (--alpha)", "a common choice is alpha = 2 * rank")
-    _positive(cfg.optim.lr, "optim.lr (--lr)", "try 1e-4 to 1e-3 for LoRA")
-    _positive(cfg.optim.steps, "optim.steps (--steps)", "train for at least one step")
-    _positive(cfg.data.batch_size, "data.batch_size", "use 1 or more")
-    _positive(cfg.data.max_length, "data.max_length", "use a length such as 64 or 128")
-    _positive(cfg.record.every, "record.every", "use 1 to snapshot after every step")
-    _positive(cfg.record.queue_size, "record.queue_size", "use 2 or more")
-    if cfg.optim.warmup < 0:
-        raise UsageError(f"optim.warmup must be >= 0: a fraction of the steps or a step count (got {cfg.optim.warmup})")
-    if cfg.optim.grad_accum < 1:
-        raise UsageError(
-            f"optim.grad_accum (--grad-accum) must be at least 1 (got {cfg.optim.grad_accum})"
-        )
-    if not 0 <= cfg.lora.dropout < 1:
-        raise UsageError(f"lora.dropout must be in [0, 1) (got {cfg.lora.dropout})")
-    if not 0 <= cfg.data.val_fraction < 1:
-        raise UsageError(f"data.val_fraction must be in [0, 1) (got {cfg.data.val_fraction})")
-    if cfg.optim.max_grad_norm < 0:
-        raise UsageError("optim.max_grad_norm must be >= 0 (0 turns clipping off)")
-    if cfg.optim.min_lr < 0 or cfg.optim.min_lr > cfg.optim.lr:
+    for name, allowed in RANGES.items():
+        allowed.check(_value(cfg, name), name)
+    if cfg.optim.min_lr > cfg.optim.lr:
         raise UsageError(
             f"optim.min_lr must be between 0 and optim.lr ({cfg.optim.lr}); got {cfg.optim.min_lr}"
         )
@@ -188,6 +235,8 @@ def validate(cfg: RunConfig) -> None:
         )
     if len(cfg.optim.betas) not in (2, 3):
         raise UsageError("optim.betas takes two values (three for CAME)")
+    for beta in cfg.optim.betas:
+        Range(0, 1, high_open=True).check(beta, "each of optim.betas")
 
 
 # --- conversion ------------------------------------------------------------------------------

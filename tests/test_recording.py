@@ -160,7 +160,7 @@ def test_a_live_file_shorter_than_its_superblock_is_waited_for(tmp_path, monkeyp
     # A running writer can name a new end in the superblock before the file reaches it: the
     # reader waits a moment instead of calling a healthy live recording damaged. The file grows
     # during the reader's first real pause (sleep is replaced, so no timing is involved).
-    import lorascope.h5.reader as recording
+    import lorascope.h5.opening as opening
 
     data = _live_copy(tmp_path)
     path = tmp_path / "copy.h5"
@@ -172,7 +172,7 @@ def test_a_live_file_shorter_than_its_superblock_is_waited_for(tmp_path, monkeyp
         if seconds > 0:
             path.write_bytes(data)
 
-    monkeypatch.setattr(recording.time, "sleep", writer_catches_up)
+    monkeypatch.setattr(opening.time, "sleep", writer_catches_up)
     with lorascope.open(path) as rec:
         assert len(rec.steps) == 1
     assert any(p > 0 for p in pauses)
@@ -184,3 +184,47 @@ def test_a_live_file_that_stays_short_is_damaged(tmp_path):
     path.write_bytes(data[:-4096])
     with pytest.raises(RecordingError, match="damaged or truncated"):
         lorascope.open(path)
+
+
+def _pandas_scalars(steps, columns, other):
+    """The obvious way: pandas' groupby/last per step, then the (step, name, value) rows pivoted
+    and combined, columns with no value dropped, the standard names first."""
+    import pandas as pd
+
+    from lorascope.h5.format import STANDARD_SCALARS
+
+    frame = pd.DataFrame({"step": steps, **columns}).groupby("step", sort=True).last()
+    if len(other):
+        long = pd.DataFrame({"step": other["step"].astype(np.int64),
+                             "name": [b.decode() for b in other["name"]], "value": other["value"]})
+        wide = long.pivot_table(index="step", columns="name", values="value", aggfunc="last")
+        wide.columns.name = None
+        frame = frame.combine_first(wide)
+    frame.index.name = "step"
+    frame = frame.reset_index()
+    frame = frame[[c for c in frame.columns if c == "step" or not frame[c].isna().all()]]
+    standard = [c for c in STANDARD_SCALARS if c in frame.columns]
+    return frame[["step", *standard, *sorted(c for c in frame.columns if c != "step" and c not in standard)]]
+
+
+def test_scalars_equal_the_pandas_reference_on_random_logs():
+    from types import SimpleNamespace
+
+    from lorascope.h5.reader import _read_scalars
+
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        n = int(rng.integers(0, 12))
+        steps = rng.integers(0, 6, n)  # repeated and out-of-order steps: separate logs
+        columns = {c: np.where(rng.random(n) < 0.4, np.nan, rng.normal(size=n))
+                   for c in ["loss", "lr", "grad_norm"][: rng.integers(0, 4)]}
+        m = int(rng.integers(0, 8))
+        other = np.zeros(m, dtype=[("step", "<i8"), ("name", "S64"), ("value", "<f8")])
+        other["step"] = rng.integers(0, 8, m)
+        other["name"] = rng.choice([b"eval_loss", b"eval_accuracy", b"zz"], m)
+        other["value"] = np.where(rng.random(m) < 0.3, np.nan, rng.normal(size=m))
+        checked = SimpleNamespace(counts={"scalars": n, "other": m}, index={"scalars/step": steps},
+                                  scalar_columns=columns, scalar_logged={}, scalars_other=other)
+        fast, slow = _read_scalars(checked), _pandas_scalars(steps, columns, other)
+        assert list(fast.columns) == list(slow.columns)
+        np.testing.assert_array_equal(fast.to_numpy(float), slow.to_numpy(float))

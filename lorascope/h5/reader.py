@@ -1,61 +1,40 @@
 """Reading a recording: ``lorascope.open(path)`` → ``Recording``. Needs numpy, h5py and pandas
 only (no torch, no model). Arrays are read lazily, one numpy slice at a time.
 
-Files are opened without file locking, in SWMR-read mode when their superblock says a writer has
-them open: that reads a finished file, a file that is still being written (by another process),
-and the file of a run killed with SIGKILL, all without ``h5clear``. Such a killed file still
-refuses other HDF5 readers until ``lorascope.h5.repair`` clears its flags (``rec.needs_repair``)."""
+A finished file, a file still being written and the file of a run killed with SIGKILL all open
+(``opening.py``), and every file is validated before anything of it is trusted (``validate.py``):
+a file that is not a recording the reader can read whole is one ``RecordingError`` sentence."""
 from __future__ import annotations
 
-import json
-import os
-import socket
-import time
+import contextlib
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 import h5py
 import numpy as np
 import pandas as pd
 
 from lorascope.errors import RecordingError
-from lorascope.h5.format import FORMAT_VERSION, STANDARD_SCALARS, UPDATE_COLUMNS, decode
+from lorascope.h5.format import STANDARD_SCALARS, UPDATE_COLUMNS, decode
+from lorascope.h5.opening import damaged, open_h5
 from lorascope.h5.superblock import read_superblock
+from lorascope.h5.validate import Checked, CheckedModule, plain, validate
+from lorascope.h5.writer_process import effective_status
 
 __all__ = ["Recording", "ModuleRecording", "LazyArray", "open_recording", "open_many"]
 
-
-def _damaged(path: Path, exc: Exception) -> RecordingError:
-    return RecordingError(
-        f"{path} is a damaged or truncated HDF5 file and cannot be read ({exc}); "
-        "record the run again or restore the file from a copy"
-    )
+# What h5py raises when HDF5 cannot read something of a validated file (a damaged chunk, a
+# metadata block that fails its checksum, an object header that no longer opens): the file is
+# then reported as damaged.
+_READ_ERRORS = (OSError, RuntimeError, KeyError)
 
 
-def _held_here(path: Path) -> RecordingError:
-    """HDF5 opens a file once per process: a second open with other flags is refused."""
-    block = read_superblock(path)
-    if block is not None and block.open_for_writing:
-        return RecordingError(
-            f"{path} is being written by a Recorder in this process, and HDF5 will not open it a "
-            "second time here; read it live from another process (lorascope.open or `lorascope "
-            f"info {path}` in a second shell), or here once the Recorder is closed"
-        )
-    return RecordingError(
-        f"{path} is already open in this process through h5py with other settings; close that "
-        "h5py.File first, or read the file with h5py alone"
-    )
-
-
-def _plain(value: Any) -> Any:
-    """HDF5 attribute values → plain Python values."""
-    if isinstance(value, bytes):
-        return value.decode("utf-8", "replace").rstrip("\x00")
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    return value
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    try:
+        yield
+    except _READ_ERRORS as exc:
+        raise damaged(path, exc) from None
 
 
 class LazyArray:
@@ -65,7 +44,7 @@ class LazyArray:
     def __init__(self, dataset: h5py.Dataset, length: int, path: Path) -> None:
         self._ds = dataset
         self._path = path
-        self._encoding = _plain(dataset.attrs.get("encoding", ""))
+        self._encoding = plain(dataset.attrs.get("encoding", ""))
         self.shape = (int(length), *dataset.shape[1:])
         self.dtype = np.dtype("float32") if self._encoding else dataset.dtype
 
@@ -86,8 +65,8 @@ class LazyArray:
     def _read(self, selection) -> np.ndarray:
         try:
             return decode(self._ds[selection], self._encoding)
-        except OSError as exc:
-            raise _damaged(self._path, exc) from None
+        except _READ_ERRORS as exc:
+            raise damaged(self._path, exc) from None
 
     def _read_block(self, start: int, stop: int) -> np.ndarray:
         """A contiguous run of snapshots straight into a new array: read_direct skips h5py's
@@ -95,8 +74,8 @@ class LazyArray:
         out = np.empty((stop - start, *self.shape[1:]), dtype=self._ds.dtype)
         try:
             self._ds.read_direct(out, source_sel=np.s_[start:stop])
-        except OSError as exc:
-            raise _damaged(self._path, exc) from None
+        except _READ_ERRORS as exc:
+            raise damaged(self._path, exc) from None
         return out
 
     def read_into(self, out: np.ndarray, block: int = 64) -> np.ndarray:
@@ -114,8 +93,8 @@ class LazyArray:
             for start in range(0, n, block):
                 stop = min(n, start + block)
                 out[start:stop] = decode(self._ds[start:stop], self._encoding)
-        except OSError as exc:
-            raise _damaged(self._path, exc) from None
+        except _READ_ERRORS as exc:
+            raise damaged(self._path, exc) from None
         return out
 
     def __getitem__(self, key) -> np.ndarray:
@@ -155,11 +134,11 @@ class LazyArray:
 class ModuleRecording:
     """One adapted module: its attributes and lazy A, B (and optional gradients, state, W0)."""
 
-    def __init__(self, group: h5py.Group, rec: "Recording") -> None:
-        self._group = group
+    def __init__(self, checked: CheckedModule, rec: "Recording") -> None:
         self._rec = rec
-        self.attrs: dict[str, Any] = {k: _plain(v) for k, v in group.attrs.items()}
-        self.name: str = self.attrs.get("name", group.name.split("/", 2)[-1])
+        self._w0 = checked.w0
+        self.attrs: dict[str, Any] = checked.attrs
+        self.name: str = self.attrs.get("name", checked.name)
         self.rank = int(self.attrs["rank"])
         self.alpha = float(self.attrs["alpha"])
         self.scaling = float(self.attrs["scaling"])
@@ -170,28 +149,27 @@ class ModuleRecording:
         self.adapter = str(self.attrs.get("adapter", ""))  # the PEFT adapter; "" otherwise
         # DoRA: "row" or "column" (which norm of W0 + scaling·B·A the magnitude rescales)
         self.magnitude_norm = str(self.attrs.get("magnitude_norm", ""))
-        self.weight_shape = tuple(self.attrs.get("weight_shape", ()))  # a conv kernel's shape
+        self.weight_shape = tuple(self.attrs.get("weight_shape", ()) or ())  # a conv kernel's shape
         index = int(self.attrs.get("layer_index", -1))
         self.layer_index = None if index < 0 else index
         T, G, U = len(rec.steps), len(rec.grad_steps), len(rec.state_steps)
-        self.A = LazyArray(group["A"], T, rec.path)  # (T, rank, in)
-        self.B = LazyArray(group["B"], T, rec.path)  # (T, out, rank)
-        self.grad_A = LazyArray(group["grad_A"], G, rec.path) if "grad_A" in group else None
-        self.grad_B = LazyArray(group["grad_B"], G, rec.path) if "grad_B" in group else None
-        self.state_A = self._state("state_A", U)
-        self.state_B = self._state("state_B", U)
+        series = checked.series
+        self.A = LazyArray(series["A"], T, rec.path)  # (T, rank, in)
+        self.B = LazyArray(series["B"], T, rec.path)  # (T, out, rank)
+        self.grad_A = LazyArray(series["grad_A"], G, rec.path) if "grad_A" in series else None
+        self.grad_B = LazyArray(series["grad_B"], G, rec.path) if "grad_B" in series else None
+        self.state_A = {k: LazyArray(ds, U, rec.path) for k, ds in checked.state.get("state_A", {}).items()}
+        self.state_B = {k: LazyArray(ds, U, rec.path) for k, ds in checked.state.get("state_B", {}).items()}
         # DoRA's magnitude vector (T, out) or (T, in), beside A and B
-        self.magnitude = LazyArray(group["magnitude"], T, rec.path) if "magnitude" in group else None
-
-    def _state(self, name: str, length: int) -> dict[str, LazyArray]:
-        if name not in self._group:
-            return {}
-        return {k: LazyArray(ds, length, self._rec.path) for k, ds in self._group[name].items()}
+        self.magnitude = LazyArray(series["magnitude"], T, rec.path) if "magnitude" in series else None
 
     @property
     def W0(self) -> np.ndarray | None:
         """The frozen pretrained weight (out, in), when the run recorded it."""
-        return self._group["W0"][()] if "W0" in self._group else None
+        if self._w0 is None:
+            return None
+        with _reading(self._rec.path):
+            return self._w0[()]
 
     @property
     def dora(self) -> bool:
@@ -246,69 +224,48 @@ class Recording:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
-        self._f = _open_h5(self.path)
+        self._f = open_h5(self.path)
         try:
-            self._load()
-        except RecordingError:
+            with _reading(self.path):
+                self._load(validate(self._f, self.path))
+        except BaseException:
             self._f.close()
             raise
-        except (OSError, KeyError, ValueError) as exc:
-            self._f.close()
-            raise _damaged(self.path, exc) from None
 
-    def _load(self) -> None:
-        f = self._f
-        attrs = {k: _plain(v) for k, v in f.attrs.items()}
-        if "lorascope_format" not in attrs:
-            raise RecordingError(
-                f"{self.path} is an HDF5 file but not a lorascope recording (it has no "
-                "lorascope_format attribute); give a file written by `lorascope record`"
-            )
+    def _load(self, checked: Checked) -> None:
+        self._checked = checked
+        attrs = self.attrs = checked.attrs
         self.format_version = int(attrs["lorascope_format"])
-        if self.format_version > FORMAT_VERSION:
-            from lorascope import __version__
-
-            raise RecordingError(
-                f"{self.path} uses recording format v{self.format_version}, newer than this "
-                f"lorascope {__version__} reads (v{FORMAT_VERSION}); upgrade lorascope "
-                "(pip install -U lorascope) to read it"
-            )
-        self.attrs = attrs
         self.run_name: str = attrs.get("run_name", self.path.stem)
-        self.config: dict = json.loads(attrs.get("config", "{}") or "{}")
+        self.config: dict = checked.config
         # the PEFT setup (active adapters, each adapter's LoraConfig, modules_to_save), {} without
         # PEFT; shown in config as "peft" too, so config comparisons include it
-        self.peft: dict = json.loads(attrs.get("peft", "{}") or "{}")
+        self.peft: dict = checked.peft
         if self.peft and "peft" not in self.config:
             self.config["peft"] = self.peft
         # layers that trained but are not recorded: [{"module", "type", "reason"}]
-        self.not_recorded: list[dict] = json.loads(attrs.get("not_recorded", "[]") or "[]")
-        self.environment: dict = json.loads(attrs.get("environment", "{}") or "{}")
+        self.not_recorded: list[dict] = checked.not_recorded
+        self.environment: dict = checked.environment
         self.lorascope_version: str = attrs.get("lorascope_version", "")
         self.stored_status: str = attrs.get("status", "")
-        self.status = _effective_status(self.stored_status, attrs)
+        self.status = effective_status(self.stored_status, attrs)
         block = read_superblock(self.path)
         # a killed writer's flags: only SWMR readers (this one) open the file until they are cleared
         self.needs_repair = bool(block and block.open_for_writing and self.status == "interrupted")
         self.storage_dtype: str = attrs.get("storage_dtype", "float32")
-        # T is the committed count: /snapshots/step is extended only after the data it indexes
-        # is flushed, so every row below it is complete
-        self.steps = _committed(f, "snapshots", ("step", "micro_step", "time"))
-        T = len(self.steps)
-        self.micro_steps = f["snapshots/micro_step"][:T].astype(np.int64)
-        self.times = f["snapshots/time"][:T].astype(np.float64)
-        self.grad_steps = (_committed(f, "grad_snapshots", ("step", "micro_step", "loss_scale"))
-                           if "grad_snapshots" in f else np.zeros(0, np.int64))
-        G = len(self.grad_steps)
-        self.grad_micro_steps = (f["grad_snapshots/micro_step"][:G].astype(np.int64)
-                                 if G else np.zeros(0, np.int64))
-        self.state_steps = (f["state_snapshots/step"][:].astype(np.int64)
-                            if "state_snapshots" in f else np.zeros(0, np.int64))
-        order = json.loads(_plain(f["modules"].attrs.get("order", "[]")))
-        names = order or list(f["modules"])
-        self.modules: dict[str, ModuleRecording] = {
-            n: ModuleRecording(f["modules"][n], self) for n in names
-        }
+        # Counts are committed rows: an index column is extended only after the data it indexes
+        # is flushed, so every row below the shortest column's length is complete.
+        index, counts = checked.index, checked.counts
+        T, G = counts["snapshots"], counts["grads"]
+        self.steps = index["snapshots/step"][:T].astype(np.int64)
+        self.micro_steps = index["snapshots/micro_step"][:T].astype(np.int64)
+        self.times = index["snapshots/time"][:T].astype(np.float64)
+        no_rows = np.zeros(0, np.int64)
+        self.grad_steps = index["grad_snapshots/step"][:G].astype(np.int64) if G else no_rows
+        self.grad_micro_steps = index["grad_snapshots/micro_step"][:G].astype(np.int64) if G else no_rows
+        self.state_steps = (index["state_snapshots/step"][:counts["state"]].astype(np.int64)
+                            if counts["state"] else no_rows)
+        self.modules: dict[str, ModuleRecording] = {m.name: ModuleRecording(m, self) for m in checked.modules}
         self._scalars: pd.DataFrame | None = None
 
     @property
@@ -325,15 +282,17 @@ class Recording:
     def scalars(self) -> pd.DataFrame:
         """One row per optimizer step, column ``step`` first; eval metrics as ``eval_*``."""
         if self._scalars is None:
-            self._scalars = _read_scalars(self._f)
+            with _reading(self.path):
+                self._scalars = _read_scalars(self._checked)
         return self._scalars.copy()
 
     def _update_steps(self) -> np.ndarray:
-        return self._f["updates/step"][:].astype(np.int64)
+        with _reading(self.path):
+            return self._checked.index["updates/step"][:self._checked.counts["updates"]].astype(np.int64)
 
     def _update_norms(self) -> np.ndarray:
-        n = self._f["updates/step"].shape[0]
-        return self._f["updates/norms"][:n]  # (U, modules, 4)
+        with _reading(self.path):
+            return self._checked.update_norms[:self._checked.counts["updates"]]  # (U, modules, 4)
 
     # --- selection ---------------------------------------------------------------------------
     def index_of(self, step: int) -> int:
@@ -357,130 +316,57 @@ class Recording:
         self.close()
 
 
-# HDF5 keeps a chunk cache per open dataset (8 MiB by default here), and a Recording keeps every
-# dataset open: reading all modules once grew the process by ~20 MiB per module (0.9 GiB for 48
-# modules, twice the largest module's series). A chunk is one snapshot, read whole and decompressed
-# once per read, so the cache would only ever hold chunks that are not read again.
-_CHUNK_CACHE = {"rdcc_nbytes": 0}
+def _last_per_step(steps: np.ndarray, values: np.ndarray, at: np.ndarray) -> np.ndarray:
+    """For each step of `at` (sorted, unique), the last non-NaN value among the rows of that step
+    (rows in file order), NaN where there is none: rows logged apart from the optimizer step (a
+    trainer's periodic log) share its step."""
+    order = np.argsort(steps, kind="stable")
+    steps, values = steps[order], values[order]
+    starts = np.searchsorted(steps, at, side="left")
+    stops = np.searchsorted(steps, at, side="right")
+    position = np.where(np.isnan(values), -1, np.arange(len(values)))
+    last = np.full(len(at), -1)
+    has_rows = stops > starts
+    if has_rows.any():
+        # the largest position of a non-NaN row within [start, stop) of each step that has rows
+        # every row's step is in `at`, so the steps with rows are adjacent runs of the sorted rows
+        last[has_rows] = np.maximum.reduceat(position, starts[has_rows])
+    return np.where(last >= 0, values[np.maximum(last, 0)], np.nan)
 
 
-def _open_h5(path: Path) -> h5py.File:
-    if not path.exists():
-        raise RecordingError(f"no recording at {path}; check the path (recordings are .h5 files)")
-    if path.is_dir():
-        raise RecordingError(f"{path} is a folder; give the path of a .h5 recording inside it")
-    try:
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise RecordingError(f"cannot read {path}: {exc.strerror}; check its permissions") from None
-    if not h5py.is_hdf5(path):
-        raise RecordingError(
-            f"{path} is not an HDF5 file; lorascope recordings are .h5 files written by "
-            "`lorascope record` or the Recorder"
-        )
-    # A finished file opens normally, and only then does HDF5 check its length against the
-    # superblock; SWMR-read mode skips that check and retries failed reads for a long time.
-    try:
-        return h5py.File(path, "r", locking=False, **_CHUNK_CACHE)
-    except OSError as exc:
-        if any(words in str(exc) for words in _HELD_HERE):
-            raise _held_here(path) from None
-        block = read_superblock(path)
-        if "truncated" in str(exc) and not (block and block.open_for_writing):
-            raise _damaged(path, exc) from None
-    # A file whose SWMR writer is still running, or was killed, is marked open for writing: only
-    # SWMR-read mode opens it. Check its length first ourselves. A live writer can write a new end
-    # into the superblock before the file has grown to it (seen once in a CI run: 147,456 bytes
-    # against 158,610), so a short file marked as being written gets a moment to catch up.
-    for pause in _LIVE_PAUSES:
-        time.sleep(pause)
-        block = read_superblock(path)
-        stored_eof = None if block is None else block.eof
-        size = path.stat().st_size
-        if stored_eof is None or size >= stored_eof:
-            break
-    else:
-        raise _damaged(path, OSError(f"file is {size} bytes, its superblock says {stored_eof}"))
-    try:
-        return h5py.File(path, "r", swmr=True, locking=False, **_CHUNK_CACHE)
-    except OSError as exc:
-        raise _damaged(path, exc) from None
-
-
-# Seconds to wait, one after the other, for a file being written to reach the end its superblock
-# names (0.44 s in all; a killed writer's short file is then reported as damaged).
-_LIVE_PAUSES = (0.0, 0.01, 0.03, 0.1, 0.3)
-
-
-# HDF5's words when a file this process already holds is opened with other flags
-_HELD_HERE = ("file locking flag values don't match", "SWMR read access flag not the same")
-
-
-def _committed(f: h5py.File, group: str, names: Iterable[str]) -> np.ndarray:
-    """The index column ``step`` cut to the length every column of the index has reached."""
-    g = f[group]
-    n = min(g[name].shape[0] for name in names)
-    return g["step"][:n].astype(np.int64)
-
-
-def _pid_gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, owned by someone else
-        return False
-    try:  # a killed child that its parent has not reaped yet is a zombie: gone too
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
-
-
-def _effective_status(stored: str, attrs: dict) -> str:
-    """A file still marked "running" whose writer process is gone was interrupted (SIGKILL,
-    power loss). Only decidable on the machine that wrote it; elsewhere it stays "running"."""
-    if stored != "running":
-        return stored
-    pid, host = attrs.get("writer_pid"), attrs.get("writer_host")
-    if pid is not None and host == socket.gethostname() and _pid_gone(int(pid)):
-        return "interrupted"
-    return stored
-
-
-def _read_scalars(f: h5py.File) -> pd.DataFrame:
-    g = f["scalars"]
-    n = g["step"].shape[0]
-    columns = {"step": g["step"][:n].astype(np.int64)}
-    for name, ds in g.items():
-        if name not in ("step", "other") and ds.ndim == 1:
-            values = ds[:n].astype(np.float64)
-            # a column exists for every standard name; one the run never logged is absent (files
-            # before the "logged" attribute: a column that is NaN throughout)
-            logged = ds.attrs.get("logged")
-            if (bool(logged) if logged is not None else not np.isnan(values).all()):
-                columns[name] = values
-    frame = pd.DataFrame(columns)
-    # rows logged apart from the optimizer step (a trainer's periodic log) share its step
-    frame = frame.groupby("step", sort=True).last()
-    if "other" in g:
-        rows = int(g["other"].attrs.get("rows", 0))
-        other = g["other"][:rows]
-        if rows:
-            long = pd.DataFrame({
-                "step": other["step"].astype(np.int64),
-                "name": [b.decode("utf-8", "replace") for b in other["name"]],
-                "value": other["value"].astype(np.float64),
-            })
-            wide = long.pivot_table(index="step", columns="name", values="value", aggfunc="last")
-            wide.columns.name = None
-            frame = frame.combine_first(wide)
-    frame.index.name = "step"
-    frame = frame.reset_index()
-    standard = [c for c in STANDARD_SCALARS if c in frame.columns]
-    rest = sorted(c for c in frame.columns if c != "step" and c not in standard)
-    return frame[["step", *standard, *rest]]
+def _read_scalars(checked: Checked) -> pd.DataFrame:
+    """One row per step of /scalars/step or with a value in /scalars/other, holding the last value
+    logged for each name at that step; a name never logged is not a column (absent, not NaN)."""
+    n = checked.counts["scalars"]
+    steps = checked.index["scalars/step"][:n].astype(np.int64)
+    series: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for name, ds in checked.scalar_columns.items():
+        values = ds[:n].astype(np.float64)
+        # a column exists for every standard name; one the run never logged is absent (files
+        # before the "logged" attribute: a column that is NaN throughout). A logged column of NaN
+        # (a diverged loss) stays.
+        logged = checked.scalar_logged.get(name)
+        if logged or (logged is None and not np.isnan(values).all()):
+            series[name] = (steps, values)
+    rows = checked.counts["other"]
+    if rows:
+        other = checked.scalars_other[:rows]
+        other = other[~np.isnan(other["value"])]  # a NaN row says nothing, not even its step
+        names = np.array([b.decode("utf-8", "replace") for b in other["name"]], dtype=object)
+        other_steps, other_values = other["step"].astype(np.int64), other["value"].astype(np.float64)
+        for name in dict.fromkeys(names):
+            mine = names == name
+            if name in series:  # a column's own rows come first: the column wins a tie
+                base_steps, base_values = series[name]
+                series[name] = (np.concatenate([other_steps[mine], base_steps]),
+                                np.concatenate([other_values[mine], base_values]))
+            else:
+                series[name] = (other_steps[mine], other_values[mine])
+    at = np.unique(np.concatenate([steps, *[s for s, _ in series.values()]]))
+    standard = [c for c in STANDARD_SCALARS if c in series]
+    rest = sorted(c for c in series if c not in standard)
+    columns = {"step": at, **{c: _last_per_step(*series[c], at) for c in [*standard, *rest]}}
+    return pd.DataFrame(columns)
 
 
 def open_recording(path: str | Path) -> Recording:

@@ -16,7 +16,9 @@ import h5py
 import numpy as np
 
 from lorascope.errors import RecordingError
-from lorascope.h5.reader import _pid_gone, _plain
+from lorascope.h5.validate import plain
+from lorascope.h5.writer_process import writer_gone
+from lorascope.h5.opening import open_h5
 from lorascope.h5.superblock import clear_write_flags, read_superblock
 
 __all__ = ["RepairResult", "repair"]
@@ -36,14 +38,16 @@ class RepairResult:
 
 
 def _writer(path: Path) -> dict:
+    f = open_h5(path)  # SWMR-read mode for a flagged file, with bounded retries
     try:
-        with h5py.File(path, "r", swmr=True, locking=False) as f:
-            return {k: _plain(f.attrs[k]) for k in ("writer_pid", "writer_host", "status") if k in f.attrs}
-    except OSError as exc:
+        return {k: plain(f.attrs[k]) for k in ("writer_pid", "writer_host", "status") if k in f.attrs}
+    except (OSError, RuntimeError, KeyError) as exc:
         raise RecordingError(
             f"{path} cannot be read even in SWMR mode ({exc}); it is damaged beyond what repair "
             "fixes: record the run again or restore the file from a copy"
         ) from None
+    finally:
+        f.close()
 
 
 def repair(path: str | Path, *, force: bool = False) -> RepairResult:
@@ -66,7 +70,7 @@ def repair(path: str | Path, *, force: bool = False) -> RepairResult:
     if not block.open_for_writing:
         return RepairResult(path, False, status)
     pid, host = attrs.get("writer_pid"), attrs.get("writer_host")
-    if pid is not None and host == socket.gethostname() and not _pid_gone(int(pid)):
+    if writer_gone(pid, host) is False:
         raise RecordingError(
             f"{path} is still being written by process {pid}; let it finish (or stop it) and "
             "repair only a file whose writer is gone"

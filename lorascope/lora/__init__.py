@@ -13,7 +13,7 @@ from lorascope.lora.adapters import load_adapters, save_adapters
 from lorascope.config import LoraConfig
 from lorascope.errors import UsageError
 from lorascope.lora.inits import INITS
-from lorascope.lora.layer import LoRALinear, is_adaptable, lora_layers, replace_module
+from lorascope.lora.layer import LoRALinear, features, is_adaptable, lora_layers, replace_module
 from lorascope.lora.targets import ROLES, block_index, select_targets
 
 __all__ = [
@@ -70,6 +70,15 @@ def add_lora(model: nn.Module, cfg: LoraConfig) -> dict[str, LoRALinear]:
     """
     spec = INITS.get(cfg.init)  # an unknown init is refused before the model is touched
     selection = select_targets(model, list(cfg.targets), cfg.layers)
+    narrow = [(t.name, features(t.module)) for t in selection.targets if cfg.rank > min(features(t.module))]
+    if narrow:
+        name, (n_in, n_out) = narrow[0]
+        raise UsageError(
+            f"lora.rank (--rank) {cfg.rank} is above the width of {name} ({n_in} -> {n_out}"
+            f"{f', and {len(narrow) - 1} more modules' if len(narrow) > 1 else ''}): its update B @ A "
+            f"cannot have a rank above {min(n_in, n_out)}; use --rank {min(n_in, n_out)} or less, "
+            "or leave the narrow modules out of lora.targets"
+        )
     if spec.rewrites_base:
         tied = _tied_weights(model)
         shared = [t.name for t in selection.targets if id(t.module.weight) in tied]

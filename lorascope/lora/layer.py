@@ -16,7 +16,7 @@ from lorascope.config import LoraConfig
 from lorascope.errors import UsageError
 from lorascope.lora.inits import INITS
 
-__all__ = ["LoRALinear", "lora_layers", "is_adaptable", "replace_module"]
+__all__ = ["LoRALinear", "lora_layers", "is_adaptable", "features", "replace_module"]
 
 
 @functools.cache
@@ -37,6 +37,15 @@ def _is_transposed(module: nn.Module) -> bool | None:
         if isinstance(module, kind):
             return transposed
     return None
+
+
+def features(module: nn.Module) -> tuple[int, int]:
+    """(in_features, out_features) of an adaptable module, whatever its weight's layout."""
+    transposed = _is_transposed(module)
+    if transposed is None:
+        raise UsageError(f"LoRA wraps nn.Linear and GPT-2's Conv1D, not {type(module).__name__}")
+    n_out, n_in = module.weight.shape
+    return (n_out, n_in) if transposed else (n_in, n_out)
 
 
 def is_adaptable(module: nn.Module) -> bool:

@@ -53,16 +53,15 @@ def estimate_size(model: torch.nn.Module | dict[str, LoraPair], config: RecordCo
     # DoRA's magnitude vectors go with every snapshot, always float32
     magnitudes = sum(p.magnitude.numel() for p in pairs.values() if p.magnitude is not None)
     per_snapshot = values * itemsize + magnitudes * 4
-    steps = build_schedule(config, total_steps).steps(total_steps)
-    if total_steps not in steps:  # the Recorder always keeps the final weights
-        steps.append(total_steps)
-    updates = [s for s in steps if s > 0]
-    grad_snapshots = len(updates) * grad_accum if config.grads else 0
-    state_bytes = len(updates) * values * 4 * 2 if config.optimizer_state else 0
+    schedule = build_schedule(config, total_steps)
+    snapshots = schedule.snapshot_count(total_steps) + (total_steps not in schedule)  # the final weights are always kept
+    updates = snapshots - 1  # step 0 has no gradient or optimizer state
+    grad_snapshots = updates * grad_accum if config.grads else 0
+    state_bytes = updates * values * 4 * 2 if config.optimizer_state else 0
     w0 = sum(p.in_features * p.out_features * 4 for p in pairs.values()
              if config.base_weights or p.magnitude is not None)  # DoRA's ΔW needs W0
     per_step = len(pairs) * 4 * 4 + 8 * 8  # update norms and scalars, every optimizer step
-    total = (len(steps) * per_snapshot + grad_snapshots * values * itemsize + state_bytes + w0
+    total = (snapshots * per_snapshot + grad_snapshots * values * itemsize + state_bytes + w0
              + total_steps * per_step)
-    return SizeEstimate(len(pairs), len(steps), per_snapshot, grad_snapshots, state_bytes,
+    return SizeEstimate(len(pairs), snapshots, per_snapshot, grad_snapshots, state_bytes,
                         total, config.dtype, config.compression)

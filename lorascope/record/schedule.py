@@ -2,7 +2,7 @@
 every N, or a fixed number of log-spaced steps. Step 0 (before any update) is always taken."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,7 +20,12 @@ class Schedule:
 
     def steps(self, total_steps: int) -> list[int]:
         """The snapshot steps of a run of ``total_steps`` optimizer steps, step 0 included."""
-        return [s for s in range(total_steps + 1) if s in self]
+        raise NotImplementedError
+
+    def snapshot_count(self, total_steps: int) -> int:
+        """How many snapshots ``steps`` holds, without listing them (a billion-step run's
+        estimate must not build a billion-item list)."""
+        return len(self.steps(total_steps))
 
     def describe(self) -> dict:
         raise NotImplementedError
@@ -34,6 +39,16 @@ class EveryN(Schedule):
     def __contains__(self, step: int) -> bool:
         return step <= self.dense_first or step % self.every == 0
 
+    def steps(self, total_steps: int) -> list[int]:
+        dense = min(self.dense_first, total_steps)
+        later = range((dense // self.every + 1) * self.every, total_steps + 1, self.every)
+        return [*range(dense + 1), *later]
+
+    def snapshot_count(self, total_steps: int) -> int:
+        dense = min(self.dense_first, total_steps)
+        # steps 0..dense, then the multiples of `every` above dense
+        return dense + 1 + total_steps // self.every - dense // self.every
+
     def describe(self) -> dict:
         return {"kind": "every", "every": self.every, "dense_first": self.dense_first}
 
@@ -42,18 +57,19 @@ class EveryN(Schedule):
 class LogSpaced(Schedule):
     count: int
     total_steps: int
+    _steps: frozenset[int] = field(init=False, repr=False, compare=False)
 
-    def _steps(self) -> frozenset[int]:
+    def __post_init__(self) -> None:
         # geomspace from 1 to the last step, rounded; rounding merges early duplicates, so the
-        # count is at most `count` + 1 (step 0).
+        # count is at most `count` + 1 (step 0). Computed once: `in` is asked every step.
         spaced = np.unique(np.rint(np.geomspace(1, self.total_steps, self.count)).astype(int))
-        return frozenset([0, *spaced.tolist()])
+        object.__setattr__(self, "_steps", frozenset([0, *spaced.tolist()]))
 
     def __contains__(self, step: int) -> bool:
-        return step in self._steps()
+        return step in self._steps
 
     def steps(self, total_steps: int) -> list[int]:
-        return sorted(s for s in self._steps() if s <= total_steps)
+        return sorted(s for s in self._steps if s <= total_steps)
 
     def describe(self) -> dict:
         return {"kind": "log_spaced", "count": self.count, "total_steps": self.total_steps}

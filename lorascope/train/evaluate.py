@@ -28,12 +28,14 @@ def classification_metrics(predictions: torch.Tensor, labels: torch.Tensor, num_
 @torch.no_grad()
 def evaluate(
     model: torch.nn.Module,
-    data: Iterable[dict[str, torch.Tensor]],
+    data: Iterable[dict[str, torch.Tensor]] | None,
     device: torch.device,
     precision: Precision,
     task: str,
     max_batches: int = 0,
 ) -> dict[str, float]:
+    if data is None:  # no held-out data (data.val_fraction = 0): nothing to evaluate
+        return {}
     was_training = model.training
     model.eval()
     total_loss, batches = 0.0, 0
