@@ -105,3 +105,17 @@ def test_float16_series_equal_their_float64_upcast():
     U64, S64, V64 = spectra.delta_w_svd(A64, B64, 0.5)
     np.testing.assert_allclose(S, S64, rtol=1e-6)
     np.testing.assert_allclose(U @ (S[..., None] * V.transpose(0, 2, 1)), W, atol=1e-6 * np.abs(W).max())
+
+
+@pytest.mark.parametrize("where, bad", [("A", np.nan), ("B", np.inf)])
+def test_a_nonfinite_factor_leaves_the_other_factors_spectrum(where, bad):
+    # issue 12, item 1: only ΔW, which needs both factors, is masked
+    rng = np.random.default_rng(8)
+    A, B = _pair(5, rng, 0.05, np.float32)
+    (A if where == "A" else B)[1, 0, 2] = bad
+    sv, dyn = lowrank.lora_series(A, B, 1.0)
+    other = {"A": B, "B": A}[where]
+    want = np.linalg.svd(other.astype(np.float64), compute_uv=False)
+    np.testing.assert_allclose(sv["B" if where == "A" else "A"], want, rtol=1e-6)
+    assert np.isnan(sv[where][1]).all() and np.isnan(sv["dW"][1]).all() and np.isnan(dyn["frobenius"][1])
+    assert np.isfinite(sv[where][[0, 2, 3, 4]]).all()

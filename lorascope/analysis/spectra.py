@@ -120,7 +120,8 @@ def lora_singular_values(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[s
     """Singular values of A, B and ΔW = scaling·B·A at every snapshot ({"A", "B", "dW"}, each
     (T, k) descending), from one pass over the series: the r×r Gram matrices of A and B give
     all three, and snapshots where a small value would lose digits to the squaring are redone
-    by SVD (A, B) or by QR of B and Aᵀ and the SVD of the r×r core (ΔW)."""
+    by SVD (A, B) or by QR of B and Aᵀ and the SVD of the r×r core (ΔW). Each factor's values
+    come from its own entries: a NaN in A blanks A's and ΔW's rows at that step, never B's."""
     A, B = _pair(A, B)
     T, r, n_in = A.shape
     n_out = B.shape[1]
@@ -129,23 +130,28 @@ def lora_singular_values(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[s
            "dW": np.full((T, k), np.nan)}
     sc = Scratch()
     for sl in time_chunks(T, r * (n_in + n_out), CACHE_VALUES):
-        fin = _finite_rows(A[sl]) & _finite_rows(B[sl])
-        if not fin.any():
+        fa, fb = _finite_rows(A[sl]), _finite_rows(B[sl])
+        if not (fa.any() or fb.any()):
             continue
-        rows = None if fin.all() else fin
-        a, sa = _upcast_rows(A[sl], rows, sc("a", A[sl].shape, np.float64))
-        b, sb = _upcast_rows(B[sl], rows, sc("b", B[sl].shape, np.float64))
-        idx = np.arange(sl.start, sl.stop)[fin]
+        here = np.arange(sl.start, sl.stop)
+        a, sa = _upcast_rows(A[sl], None if fa.all() else fa, sc("a", A[sl].shape, np.float64))
+        b, sb = _upcast_rows(B[sl], None if fb.all() else fb, sc("b", B[sl].shape, np.float64))
         Ga, Gb = a @ a.transpose(0, 2, 1), b.transpose(0, 2, 1) @ b
         # the r×r Grams are the small ones unless a factor is wider than tall the other way
-        out["A"][idx] = _gram_singular_values(a, Ga if r <= n_in else None) * sa[:, None]
-        out["B"][idx] = _gram_singular_values(b, Gb if r <= n_out else None) * sb[:, None]
-        s, unreliable = _dw_from_grams(Ga, Gb, k)
+        if fa.any():
+            out["A"][here[fa]] = _gram_singular_values(a, Ga if r <= n_in else None) * sa[:, None]
+        if fb.any():
+            out["B"][here[fb]] = _gram_singular_values(b, Gb if r <= n_out else None) * sb[:, None]
+        both = fa & fb
+        if not both.any():
+            continue
+        ia, ib = both[fa], both[fb]  # the rows finite in both, among each factor's finite rows
+        s, unreliable = _dw_from_grams(Ga[ia], Gb[ib], k)
         if unreliable.any():
-            _, core, _ = _cores(a[unreliable], b[unreliable], "r")
+            _, core, _ = _cores(a[ia][unreliable], b[ib][unreliable], "r")
             s[unreliable] = np.linalg.svd(core, compute_uv=False)[:, :k]
         # one factor at a time: a zero singular value stays zero even where sa·sb overflows
-        out["dW"][idx] = s * sa[:, None] * sb[:, None] * abs(float(scaling))
+        out["dW"][here[both]] = s * sa[ia][:, None] * sb[ib][:, None] * abs(float(scaling))
     return out
 
 
