@@ -15,6 +15,7 @@ __all__ = [
     "subspaces",
     "numerical_rank",
     "similarity",
+    "similarity_status",
     "subspace_basis",
     "subspace_similarity",
     "similarity_grid",
@@ -80,15 +81,20 @@ def subspace_basis(X: np.ndarray, matrix: str) -> np.ndarray:
 
 def similarity(S1: Subspaces, S2: Subspaces, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
     """φ(S1, S2, i, j) and a status per snapshot (leading axes broadcast, as in
-    `subspace_similarity`): 'ok'; 'zero' where S1's matrix is zero (rank 0), 'zero_reference'
-    where S2's is; 'rank_deficient' where i exceeds S1's numerical rank or j S2's, since the
-    directions beyond the rank are an arbitrary completion of the basis (another valid one would
-    give another φ). φ is NaN wherever the status is not 'ok'."""
+    `subspace_similarity`), see `similarity_status`. φ is NaN wherever the status is not 'ok'."""
     phi = subspace_similarity(S1.basis, S2.basis, i, j)
-    r1, r2 = np.broadcast_arrays(np.asarray(S1.rank), np.asarray(S2.rank))
-    status = np.where(r1 == 0, "zero", np.where(r2 == 0, "zero_reference",
-                      np.where((i > r1) | (j > r2), "rank_deficient", "ok"))).astype(object)
+    status = similarity_status(S1.rank, S2.rank, i, j)
     return np.where(status == "ok", phi, np.nan), status
+
+
+def similarity_status(rank1, rank2, i: int, j: int) -> np.ndarray:
+    """Whether φ(·, ·, i, j) is defined for subspaces of numerical ranks rank1 and rank2
+    (broadcast): 'ok'; 'zero' where the first matrix is zero (rank 0), 'zero_reference' where
+    the second is; 'rank_deficient' where i exceeds rank1 or j rank2, since the directions beyond
+    the rank are an arbitrary completion of the basis (another valid one would give another φ)."""
+    r1, r2 = np.broadcast_arrays(np.asarray(rank1), np.asarray(rank2))
+    return np.where(r1 == 0, "zero", np.where(r2 == 0, "zero_reference",
+                    np.where((i > r1) | (j > r2), "rank_deficient", "ok"))).astype(object)
 
 
 def _check_dims(U1: np.ndarray, U2: np.ndarray, i: int, j: int) -> None:
