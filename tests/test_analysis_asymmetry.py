@@ -43,7 +43,7 @@ def test_ill_conditioned_a_takes_the_svd_route_and_rank_deficient_a_is_named():
     phi, status = asymmetry.row_space_similarity(A, A0)
     assert list(status) == ["ok", "ok", "ok", "rank_deficient"] and np.isnan(phi[3])
     np.testing.assert_allclose(phi[:3], [_phi_scipy(x, A0) for x in A[:3]], rtol=1e-7)
-    phi1, status1 = asymmetry.row_space_similarity(A, A0, i=1)
+    _, status1 = asymmetry.row_space_similarity(A, A0, i=1)
     assert list(status1) == ["ok"] * 4
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy import stats as ss
 
-from lorascope.analysis import fits, mle
+from lorascope.analysis import fits, mle, mle_gennorm, mle_t
 
 n = 1000
 
@@ -105,7 +105,7 @@ def test_best_family_is_the_bic_ranking_of_the_exact_fits(fitted):
 def test_a_fit_that_did_not_converge_is_never_ranked(monkeypatch):
     # one Newton step is not enough for t: its fits say so and the best family is chosen without it
     x = ss.t.rvs(2.5, size=(3, 1, 800), random_state=np.random.default_rng(5))
-    monkeypatch.setattr(mle, "_ITERATIONS", 1)
+    monkeypatch.setattr(mle, "ITERATIONS", 1)
     r = fits.fit_snapshots(x, families=("t", "normal", "laplace"), max_samples=None)
     assert (r.families["t"]["method"] == "not_converged").all()
     assert "t" not in set(r.best)
@@ -124,12 +124,12 @@ def test_t_gradient_and_hessian_equal_finite_differences():
     rng = np.random.default_rng(6)
     z = np.sort(ss.t.rvs(4, size=(2, 500), random_state=rng), axis=1)
     theta = np.array([[0.1, -0.2, np.log(3.0)], [-0.05, 0.1, np.log(12.0)]])
-    ll, g, H = mle._t_derivatives(z, theta)
-    f = lambda th: mle.t_loglik(z, th[:, 0], np.exp(th[:, 1]), np.exp(th[:, 2]))  # noqa: E731
+    ll, g, H = mle_t._t_derivatives(z, theta)
+    f = lambda th: mle_t.t_loglik(z, th[:, 0], np.exp(th[:, 1]), np.exp(th[:, 2]))  # noqa: E731
     np.testing.assert_allclose(ll, f(theta), rtol=1e-12)
     np.testing.assert_allclose(g, _numeric_gradient(f, theta), rtol=1e-6, atol=1e-5)
     for j in range(3):
-        col = _numeric_gradient(lambda th: mle._t_derivatives(z, th)[1][:, j], theta)
+        col = _numeric_gradient(lambda th, j=j: mle_t._t_derivatives(z, th)[1][:, j], theta)
         np.testing.assert_allclose(H[:, j], col, rtol=1e-5, atol=1e-3)
 
 
@@ -139,8 +139,8 @@ def test_gennorm_profile_derivatives_equal_finite_differences():
     z = np.sort(ss.gennorm.rvs(3.0, size=(1, 800), random_state=rng), axis=1)
     z = (z - z.mean()) / z.std()
     b = np.log(3.0)
-    P = lambda lb: mle._gn_profile(z, np.exp(np.array([lb])), np.zeros(1))[0][0]  # noqa: E731
-    ll, pb, pbb, _ = mle._gn_profile(z, np.array([3.0]), np.zeros(1))
+    P = lambda lb: mle_gennorm._gn_profile(z, np.exp(np.array([lb])), np.zeros(1))[0][0]  # noqa: E731
+    _, pb, pbb, _ = mle_gennorm._gn_profile(z, np.array([3.0]), np.zeros(1))
     h = 1e-4
     assert pb[0] == pytest.approx((P(b + h) - P(b - h)) / (2 * h), rel=1e-5)
     assert pbb[0] == pytest.approx((P(b + h) - 2 * P(b) + P(b - h)) / h**2, rel=1e-3)
@@ -150,7 +150,7 @@ def test_gennorm_profile_derivatives_equal_finite_differences():
 def test_best_data_point_is_the_brute_force_minimum(beta):
     z = np.sort(np.random.default_rng(8).laplace(size=700))
     S = (np.abs(z[None, :] - z[:, None]) ** beta).sum(axis=1)
-    assert mle._best_data_point(z, beta) == z[S.argmin()]
+    assert mle_gennorm._best_data_point(z, beta) == z[S.argmin()]
 
 
 def test_location_for_beta_at_least_one_is_the_convex_minimum():
@@ -158,7 +158,7 @@ def test_location_for_beta_at_least_one_is_the_convex_minimum():
     z = np.sort(rng.gamma(2.0, size=(4, 600)), axis=1)
     z = (z - z.mean(axis=1, keepdims=True)) / z.std(axis=1, keepdims=True)
     beta = np.array([1.0, 1.3, 2.0, 50.0])
-    mu = mle._gn_mu(z, beta, np.zeros(4))
+    mu = mle_gennorm._gn_mu(z, beta, np.zeros(4))
     for i in range(4):
         grid = np.linspace(mu[i] - 1e-3, mu[i] + 1e-3, 2001)
         S = (np.abs(z[i][None, :] - grid[:, None]) ** beta[i]).sum(axis=1)
@@ -171,8 +171,8 @@ def test_df_floor_keeps_the_t_likelihood_bounded_at_ties():
     rng = np.random.default_rng(10)
     x = np.r_[np.zeros(300), rng.normal(size=700)]
     z = np.sort((x - x.mean()) / x.std())[None]
-    assert mle.df_floor(z)[0] == pytest.approx(2 * 300 / 700)
-    p, ll, converged, bounded = mle.fit_t(z)
+    assert mle_t.df_floor(z)[0] == pytest.approx(2 * 300 / 700)
+    p, _, _, bounded = mle_t.fit_t(z)
     assert p["df"][0] >= 2 * 300 / 700 * (1 - 1e-12)
     assert bounded[0] == (p["df"][0] <= 2 * 300 / 700 * (1 + 1e-9))
 
@@ -186,6 +186,6 @@ def test_warm_start_never_lowers_a_fit():
     for name in ("t", "gennorm"):
         fam = fits.FAMILIES.get(name)
         for i in range(6):
-            z, shift, spread = fits._standardised(X[i].reshape(1, -1))
+            z, _, spread = fits._standardised(np.sort(X[i].reshape(1, -1), axis=1))
             cold = fam.fit(z)[1][0] - 600 * np.log(spread[0])
             assert r.families[name]["loglik"][i] >= cold - 1e-9 * abs(cold)

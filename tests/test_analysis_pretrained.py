@@ -24,7 +24,7 @@ def test_amplification_equals_the_dense_svd_of_the_update():
     P, Q = lowrank.update_factors(A, B, 0.5)
     got = pretrained.amplification(W0, P, Q, k=4)
     dW = P @ Q
-    U, S, Vt = np.linalg.svd(dW[1:])
+    U, _, Vt = np.linalg.svd(dW[1:])
     proj = np.linalg.norm(U[:, :, :4].transpose(0, 2, 1) @ W0 @ Vt[:, :4].transpose(0, 2, 1), axis=(1, 2))
     frob = np.linalg.norm(dW, axis=(1, 2))
     np.testing.assert_allclose(got["projection"][1:], proj, rtol=1e-10)
@@ -59,7 +59,7 @@ def test_amplification_of_a_compensated_update_and_its_rank():
     got = pretrained.amplification(W0, P, Q, k=2)
     assert list(got["status"]) == ["zero", "rank_deficient", "ok"]
     dW = B[2] @ A[2] - B[0] @ A[0]
-    u, s, vt = np.linalg.svd(dW)
+    u, _, vt = np.linalg.svd(dW)
     np.testing.assert_allclose(got["projection"][2], np.linalg.norm(u[:, :2].T @ W0 @ vt[:2].T), rtol=1e-9)
     got1 = pretrained.amplification(W0, P, Q, k=1)
     assert list(got1["status"]) == ["zero", "ok", "ok"]

@@ -6,11 +6,11 @@ Every family is fitted by maximum likelihood, jointly in all its parameters, on 
 standardised values z = (x − mean)/std (so that huge or tiny weights cannot overflow): in
 closed form for the normal, uniform and Laplace, by Newton's method for the logistic, and for
 Student-t (free location, scale and df) and the generalised normal (free location, scale and β)
-as `mle` describes, including their limits df = ∞ (the normal) and β = ∞ (the uniform) where the
+as `mle_t` and `mle_gennorm` describe, including their limits df = ∞ (the normal) and β = ∞ (the uniform) where the
 likelihood rises all the way. Every snapshot is fitted from the data's own moments and then
 again from the previous snapshot's optimum wherever that is a better start. Each fit says how
 it ended (`method`): 'mle' (a maximum of the likelihood, or its limit), 'bounded' (stopped at
-the edge of the parameter range the likelihood is maximised over, see `mle`), or
+the edge of the parameter range the likelihood is maximised over, see `mle_t`, `mle_gennorm`), or
 'not_converged'; only 'mle' fits are ranked for the best family. Matrices that are all zeros,
 constant, non-finite or too small are named, not fitted."""
 from __future__ import annotations
@@ -22,6 +22,8 @@ import numpy as np
 from scipy import special
 
 from lorascope.analysis import mle as _mle
+from lorascope.analysis import mle_gennorm as _gennorm
+from lorascope.analysis import mle_t as _t
 from lorascope.analysis._batch import as_stack, entry_subset, time_chunks
 from lorascope.errors import UsageError
 from lorascope.registry import Registry
@@ -86,7 +88,7 @@ def _register(name: str, params: tuple[str, ...], cdf, loglik=None):
 @_register("normal", ("loc", "scale"), lambda z, p: special.ndtr(_std_z(z, p)))
 def _fit_normal(z, start=None):
     loc, scale = z.mean(axis=1), z.std(axis=1)
-    return {"loc": loc, "scale": scale}, _mle.NORMAL_LOGLIK(z), _method(np.ones(len(z), dtype=bool))
+    return {"loc": loc, "scale": scale}, _mle.normal_loglik(z), _method(np.ones(len(z), dtype=bool))
 
 
 @_register("uniform", ("loc", "scale"), lambda z, p: np.clip(_std_z(z, p), 0.0, 1.0))
@@ -152,9 +154,9 @@ def _t_cdf(z, p):
 
 
 @_register("t", ("df", "loc", "scale"), _t_cdf,
-           loglik=lambda z, p: _mle.t_loglik(z, p["loc"], p["scale"], p["df"]))
+           loglik=lambda z, p: _t.t_loglik(z, p["loc"], p["scale"], p["df"]))
 def _fit_t(z, start=None):
-    p, ll, converged, bounded = _mle.fit_t(z, start)
+    p, ll, converged, bounded = _t.fit_t(z, start)
     return p, ll, _method(converged, bounded)
 
 
@@ -167,9 +169,9 @@ def _gennorm_cdf(z, p):
 
 
 @_register("gennorm", ("beta", "loc", "scale"), _gennorm_cdf,
-           loglik=lambda z, p: _mle.gennorm_loglik(z, p["loc"], p["scale"], p["beta"]))
+           loglik=lambda z, p: _gennorm.gennorm_loglik(z, p["loc"], p["scale"], p["beta"]))
 def _fit_gennorm(z, start=None):
-    p, ll, converged, bounded = _mle.fit_gennorm(z, start)
+    p, ll, converged, bounded = _gennorm.fit_gennorm(z, start)
     return p, ll, _method(converged, bounded)
 
 
