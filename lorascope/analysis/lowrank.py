@@ -79,10 +79,12 @@ def update_mean(A: np.ndarray, B: np.ndarray, scaling: float, first: tuple[np.nd
     out = np.empty(T)
     for sl in time_chunks(T, r * (n_in + n_out), CACHE_VALUES):
         a, b = A[sl].astype(np.float64), B[sl].astype(np.float64)
-        db = (b - B0).sum(axis=1)   # (n, r) column sums of B_t − B_0
-        ra = a.sum(axis=2)          # (n, r) row sums of A_t
-        da = (a - A0).sum(axis=2)   # (n, r) row sums of A_t − A_0
-        out[sl] = np.einsum("tr,tr->t", db, ra) + da @ b0
+        fin = np.isfinite(a).all(axis=(1, 2)) & np.isfinite(b).all(axis=(1, 2))  # an Inf would give ±inf
+        with np.errstate(invalid="ignore", over="ignore"):
+            db = (b - B0).sum(axis=1)   # (n, r) column sums of B_t − B_0
+            ra = a.sum(axis=2)          # (n, r) row sums of A_t
+            da = (a - A0).sum(axis=2)   # (n, r) row sums of A_t − A_0
+            out[sl] = np.where(fin, np.einsum("tr,tr->t", db, ra) + da @ b0, np.nan)
     return float(scaling) * out / (n_out * n_in)
 
 
