@@ -14,8 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import linalg as sla
-
 from lorascope.analysis._batch import time_chunks
 from lorascope.errors import UsageError
 
@@ -56,17 +54,97 @@ def _outside(X: np.ndarray, basis: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return C, np.linalg.qr(X - basis @ C, mode="r")
 
 
-def _cores(svd: PretrainedSVD, P: np.ndarray, Q: np.ndarray) -> np.ndarray:
-    """K (n, m + q', m + q'') with W0 + P Q = [U0, Qp] K [V0, Qq]ᵀ: the diagonal of W0's
-    singular values plus ΔW in those coordinates (Qp, Qq: ΔW's directions outside U0, V0)."""
+def _factors(svd: PretrainedSVD, P: np.ndarray, Q: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """ΔW = P Q in W0's singular coordinates: L (n, m + q', q) and Rm (n, m + q'', q) with
+    W0 + P Q = [U0, Qp] (D + L Rmᵀ) [V0, Qq]ᵀ, D the diagonal of W0's singular values and Qp, Qq
+    ΔW's directions outside U0, V0 (none where U0 or V0 spans its whole space)."""
     Pc, Rp = _outside(P, svd.U)
     Qc, Rq = _outside(Q.transpose(0, 2, 1), svd.V)
-    left = np.concatenate([Pc, Rp], axis=1)               # (n, m + q', q)
-    right = np.concatenate([Qc, Rq], axis=1)              # (n, m + q'', q)
-    K = left @ right.transpose(0, 2, 1)
-    m = len(svd.S)
-    K[:, np.arange(m), np.arange(m)] += svd.S
-    return K
+    return np.concatenate([Pc, Rp], axis=1), np.concatenate([Qc, Rq], axis=1)
+
+
+def _top_left(S: np.ndarray, L: np.ndarray, Rm: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The top k singular values of K = D + L Rmᵀ (n rows of a batch) and the largest |coordinate|
+    of each of their left-singular vectors among the first m = len(S) (W0's own vectors).
+
+    K Kᵀ = diag(d) + Z C Zᵀ with d = (S², 0…), Z = [D Rm, L] and C = [[0, I], [I, RmᵀRm]], a rank-2q
+    change of a diagonal. The coordinates split into a head H (W0's top h and ΔW's own) and W0's
+    tail R. Once λ_k of the head block exceeds a bound on the tail block's spectrum (d_h plus the
+    largest eigenvalue of Z_R C Z_Rᵀ), each of the top k eigenvalues λ solves λ = μ_j(S(λ)), with
+    S(λ) = M_HH + Z_H C Z_Rᵀ (λ − M_RR)⁻¹ Z_R C Z_Hᵀ a small |H|×|H| matrix: the tail enters through
+    the 2q×2q matrix Γ = Z_Rᵀ (λ − d_R)⁻¹ Z_R (Woodbury), so the cost is O(m·q²) per λ instead of
+    O(m³). Newton's method on λ − μ_j(S(λ)) (its slope is −(1 + ‖v_R‖²)) inside a bracket finds
+    it; the eigenvector's tail is v_R = (λ − M_RR)⁻¹ M_RH v_H. Where the bound fails, h doubles,
+    up to h = m (no tail: the whole matrix, exactly)."""
+    n, nl, q = L.shape
+    m = len(S)
+    d = np.r_[S**2, np.zeros(nl - m)]
+    Y = np.zeros((n, nl, q))
+    Y[:, :m] = S[:, None] * Rm[:, :m]
+    G = Rm.transpose(0, 2, 1) @ Rm
+    Z = np.concatenate([Y, L], axis=2)                                 # (n, nl, 2q)
+    eye, zero = np.broadcast_to(np.eye(q), G.shape), np.zeros_like(G)
+    C = np.block([[zero, eye], [eye, G]])
+    Cinv = np.block([[-G, eye], [eye, zero]])
+    lam_out, sim_out = np.full((n, k), np.nan), np.full((n, k), np.nan)
+    todo = np.arange(n)
+    h = min(m, 2 * k + 2 * q)
+    while len(todo):
+        ok, lam, sim = _secular(d, Z[todo], C[todo], Cinv[todo], h, m, k)
+        lam_out[todo[ok]], sim_out[todo[ok]] = lam, sim
+        todo = todo[~ok]
+        h = m if 2 * h >= m else 2 * h
+    return np.sqrt(np.maximum(lam_out, 0.0)), sim_out
+
+
+def _secular(d, Z, C, Cinv, h: int, m: int, k: int):
+    """`_top_left` for one head size h: (which rows the tail bound allowed, their top k
+    eigenvalues (desc) and the largest |W0 coordinate| of each eigenvector)."""
+    n, nl, q2 = Z.shape
+    H = np.r_[np.arange(h), np.arange(m, nl)]
+    ZH, ZR, dR = Z[:, H], Z[:, h:m], d[h:m]
+    MHH = ZH @ C @ ZH.transpose(0, 2, 1)
+    MHH[:, np.arange(len(H)), np.arange(len(H))] += d[H]
+    muH = np.linalg.eigvalsh(MHH)[:, ::-1][:, :k]
+    if len(dR):
+        g, V = np.linalg.eigh(ZR.transpose(0, 2, 1) @ ZR)
+        half = V * np.sqrt(np.maximum(g, 0.0))[:, None, :] @ V.transpose(0, 2, 1)
+        bound = dR.max() + np.maximum(np.linalg.eigvalsh(half @ C @ half)[:, -1], 0.0)
+    else:
+        bound = np.full(n, -np.inf)
+    ok = muH[:, -1] > bound * (1 + 1e-9) + 1e-300
+    rows = np.flatnonzero(ok)
+    ZH, ZR, C, Cinv, MHH, lo = ZH[rows], ZR[rows], C[rows], Cinv[rows], MHH[rows], muH[rows].copy()
+    nr = len(rows)
+    outer = (ZR[:, :, :, None] * ZR[:, :, None, :]).reshape(nr, len(dR), q2 * q2)  # z zᵀ per tail row
+    hi = np.full((nr, k), np.inf)
+    lam = lo.copy()
+    jj = np.arange(k)
+    for _ in range(60):
+        w1 = 1.0 / (lam[:, :, None] - dR)                                       # (nr, k, |R|)
+        Gam = (w1 @ outer).reshape(nr, k, q2, q2)
+        Gam2 = ((w1 * w1) @ outer).reshape(nr, k, q2, q2)
+        I2 = np.eye(q2)
+        T = Gam @ np.linalg.inv(I2 - C[:, None] @ Gam)                           # Γ (I − CΓ)⁻¹
+        CZt = C @ ZH.transpose(0, 2, 1)                                           # (nr, 2q, |H|)
+        Smat = MHH[:, None] + CZt.transpose(0, 2, 1)[:, None] @ T @ CZt[:, None]
+        mu, VH = np.linalg.eigh(Smat)
+        mu_j = mu[:, jj, -1 - jj]                                                # j-th largest
+        v = VH.transpose(0, 1, 3, 2)[:, jj, -1 - jj]                              # (nr, k, |H|)
+        wv = (CZt[:, None] @ v[..., None])[..., 0]                                # C Z_Hᵀ v_H
+        u = wv + np.linalg.solve(Cinv[:, None] - Gam, (Gam @ wv[..., None]))[..., 0]
+        vr2 = np.maximum((u[:, :, None, :] @ Gam2 @ u[..., None])[..., 0, 0], 0.0)  # ‖v_R‖²
+        phi = mu_j - lam
+        lo, hi = np.where(phi > 0, lam, lo), np.where(phi > 0, np.minimum(hi, mu_j), np.minimum(hi, lam))
+        done = np.abs(phi) <= 1e-14 * np.abs(lam)
+        if done.all():
+            break
+        newton = lam + phi / (1.0 + vr2)
+        inside = (newton >= lo) & (newton <= hi)
+        lam = np.where(done, lam, np.where(inside, newton, 0.5 * (lo + np.where(np.isfinite(hi), hi, mu_j))))
+    vR = (1.0 / (lam[:, :, None] - dR)) * (u @ ZR.transpose(0, 2, 1))              # (nr, k, |R|)
+    top = np.maximum(np.abs(v[:, :, :h]).max(axis=2), np.abs(vR).max(axis=2) if len(dR) else 0.0)
+    return ok, lam, top / np.sqrt(1.0 + vr2)
 
 
 def intruder_dimensions(svd: PretrainedSVD, P: np.ndarray, Q: np.ndarray, k: int = DEFAULT_K,
@@ -90,17 +168,13 @@ def intruder_dimensions(svd: PretrainedSVD, P: np.ndarray, Q: np.ndarray, k: int
     k = min(k, out_f, in_f)
     sim, sigma = np.full((T, k), np.nan), np.full((T, k), np.nan)
     fin = np.isfinite(P).all(axis=(1, 2)) & np.isfinite(Q).all(axis=(1, 2))
-    for sl in time_chunks(T, (out_f + in_f) * max(P.shape[2], 1) + (m + P.shape[2]) ** 2):
+    q = P.shape[2]
+    # a chunk's largest temporaries: the tail's z zᵀ (m·4q²) and the factors (out + in)·q
+    for sl in time_chunks(T, m * 4 * q * q + (out_f + in_f) * q + k * m):
         rows = np.arange(sl.start, sl.stop)[fin[sl]]
-        if not len(rows):
-            continue
-        K = _cores(svd, P[rows], Q[rows])
-        n = K.shape[1]
-        for i, t in enumerate(rows):
-            lam, Z = sla.eigh(K[i] @ K[i].T, subset_by_index=[n - k, n - 1])
-            Z = Z[:, ::-1]
-            sigma[t] = np.sqrt(np.maximum(lam[::-1], 0.0))
-            sim[t] = np.abs(Z[:m]).max(axis=0)
+        if len(rows):
+            L, Rm = _factors(svd, P[rows], Q[rows])
+            sigma[rows], sim[rows] = _top_left(svd.S, L, Rm, k)
     count = np.where(fin, (sim < epsilon).sum(axis=1), 0)
     worst = np.where(fin, np.nanmin(np.where(fin[:, None], sim, np.inf), axis=1), np.nan)
     return {"count": count, "worst_similarity": worst, "similarity": sim, "sigma": sigma,
