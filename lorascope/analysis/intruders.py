@@ -5,15 +5,18 @@ The paper's code takes the thin SVDs of the (out, in) weights, k = 10; ε = 0.5 
 
 W0's SVD is computed once (`pretrained_svd`) and reused for every snapshot. A snapshot never
 forms the out×in W_eff: with ΔW = P Q of rank q, W_eff lives in the span of W0's singular
-vectors and of ΔW's directions outside them, W_eff = [U0, Qp] K [V0, Qq]ᵀ with a core K of
-(m + q)×(m + q), m = min(out, in). A left-singular vector of W_eff is [U0, Qp] z for a
-left-singular vector z of K, so its cosines with W0's singular vectors are simply z's first m
-coordinates: no out-long vector is ever compared."""
+vectors and of ΔW's directions outside them, W_eff = [U0, Qp] K [V0, Qq]ᵀ with a core
+K = diag(S0) + L Rmᵀ of (m + q)×(m + q), m = min(out, in). A left-singular vector of W_eff is
+[U0, Qp] z for a left-singular vector z of K, so its cosines with W0's singular vectors are
+simply z's first m coordinates. K Kᵀ is a diagonal plus a rank-2q term: its top k eigenvectors
+come from a small matrix on W0's leading directions, with the rest of W0's spectrum entering
+through a 2q×2q term (`_top_left`), at O(m·q²) per snapshot and eigenvalue instead of O(m³)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import numpy as np
+
 from lorascope.analysis._batch import time_chunks
 from lorascope.errors import UsageError
 
