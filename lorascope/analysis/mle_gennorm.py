@@ -20,7 +20,9 @@ from lorascope.analysis import mle as _mle
 __all__ = ["fit_gennorm", "gennorm_loglik"]
 
 _BETA_MAX = 1e4   # beyond this the likelihood differs from the uniform limit's by < n·1e-3 nats
-_BETA_MIN = 0.02  # below this the density is a spike: a fit stopped there is 'bounded', not ranked
+# Below this the density is a spike (Γ(1/β) > 3·10^5), whose scale, σ ≈ (β·mean|z − μ|^β)^(1/β),
+# falls below 1e-10 of the data's spread: a fit stopped there is 'bounded', not ranked
+_BETA_MIN = 0.1
 
 
 def gennorm_loglik(z: np.ndarray, mu: np.ndarray, sigma: np.ndarray, beta: np.ndarray) -> np.ndarray:
@@ -147,7 +149,7 @@ def fit_gennorm(z: np.ndarray, start: dict[str, np.ndarray] | None = None):
     bounded). The profile is evaluated on a grid of β (and at `start`, the previous snapshot's
     optimum in z's units, where given); Newton starts from the most likely point and from the
     best other local maximum of the grid, and the better end wins. `bounded` rows stopped at
-    β = 0.02."""
+    β = 0.1."""
     k, n = z.shape
     grid = [(np.full(k, g), None) for g in _BETA_GRID]
     if start is not None:
@@ -265,7 +267,7 @@ def _best_data_point(z: np.ndarray, beta: float, block: int = 32) -> float:
 
 def _below_one(z: np.ndarray):
     """(μ, β, ℓ, bounded) for one row whose profile wants β < 1: alternately Newton in log β at
-    a fixed data point μ (β in [0.02, 1]) and the best data point for that β, each raising ℓ,
+    a fixed data point μ (β in [0.1, 1]) and the best data point for that β, each raising ℓ,
     until the point no longer changes."""
     n = len(z)
     row = z[None]
