@@ -133,3 +133,26 @@ def test_mismatched_shapes_are_usage_errors():
         pretrained.magnitude_direction(np.ones((4, 3)), np.ones((1, 5, 1)), np.ones((1, 1, 3)))
     with pytest.raises(UsageError, match="directions k"):
         pretrained.amplification(np.ones((4, 3)), np.ones((1, 4, 1)), np.ones((1, 1, 3)), k=2)
+
+
+@pytest.mark.parametrize("norm", ["row", "column"])
+def test_magnitude_direction_of_a_dora_recording_against_dense(norm):
+    # DoRA: W_eff = m ⊙ V/‖V‖ with V = W0 + s·B·A and the norm over rows (one m per output) or
+    # columns; ΔM from the recorded m, ΔD from V's direction (m < 0 turns a row around)
+    rng = np.random.default_rng(6)
+    W0, A, B = _series(rng, T=4)
+    P, Q = lowrank.update_factors(A, B, 0.5)
+    V = W0 + P @ Q
+    axis = 1 if norm == "row" else 0
+    n0 = np.linalg.norm(W0, axis=axis)
+    m = n0 * (1 + 0.1 * rng.normal(size=(4, len(n0))))
+    m[2, 0] = -m[2, 0]
+    Weff = m[:, :, None] * V / np.linalg.norm(V, axis=axis + 1, keepdims=True) if norm == "row" else \
+        m[:, None, :] * V / np.linalg.norm(V, axis=1, keepdims=True)
+    got = pretrained.magnitude_direction(W0, P, Q, magnitude=m, norm=norm)
+    n1 = np.linalg.norm(Weff, axis=axis + 1)
+    cos = (Weff * W0).sum(axis=axis + 1) / (n0 * n1)
+    np.testing.assert_allclose(got["magnitude_change"], np.abs(n1 - n0).mean(axis=1), rtol=1e-10)
+    np.testing.assert_allclose(got["direction_change"], (1 - cos).mean(axis=1), rtol=1e-8, atol=1e-15)
+    with pytest.raises(UsageError, match="magnitude"):
+        pretrained.magnitude_direction(W0, P, Q, magnitude=m[:, :3], norm=norm)

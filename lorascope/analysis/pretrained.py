@@ -82,33 +82,53 @@ def amplification(W0: np.ndarray, P: np.ndarray, Q: np.ndarray, k: int,
             "status": status}
 
 
-def magnitude_direction(W0: np.ndarray, P: np.ndarray, Q: np.ndarray) -> dict[str, np.ndarray]:
-    """DoRA's weight decomposition analysis of W_eff = W0 + ΔW against W0, per snapshot (each
-    (T,)): ΔM = mean over output features o of |‖W_eff,o‖ − ‖W0,o‖| and ΔD = mean over o of
+def magnitude_direction(W0: np.ndarray, P: np.ndarray, Q: np.ndarray, magnitude: np.ndarray | None = None,
+                        norm: str = "row") -> dict[str, np.ndarray]:
+    """DoRA's weight decomposition analysis of W_eff against W0, per snapshot (each (T,)):
+    ΔM = mean over output features o of |‖W_eff,o‖ − ‖W0,o‖| and ΔD = mean over o of
     1 − cos(W_eff,o, W0,o). An output feature is a column of the paper's W ∈ R^{d×k} and a row
-    of the (out, in) weight here; PEFT's and the authors' magnitude vector is the same norm.
-    A zero row of W0 has no direction and is left out of ΔD. NaN where ΔW is not finite.
+    of the (out, in) weight here (`norm` "row"; "column" for a magnitude per input, as PEFT's
+    DoRA on an embedding); PEFT's and the authors' magnitude vector is the same norm.
+    For LoRA, W_eff = W0 + P Q. For DoRA, `magnitude` (T, out) or (T, in) is the recorded vector
+    m and W_eff = m ⊙ V/‖V‖ with V = W0 + P Q (P Q the LoRA part s·B·A): its norms are |m| and its
+    directions V's (flipped where m < 0). A zero row of W0 has no direction and is left out of
+    ΔD. NaN where ΔW (or m) is not finite.
 
     From q-wide products only: ⟨W0,o, ΔW_o⟩ = (P ∘ W0 Qᵀ)_o·1 and ‖ΔW_o‖² = (P (QQᵀ) Pᵀ)_oo. The
-    differences are taken without cancellation: ‖W_eff,o‖ − ‖W0,o‖ = (2c + d)/(‖W_eff,o‖ + ‖W0,o‖)
-    and 1 − cos = sin²/(1 + cos) with sin² = (‖W0,o‖²‖ΔW_o‖² − c²)/(‖W0,o‖²‖W_eff,o‖²), so a step
-    1e-6 the size of W0 keeps its digits."""
+    differences are taken without cancellation: ‖V_o‖ − ‖W0,o‖ = (2c + d)/(‖V_o‖ + ‖W0,o‖) and
+    1 − cos = sin²/(1 + cos) with sin² = (‖W0,o‖²‖ΔW_o‖² − c²)/(‖W0,o‖²‖V_o‖²), so a step 1e-6 the
+    size of W0 keeps its digits."""
+    if norm not in ("row", "column"):
+        raise UsageError(f"the magnitude norm is taken over each 'row' or 'column', got {norm!r}")
     W0, P, Q = _check(W0, P, Q)
+    if norm == "column":  # the same analysis of the transposed weight: W0ᵀ + Qᵀ Pᵀ
+        W0, P, Q = W0.T, Q.transpose(0, 2, 1), P.transpose(0, 2, 1)
     T = len(P)
     fin = _finite(P, Q)
+    if magnitude is not None:
+        magnitude = np.asarray(magnitude, dtype=np.float64)
+        if magnitude.shape != (T, W0.shape[0]):
+            raise UsageError(f"the DoRA magnitude {magnitude.shape} does not match {T} snapshots of "
+                             f"{W0.shape[0]} {norm}s")
+        fin &= np.isfinite(magnitude).all(axis=1)
     dm, dd = np.full(T, np.nan), np.full(T, np.nan)
     if fin.any():
         p, q = P[fin], Q[fin]
         n0 = (W0**2).sum(axis=1)                                           # (out,)
         c = np.einsum("toq,toq->to", p, W0 @ q.transpose(0, 2, 1))          # ⟨W0,o, ΔW_o⟩
         d = np.maximum(np.einsum("toq,tqr,tor->to", p, q @ q.transpose(0, 2, 1), p), 0.0)  # ‖ΔW_o‖²
-        n1 = np.maximum(n0 + 2 * c + d, 0.0)
+        n1 = np.maximum(n0 + 2 * c + d, 0.0)                               # ‖V_o‖²
         r0, r1 = np.sqrt(n0), np.sqrt(n1)
         with np.errstate(divide="ignore", invalid="ignore"):
-            dm[fin] = np.abs(np.where(r0 + r1 > 0, (2 * c + d) / (r0 + r1), 0.0)).mean(axis=1)
+            if magnitude is None:
+                dm[fin] = np.abs(np.where(r0 + r1 > 0, (2 * c + d) / (r0 + r1), 0.0)).mean(axis=1)
+            else:
+                dm[fin] = np.abs(np.abs(magnitude[fin]) - r0).mean(axis=1)
             cos = np.clip((n0 + c) / (r0 * r1), -1.0, 1.0)
             sin2 = np.maximum(n0 * d - c * c, 0.0) / (n0 * n1)
             one_minus = np.where(cos > 0, sin2 / (1.0 + cos), 1.0 - cos)
+            if magnitude is not None:  # m < 0 turns the row around: 1 − cos becomes 1 + cos
+                one_minus = np.where(magnitude[fin] < 0, 2.0 - one_minus, one_minus)
         live = (n0 > 0) & (n1 > 0)  # a zero row has no direction to change
         count = live.sum(axis=1)
         with np.errstate(divide="ignore", invalid="ignore"):
