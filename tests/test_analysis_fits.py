@@ -47,15 +47,15 @@ def test_two_parameter_families_equal_scipy_mle(samples, result, family, dist):
         np.testing.assert_allclose(got["ks"][t], ks, rtol=1e-6)
 
 
-def test_student_t_recovers_parameters_and_nearly_scipy_likelihood(samples, result):
+def test_student_t_recovers_parameters_and_at_least_scipys_likelihood(samples, result):
     t = list(samples).index("t")
     got = {k: v[t] for k, v in result.families["t"].items()}
     assert got["df"] == pytest.approx(3.0, rel=0.2)
     assert got["loc"] == pytest.approx(-0.2, abs=0.08)
     assert got["scale"] == pytest.approx(1.5, rel=0.08)
     ref = ss.t.fit(samples["t"])  # the 0.2 s generic MLE, once, as the reference
-    # the location is pinned at the median (not the joint MLE): a likelihood within 2 nats
-    assert got["loglik"] > ss.t.logpdf(samples["t"], *ref).sum() - 2.0
+    assert got["loglik"] >= ss.t.logpdf(samples["t"], *ref).sum() - 1e-6 * abs(got["loglik"])
+    assert got["method"] == "mle"
 
 
 @pytest.mark.parametrize("beta", [0.8, 1.0, 2.0, 4.0])
@@ -66,11 +66,17 @@ def test_gennorm_shape_tracks_laplace_normal_uniform(beta):
     assert g["beta"][0] == pytest.approx(beta, rel=0.12)
     assert g["scale"][0] == pytest.approx(2.0, rel=0.08)
     ref = ss.gennorm.fit(x)
-    assert g["loglik"][0] > ss.gennorm.logpdf(x, *ref).sum() - 2.0
+    assert g["loglik"][0] >= ss.gennorm.logpdf(x, *ref).sum() - 1e-6 * abs(g["loglik"][0])
 
 
-def test_gennorm_beta_grows_for_uniform_samples(samples, result):
-    assert result.families["gennorm"]["beta"][list(samples).index("uniform")] > 8
+def test_gennorm_beta_is_infinite_for_uniform_samples(samples, result):
+    # the likelihood rises all the way to β = ∞, where the generalised normal is the uniform on
+    # [min, max]: the fit is that limit, with the uniform's likelihood (one parameter more)
+    i = list(samples).index("uniform")
+    g, u = result.families["gennorm"], result.families["uniform"]
+    assert g["beta"][i] == np.inf and g["method"][i] == "mle"
+    assert g["loglik"][i] == pytest.approx(u["loglik"][i], rel=1e-12)
+    assert g["bic"][i] > u["bic"][i] and result.best[i] == "uniform"
 
 
 def test_zero_and_constant_matrices_are_named_not_fitted():

@@ -110,3 +110,46 @@ def test_float16_inputs_equal_their_float64_upcast():
     got, want = geometry.dora_change(W0, A, B, 0.5), geometry.dora_change(up["W0"], up["A"], up["B"], 0.5)
     for k in want:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-6, err_msg=k)
+
+
+def test_rank_deficient_factor_gives_no_phi_beyond_its_numerical_rank():
+    # issue 12, item 3: B of rank 1 (of 8), stored in float32; its other seven basis vectors are an
+    # arbitrary completion, so φ at i = j = 8 is undefined, while φ at i = j = 1 is the dense one
+    rng = np.random.default_rng(10)
+    u, v = rng.normal(size=(40, 1)), rng.normal(size=(1, 8))
+    B = np.stack([u @ v, rng.normal(size=(40, 8))]).astype(np.float32)
+    S = geometry.subspaces(B, "B")
+    assert list(S.rank) == [1, 8]
+    np.testing.assert_allclose(S.tolerance, 40 * np.finfo(np.float32).eps * np.linalg.svd(
+        B.astype(np.float64), compute_uv=False)[:, 0], rtol=1e-12)
+    phi, status = geometry.similarity(S[0], S[1], 8, 8)
+    assert np.isnan(phi) and status == "rank_deficient"
+    phi, status = geometry.similarity(S, S[1], 1, 1)
+    U = np.linalg.svd(B.astype(np.float64))[0]
+    np.testing.assert_allclose(phi, (U[:, :, 0] @ U[1, :, 0]) ** 2, rtol=1e-12)
+    assert list(status) == ["ok", "ok"]
+    phi, status = geometry.similarity(S[1], S[0], 8, 1)  # the reference's rank limits j, not i
+    assert np.isfinite(phi) and status == "ok"
+    phi, status = geometry.similarity(S[1], S[0], 1, 2)
+    assert np.isnan(phi) and status == "rank_deficient"
+    grid = geometry.similarity_grid(S.basis[0], S.basis[1], S.rank[0], S.rank[1])
+    assert np.isfinite(grid[0]).all() and np.isnan(grid[1:]).all()
+
+
+def test_zero_factor_and_zero_reference_are_named():
+    rng = np.random.default_rng(11)
+    B = np.stack([np.zeros((30, 4)), rng.normal(size=(30, 4))])
+    S = geometry.subspaces(B, "B")
+    assert list(S.rank) == [0, 4]
+    assert geometry.similarity(S[0], S[1], 1, 1)[1] == "zero"
+    assert geometry.similarity(S[1], S[0], 1, 1)[1] == "zero_reference"
+
+
+def test_numerical_rank_follows_the_recorded_precision():
+    # the same values have rank 1 when read as float16 data and 2 as float64 data
+    s = np.array([[1.0, 1e-5]])
+    assert geometry.numerical_rank(s, (4, 6), np.finfo(np.float16).eps)[0][0] == 1
+    assert geometry.numerical_rank(s, (4, 6), np.finfo(np.float64).eps)[0][0] == 2
+    X = np.diag([1.0, 1e-5])[None].astype(np.float16)
+    assert geometry.subspaces(X, "A").rank[0] == 1
+    assert geometry.subspaces(X.astype(np.float64), "A").rank[0] == 2

@@ -105,3 +105,91 @@ def test_float16_series_equal_their_float64_upcast():
     U64, S64, V64 = spectra.delta_w_svd(A64, B64, 0.5)
     np.testing.assert_allclose(S, S64, rtol=1e-6)
     np.testing.assert_allclose(U @ (S[..., None] * V.transpose(0, 2, 1)), W, atol=1e-6 * np.abs(W).max())
+
+
+@pytest.mark.parametrize("where, bad", [("A", np.nan), ("B", np.inf)])
+def test_a_nonfinite_factor_leaves_the_other_factors_spectrum(where, bad):
+    # issue 12, item 1: only ΔW, which needs both factors, is masked
+    rng = np.random.default_rng(8)
+    A, B = _pair(5, rng, 0.05, np.float32)
+    (A if where == "A" else B)[1, 0, 2] = bad
+    sv, dyn = lowrank.lora_series(A, B, 1.0)
+    other = {"A": B, "B": A}[where]
+    want = np.linalg.svd(other.astype(np.float64), compute_uv=False)
+    np.testing.assert_allclose(sv["B" if where == "A" else "A"], want, rtol=1e-6)
+    assert np.isnan(sv[where][1]).all() and np.isnan(sv["dW"][1]).all() and np.isnan(dyn["frobenius"][1])
+    assert np.isfinite(sv[where][[0, 2, 3, 4]]).all()
+
+
+def _pissa(T: int, rng, dtype=np.float32, r: int = 4, n_out: int = 30, n_in: int = 20, scaling: float = 2.0):
+    """A PiSSA-initialised series: scaling·B_0·A_0 is W's top-r SVD part, the base holds the rest;
+    then small random steps of both factors. Returns W_pretrained, the base, A, B."""
+    W = rng.normal(size=(n_out, n_in))
+    U, S, Vt = np.linalg.svd(W, full_matrices=False)
+    B0 = (U[:, :r] * np.sqrt(S[:r])) / np.sqrt(scaling)
+    A0 = (np.sqrt(S[:r])[:, None] * Vt[:r]) / np.sqrt(scaling)
+    A = np.cumsum(np.concatenate([A0[None], 1e-3 * rng.normal(size=(T - 1, r, n_in))]), axis=0).astype(dtype)
+    B = np.cumsum(np.concatenate([B0[None], 1e-3 * rng.normal(size=(T - 1, n_out, r))]), axis=0).astype(dtype)
+    base = W - scaling * B[0].astype(np.float64) @ A[0].astype(np.float64)
+    return W, base, A, B
+
+
+def test_pissa_update_from_the_pretrained_weight_is_zero_at_step_0_and_dense_after():
+    # issue 12, item 4: ΔW = W_eff(t) − W_pretrained, not the adapter's product (the init's top SVD part)
+    rng = np.random.default_rng(12)
+    W, base, A, B = _pissa(6, rng)
+    got = lowrank.lora_matrices(A, B, 2.0, compensated=True)
+    Weff = base + 2.0 * B.astype(np.float64) @ A.astype(np.float64)
+    dW, BA = Weff - W, 2.0 * B.astype(np.float64) @ A.astype(np.float64)
+    assert np.all(got["dW"]["singular_values"][0] == 0) and got["dW"]["frobenius"][0] == 0
+    assert got["dW"]["mean"][0] == 0
+    want = np.linalg.svd(dW, compute_uv=False)[:, :8]
+    top = want[:, :1]
+    np.testing.assert_allclose(got["dW"]["singular_values"], want, rtol=1e-6, atol=1e-9 * top.max())
+    noise = 1e-12 * np.abs(W).max()  # the dense reference's own cancellation in W_eff − W
+    np.testing.assert_allclose(got["dW"]["frobenius"], np.linalg.norm(dW, axis=(1, 2)), rtol=1e-6, atol=noise)
+    np.testing.assert_allclose(got["dW"]["mean"], dW.mean(axis=(1, 2)), rtol=1e-8, atol=noise / W.size)
+    np.testing.assert_allclose(got["BA"]["singular_values"], np.linalg.svd(BA, compute_uv=False)[:, :4], rtol=1e-6)
+    np.testing.assert_allclose(got["BA"]["frobenius"], np.linalg.norm(BA, axis=(1, 2)), rtol=1e-9)
+    upd = np.linalg.norm(np.diff(dW, axis=0), axis=(1, 2))
+    for m in ("dW", "BA"):
+        np.testing.assert_allclose(got[m]["update_size"][1:], upd, rtol=1e-6)
+        np.testing.assert_allclose(got[m]["distance_from_first"], np.linalg.norm(dW, axis=(1, 2)), rtol=1e-6,
+                                   atol=1e-12)
+
+
+def test_uncompensated_update_is_the_adapters_product():
+    rng = np.random.default_rng(13)
+    A, B = _pair(5, rng, 0.0, np.float32)
+    got = lowrank.lora_matrices(A, B, 0.5)
+    sv, dyn = lowrank.lora_series(A, B, 0.5)
+    assert set(got) == {"A", "B", "dW"}
+    np.testing.assert_array_equal(got["dW"]["singular_values"], sv["dW"])
+    for k in dyn:
+        np.testing.assert_array_equal(got["dW"][k], dyn[k])
+    P, Q = lowrank.update_factors(A, B, 0.5)
+    np.testing.assert_allclose(P @ Q, 0.5 * B.astype(np.float64) @ A.astype(np.float64), rtol=1e-12)
+
+
+def test_update_factors_of_a_compensated_series_multiply_to_the_dense_update():
+    rng = np.random.default_rng(14)
+    W, base, A, B = _pissa(4, rng, np.float64)
+    P, Q = lowrank.update_factors(A, B, 2.0, compensated=True)
+    assert P.shape == (4, 30, 8) and Q.shape == (4, 8, 20)
+    np.testing.assert_allclose(P @ Q, base + 2.0 * B @ A - W, atol=1e-12)
+    assert not (P[0] @ Q[0]).any()
+
+
+def test_compensated_update_with_nonfinite_and_frozen_factors():
+    rng = np.random.default_rng(15)
+    W, base, A, B = _pissa(5, rng, np.float64)
+    A[:] = A[0]  # LoRA-FA: A frozen, ΔW = (B_t − B_0) A_0 has rank ≤ r
+    B[3, 0, 0] = np.nan
+    got = lowrank.lora_matrices(A, B, 2.0, compensated=True)
+    dW = base + 2.0 * B @ A - W
+    assert np.isnan(got["dW"]["singular_values"][3]).all() and np.isnan(got["dW"]["mean"][3])
+    assert np.isfinite(got["A"]["singular_values"][3]).all()
+    fine = [0, 1, 2, 4]
+    want = np.linalg.svd(dW[fine], compute_uv=False)[:, :8]
+    np.testing.assert_allclose(got["dW"]["singular_values"][fine], want, rtol=1e-6, atol=1e-12 * want.max())
+    assert np.all(got["dW"]["singular_values"][fine][:, 4:] <= 1e-12 * want.max())

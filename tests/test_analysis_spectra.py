@@ -114,3 +114,21 @@ def test_ill_conditioned_delta_w_takes_the_qr_core_and_factors_the_svd(monkeypat
     np.testing.assert_allclose(got["B"], real_svd(B, compute_uv=False), rtol=1e-12)
     np.testing.assert_allclose(got["A"][1], s, rtol=1e-12)
     np.testing.assert_allclose(got["B"][0], s, rtol=1e-12)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf])
+@pytest.mark.parametrize("where", ["A", "B"])
+def test_one_factors_nonfinite_entry_blanks_only_that_factor_and_dw(bad, where):
+    # issue 12, item 1: a NaN in A used to blank B's spectrum at that step (and an Inf in B A's)
+    rng = np.random.default_rng(9)
+    A, B = rng.normal(size=(4, 3, 20)), rng.normal(size=(4, 25, 3))
+    (A if where == "A" else B)[2, 1, 1] = bad
+    got = spectra.lora_singular_values(A, B, 0.5)
+    other = "B" if where == "A" else "A"
+    np.testing.assert_allclose(got[other], np.linalg.svd({"A": A, "B": B}[other], compute_uv=False), rtol=1e-12)
+    assert np.isnan(got[where][2]).all() and np.isnan(got["dW"][2]).all()
+    fine = [0, 1, 3]
+    np.testing.assert_allclose(got[where][fine], np.linalg.svd({"A": A, "B": B}[where][fine], compute_uv=False),
+                               rtol=1e-12)
+    np.testing.assert_allclose(got["dW"][fine], np.linalg.svd(0.5 * B[fine] @ A[fine], compute_uv=False)[:, :3],
+                               rtol=1e-10)

@@ -3,12 +3,19 @@ overlap between steps and runs, how ΔW relates to the frozen W0, and DoRA's (Li
 arXiv 2402.09353) split of the change of W0 + ΔW into magnitude and direction."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from lorascope.analysis._batch import as_stack
 from lorascope.errors import UsageError
 
 __all__ = [
+    "Subspaces",
+    "subspaces",
+    "numerical_rank",
+    "similarity",
+    "similarity_status",
     "subspace_basis",
     "subspace_similarity",
     "similarity_grid",
@@ -22,16 +29,72 @@ __all__ = [
 _SIDE = {"A": "right", "B": "left"}
 
 
-def subspace_basis(X: np.ndarray, matrix: str) -> np.ndarray:
-    """Orthonormal singular vectors ordered by singular value, for every snapshot: (T, in, r) for
-    matrix "A" (right-singular), (T, out, r) for "B" (left-singular)."""
+@dataclass(frozen=True)
+class Subspaces:
+    """The subspaces a factor spans at every snapshot: `basis` (T, d, r) orthonormal singular
+    vectors ordered by singular value, `singular_values` (T, r), `rank` (T,) the numerical rank
+    and `tolerance` (T,) the singular value at or below which a direction counts as null. Only
+    the first `rank` columns of a basis are the matrix's; the others complete it arbitrarily.
+    Indexing takes snapshots: `S[-1]` is the last one."""
+    basis: np.ndarray
+    singular_values: np.ndarray
+    rank: np.ndarray
+    tolerance: np.ndarray
+
+    def __getitem__(self, t) -> "Subspaces":
+        return Subspaces(self.basis[t], self.singular_values[t], self.rank[t], self.tolerance[t])
+
+
+def numerical_rank(s: np.ndarray, shape: tuple[int, int], eps: float) -> tuple[np.ndarray, np.ndarray]:
+    """(rank, tolerance) of matrices of `shape` from their singular values s (..., k): the count
+    of values above tol = max(m, n)·eps·σ_max, numpy's `matrix_rank` rule, with eps the
+    resolution the values were recorded in (float32's 1.2e-7 for a float32 recording, not
+    float64's): rounding a rank-1 matrix to float32 leaves its other values near eps·σ_max."""
+    s = np.asarray(s, dtype=np.float64)
+    tol = max(shape) * float(eps) * s.max(axis=-1)
+    return (s > tol[..., None]).sum(axis=-1), tol
+
+
+def subspaces(X: np.ndarray, matrix: str, eps: float | None = None) -> Subspaces:
+    """The subspaces of "A" (right-singular vectors, (T, in, r): A acts through its rows) or "B"
+    (left-singular, (T, out, r): B writes through its columns) at every snapshot of X, with
+    their numerical rank. `eps`: the relative resolution of the recorded values (default: that
+    of X's dtype; pass float16's or bfloat16's for a series stored in half precision and read
+    as float32)."""
     if matrix not in _SIDE:
         raise UsageError(f"subspaces are defined for matrix 'A' or 'B', got {matrix!r}")
+    X = np.asarray(X)
+    if eps is None:
+        eps = np.finfo(X.dtype if np.issubdtype(X.dtype, np.floating) else np.float64).eps
     X = as_stack(X, matrix).astype(np.float64)
     if not np.isfinite(X).all():
         raise UsageError(f"{matrix} holds NaN/Inf; it spans no subspace at those steps, select finite steps")
-    U, _, Vt = np.linalg.svd(X, full_matrices=False)
-    return Vt.transpose(0, 2, 1) if _SIDE[matrix] == "right" else U
+    U, s, Vt = np.linalg.svd(X, full_matrices=False)
+    rank, tol = numerical_rank(s, X.shape[1:], eps)
+    return Subspaces(Vt.transpose(0, 2, 1) if _SIDE[matrix] == "right" else U, s, rank, tol)
+
+
+def subspace_basis(X: np.ndarray, matrix: str) -> np.ndarray:
+    """`subspaces(X, matrix).basis`: the singular vectors without their ranks."""
+    return subspaces(X, matrix).basis
+
+
+def similarity(S1: Subspaces, S2: Subspaces, i: int, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """φ(S1, S2, i, j) and a status per snapshot (leading axes broadcast, as in
+    `subspace_similarity`), see `similarity_status`. φ is NaN wherever the status is not 'ok'."""
+    phi = subspace_similarity(S1.basis, S2.basis, i, j)
+    status = similarity_status(S1.rank, S2.rank, i, j)
+    return np.where(status == "ok", phi, np.nan), status
+
+
+def similarity_status(rank1, rank2, i: int, j: int) -> np.ndarray:
+    """Whether φ(·, ·, i, j) is defined for subspaces of numerical ranks rank1 and rank2
+    (broadcast): 'ok'; 'zero' where the first matrix is zero (rank 0), 'zero_reference' where
+    the second is; 'rank_deficient' where i exceeds rank1 or j rank2, since the directions beyond
+    the rank are an arbitrary completion of the basis (another valid one would give another φ)."""
+    r1, r2 = np.broadcast_arrays(np.asarray(rank1), np.asarray(rank2))
+    return np.where(r1 == 0, "zero", np.where(r2 == 0, "zero_reference",
+                    np.where((i > r1) | (j > r2), "rank_deficient", "ok"))).astype(object)
 
 
 def _check_dims(U1: np.ndarray, U2: np.ndarray, i: int, j: int) -> None:
@@ -51,16 +114,22 @@ def subspace_similarity(U1: np.ndarray, U2: np.ndarray, i: int, j: int) -> np.nd
     return (M**2).sum(axis=(-1, -2)) / min(i, j)
 
 
-def similarity_grid(U1: np.ndarray, U2: np.ndarray) -> np.ndarray:
+def similarity_grid(U1: np.ndarray, U2: np.ndarray, rank1=None, rank2=None) -> np.ndarray:
     """φ for every (i, j) at once, the LoRA paper's Figure 3: grid[..., i-1, j-1]. Built from
-    cumulative sums of (U1ᵀU2)², one matrix product instead of r1·r2."""
+    cumulative sums of (U1ᵀU2)², one matrix product instead of r1·r2. With the numerical ranks
+    of the two bases (`Subspaces.rank`), cells where i or j exceeds them are NaN."""
     U1, U2 = np.asarray(U1, dtype=np.float64), np.asarray(U2, dtype=np.float64)
     _check_dims(U1, U2, 1, 1)
     M2 = (np.swapaxes(U1, -1, -2) @ U2) ** 2
     C = M2.cumsum(axis=-2).cumsum(axis=-1)
     i = np.arange(1, U1.shape[-1] + 1)[:, None]
     j = np.arange(1, U2.shape[-1] + 1)[None, :]
-    return C / np.minimum(i, j)
+    grid = C / np.minimum(i, j)
+    if rank1 is not None:
+        grid = np.where(i > np.asarray(rank1)[..., None, None], np.nan, grid)
+    if rank2 is not None:
+        grid = np.where(j > np.asarray(rank2)[..., None, None], np.nan, grid)
+    return grid
 
 
 def random_baseline(dim: int, i: int, j: int) -> float:

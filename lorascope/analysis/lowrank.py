@@ -19,7 +19,7 @@ from lorascope.analysis import spectra as _spectra
 from lorascope.analysis import stats as _stats
 from lorascope.analysis._batch import CACHE_VALUES, Scratch, _ones, time_chunks
 
-__all__ = ["lora_series"]
+__all__ = ["lora_series", "lora_matrices", "update_factors", "update_mean"]
 
 
 def lora_series(A: np.ndarray, B: np.ndarray, scaling: float, first: tuple[np.ndarray, np.ndarray] | None = None,
@@ -38,6 +38,70 @@ def lora_series(A: np.ndarray, B: np.ndarray, scaling: float, first: tuple[np.nd
     if got is None:
         return _spectra.lora_singular_values(A, B, scaling), _stats.lowrank_dynamics(A, B, scaling, (A0, B0))
     return got
+
+
+def lora_matrices(A: np.ndarray, B: np.ndarray, scaling: float, first: tuple[np.ndarray, np.ndarray] | None = None,
+                  compensated: bool = False) -> dict[str, dict[str, np.ndarray]]:
+    """Per matrix, what the analysis reads off a LoRA series: {"A": {"singular_values"},
+    "B": {"singular_values"}, "dW": {"singular_values", "mean", "frobenius",
+    "distance_from_first", "update_size", "update_cosine"}}, each (T, k) or (T,).
+
+    "dW" is the update from the pretrained weight, ΔW_t = W_eff(t) − W_pretrained. Without
+    `compensated` that is the adapter's product scaling·B_t·A_t (B_0 = 0 or A_0 = 0 at init).
+    With `compensated` the base was rewritten to W − scaling·B_0·A_0 at init (PiSSA's svd,
+    both_nonzero, gaussian_a_uniform_b: an init that rewrites the base), so
+    ΔW_t = scaling·(B_t A_t − B_0 A_0) (zero at step 0, rank ≤ 2r, never formed), and the
+    adapter's own product is returned beside it as "BA" with the same keys. The two differ by a
+    constant, so their distance from the first snapshot, update sizes and cosines are the same
+    numbers. `first` = (A_0, B_0): the first snapshot when the series is a piece cut along time."""
+    A, B = _spectra._pair(A, B)
+    A0, B0 = (A[0], B[0]) if first is None else first
+    sv, dyn = lora_series(A, B, scaling, (A0, B0))
+    out = {"A": {"singular_values": sv["A"]}, "B": {"singular_values": sv["B"]},
+           "dW": {"singular_values": sv["dW"], **dyn}}
+    if not compensated:
+        return out
+    out["BA"] = out["dW"]
+    out["dW"] = {**dyn, "singular_values": _spectra.update_singular_values(A, B, scaling, (A0, B0)),
+                 "mean": update_mean(A, B, scaling, (A0, B0)), "frobenius": dyn["distance_from_first"]}
+    return out
+
+
+def update_mean(A: np.ndarray, B: np.ndarray, scaling: float, first: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """Mean entry (T,) of scaling·(B_t A_t − B_0 A_0) from the factors' sums: 1ᵀ(B_t − B_0)·A_t 1 +
+    1ᵀB_0·(A_t − A_0) 1, differences taken before the products (no cancellation of two large
+    means). NaN where A_t or B_t is not finite."""
+    A, B = _spectra._pair(A, B)
+    T, r, n_in = A.shape
+    n_out = B.shape[1]
+    A0, B0 = (np.asarray(x, dtype=np.float64) for x in first)
+    b0 = B0.sum(axis=0)
+    out = np.empty(T)
+    for sl in time_chunks(T, r * (n_in + n_out), CACHE_VALUES):
+        a, b = A[sl].astype(np.float64), B[sl].astype(np.float64)
+        fin = np.isfinite(a).all(axis=(1, 2)) & np.isfinite(b).all(axis=(1, 2))  # an Inf would give ±inf
+        with np.errstate(invalid="ignore", over="ignore"):
+            db = (b - B0).sum(axis=1)   # (n, r) column sums of B_t − B_0
+            ra = a.sum(axis=2)          # (n, r) row sums of A_t
+            da = (a - A0).sum(axis=2)   # (n, r) row sums of A_t − A_0
+            out[sl] = np.where(fin, np.einsum("tr,tr->t", db, ra) + da @ b0, np.nan)
+    return float(scaling) * out / (n_out * n_in)
+
+
+def update_factors(A: np.ndarray, B: np.ndarray, scaling: float, first: tuple[np.ndarray, np.ndarray] | None = None,
+                   compensated: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """ΔW_t = P_t Q_t as float64 factors P (T, out, q), Q (T, q, in), for the kernels that take
+    ΔW as a low-rank product (intruders, amplification, magnitude/direction): P = scaling·B,
+    Q = A (q = r), or with `compensated` P = scaling·[B_t − B_0, B_0], Q = [A_t; A_t − A_0]
+    (q = 2r; their product is scaling·(B_t A_t − B_0 A_0), with no large product subtracted)."""
+    A, B = _spectra._pair(A, B)
+    a, b, s = A.astype(np.float64), B.astype(np.float64), float(scaling)
+    if not compensated:
+        return s * b, a
+    A0, B0 = (a[0], b[0]) if first is None else (np.asarray(x, dtype=np.float64) for x in first)
+    P = np.concatenate([s * (b - B0), np.broadcast_to(s * B0, b.shape)], axis=2)
+    Q = np.concatenate([a, a - A0], axis=1)
+    return P, Q
 
 
 def _grams_in_range(Ga: np.ndarray, Gb: np.ndarray, n_in: int, n_out: int, dtype) -> bool:

@@ -12,6 +12,7 @@ __all__ = [
     "singular_values",
     "delta_w_singular_values",
     "lora_singular_values",
+    "update_singular_values",
     "delta_w_svd",
     "effective_rank",
     "stable_rank",
@@ -120,7 +121,8 @@ def lora_singular_values(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[s
     """Singular values of A, B and ΔW = scaling·B·A at every snapshot ({"A", "B", "dW"}, each
     (T, k) descending), from one pass over the series: the r×r Gram matrices of A and B give
     all three, and snapshots where a small value would lose digits to the squaring are redone
-    by SVD (A, B) or by QR of B and Aᵀ and the SVD of the r×r core (ΔW)."""
+    by SVD (A, B) or by QR of B and Aᵀ and the SVD of the r×r core (ΔW). Each factor's values
+    come from its own entries: a NaN in A blanks A's and ΔW's rows at that step, never B's."""
     A, B = _pair(A, B)
     T, r, n_in = A.shape
     n_out = B.shape[1]
@@ -129,23 +131,28 @@ def lora_singular_values(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[s
            "dW": np.full((T, k), np.nan)}
     sc = Scratch()
     for sl in time_chunks(T, r * (n_in + n_out), CACHE_VALUES):
-        fin = _finite_rows(A[sl]) & _finite_rows(B[sl])
-        if not fin.any():
+        fa, fb = _finite_rows(A[sl]), _finite_rows(B[sl])
+        if not (fa.any() or fb.any()):
             continue
-        rows = None if fin.all() else fin
-        a, sa = _upcast_rows(A[sl], rows, sc("a", A[sl].shape, np.float64))
-        b, sb = _upcast_rows(B[sl], rows, sc("b", B[sl].shape, np.float64))
-        idx = np.arange(sl.start, sl.stop)[fin]
+        here = np.arange(sl.start, sl.stop)
+        a, sa = _upcast_rows(A[sl], None if fa.all() else fa, sc("a", A[sl].shape, np.float64))
+        b, sb = _upcast_rows(B[sl], None if fb.all() else fb, sc("b", B[sl].shape, np.float64))
         Ga, Gb = a @ a.transpose(0, 2, 1), b.transpose(0, 2, 1) @ b
         # the r×r Grams are the small ones unless a factor is wider than tall the other way
-        out["A"][idx] = _gram_singular_values(a, Ga if r <= n_in else None) * sa[:, None]
-        out["B"][idx] = _gram_singular_values(b, Gb if r <= n_out else None) * sb[:, None]
-        s, unreliable = _dw_from_grams(Ga, Gb, k)
+        if fa.any():
+            out["A"][here[fa]] = _gram_singular_values(a, Ga if r <= n_in else None) * sa[:, None]
+        if fb.any():
+            out["B"][here[fb]] = _gram_singular_values(b, Gb if r <= n_out else None) * sb[:, None]
+        both = fa & fb
+        if not both.any():
+            continue
+        ia, ib = both[fa], both[fb]  # the rows finite in both, among each factor's finite rows
+        s, unreliable = _dw_from_grams(Ga[ia], Gb[ib], k)
         if unreliable.any():
-            _, core, _ = _cores(a[unreliable], b[unreliable], "r")
+            _, core, _ = _cores(a[ia][unreliable], b[ib][unreliable], "r")
             s[unreliable] = np.linalg.svd(core, compute_uv=False)[:, :k]
         # one factor at a time: a zero singular value stays zero even where sa·sb overflows
-        out["dW"][idx] = s * sa[:, None] * sb[:, None] * abs(float(scaling))
+        out["dW"][here[both]] = s * sa[ia][:, None] * sb[ib][:, None] * abs(float(scaling))
     return out
 
 
@@ -154,6 +161,49 @@ def delta_w_singular_values(A: np.ndarray, B: np.ndarray, scaling: float) -> np.
     Gram matrices of the factors (QR of B and Aᵀ and the SVD of the r×r core where small values
     need it); the out×in product is never formed. NaN rows where A or B is not finite."""
     return lora_singular_values(A, B, scaling)["dW"]
+
+
+def update_singular_values(A: np.ndarray, B: np.ndarray, scaling: float,
+                           first: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+    """Singular values (T, min(2r, out, in)) of the update from the pretrained weight when the
+    base was compensated by the first snapshot's product (PiSSA, both_nonzero, ...):
+    ΔW_t = scaling·(B_t A_t − B_0 A_0), a rank ≤ 2r product. `first` = (A_0, B_0) (default: the
+    series' first snapshot). NaN rows where A_t or B_t is not finite.
+
+    ΔW_t/scaling = [B_t − B_0, B_0]·[A_t; A_t − A_0]: in both factors each column pairs a small
+    difference with a large matrix, so the QR of each factor (column-wise backward stable) and
+    the SVD of their 2r×2r core never subtract two large products: at PiSSA's step 40 the
+    update is ~1e-2 of B_0 A_0 and keeps all its digits, where B_t A_t − B_0 A_0 formed
+    directly would lose two."""
+    A, B = _pair(A, B)
+    T, r, n_in = A.shape
+    n_out = B.shape[1]
+    A0, B0 = (A[0], B[0]) if first is None else first
+    A0, B0 = np.asarray(A0, dtype=np.float64), np.asarray(B0, dtype=np.float64)
+    if A0.shape != A.shape[1:] or B0.shape != B.shape[1:]:
+        raise UsageError(f"the first snapshot's A {A0.shape} and B {B0.shape} are not shaped like the series' "
+                         f"{A.shape[1:]} and {B.shape[1:]}")
+    k = min(2 * r, n_in, n_out)
+    out = np.full((T, k), np.nan)
+    for sl in time_chunks(T, 2 * r * (n_in + n_out), CACHE_VALUES):
+        fin = _finite_rows(A[sl]) & _finite_rows(B[sl])
+        if not fin.any():
+            continue
+        a, b = A[sl][fin].astype(np.float64), B[sl][fin].astype(np.float64)
+        P = np.concatenate([b - B0, np.broadcast_to(B0, b.shape)], axis=2)        # (n, out, 2r)
+        Qt = np.concatenate([a, a - A0], axis=1).transpose(0, 2, 1)               # (n, in, 2r)
+        # each factor divided by its largest |value|, so that products of huge values cannot overflow
+        sp, sq = _unit_scale(P), _unit_scale(Qt)
+        RP = np.linalg.qr(P / sp[:, None, None], mode="r")
+        RQ = np.linalg.qr(Qt / sq[:, None, None], mode="r")
+        s = np.linalg.svd(RP @ RQ.transpose(0, 2, 1), compute_uv=False)[:, :k]
+        out[np.arange(sl.start, sl.stop)[fin]] = s * sp[:, None] * sq[:, None] * abs(float(scaling))
+    return out
+
+
+def _unit_scale(x: np.ndarray) -> np.ndarray:
+    m = np.abs(x).max(axis=(1, 2)) if x.size else np.zeros(len(x))
+    return np.where(m > 0, m, 1.0)
 
 
 def delta_w_svd(A: np.ndarray, B: np.ndarray, scaling: float):
