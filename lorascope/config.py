@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -279,6 +278,8 @@ def read_config_data(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist; give the path of a .toml or .json file")
+    import tomllib  # here, not at the top: compiling its regexes costs every `--help` 10-25 ms
+
     text = path.read_text(encoding="utf-8")
     try:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)

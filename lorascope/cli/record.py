@@ -17,7 +17,6 @@ from lorascope.config import AMP_MODES, RunConfig, build_config
 from lorascope.data import LOCAL_FORMATS, SOURCES, TASKS
 from lorascope.lora import INITS, ROLES
 from lorascope.models import MODELS
-from lorascope.runs.sweep import load_sweep_file
 from lorascope.train import OPTIMIZERS, SCHEDULES
 
 __all__ = ["record"]
@@ -67,6 +66,7 @@ def record(
     blocks' attention and MLP projections) for a few minutes on CPU.
     """
     from lorascope.runs.session import run
+    from lorascope.runs.sweep import load_sweep_file
 
     flags = {
         "output": str(output) if output else None, "name": name, "model.name": model, "data.source": data,

@@ -1,0 +1,124 @@
+"""How long the command line takes to answer: `lorascope --help`, each `lorascope CMD --help` and
+`lorascope info FILE` on a small recording, each in a fresh interpreter exactly as the `lorascope`
+script starts (`from lorascope.cli import main; main()`), beside two floors: a bare interpreter
+and one that imports typer. The cases run interleaved, several rounds, and the table reports
+medians in seconds.
+
+``--root`` measures another checkout (its lorascope first on PYTHONPATH), so a tree before a
+change and after it can be timed side by side on the same machine:
+
+    OMP_NUM_THREADS=1 python benchmarks/startup.py --repeats 9
+    OMP_NUM_THREADS=1 python benchmarks/startup.py --root /tmp/before --repeats 9
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+if __package__ in (None, ""):  # run as a script: the repository root holds `benchmarks`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import Samples, Segment, format_table, interleave, median  # noqa: E402
+
+__all__ = ["ROOT", "CASES", "TARGETS", "make_recording", "run_startup", "startup_rows"]
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# label -> the interpreter's arguments; "{file}" is the small recording
+_MAIN = "from lorascope.cli import main; main()"
+CASES: dict[str, list[str]] = {
+    "python -c pass": ["-c", "pass"],
+    "python -c 'import typer'": ["-c", "import typer"],
+    "lorascope --help": ["-c", _MAIN, "--help"],
+    "lorascope record --help": ["-c", _MAIN, "record", "--help"],
+    "lorascope sweep --help": ["-c", _MAIN, "sweep", "--help"],
+    "lorascope info --help": ["-c", _MAIN, "info", "--help"],
+    "lorascope analyze --help": ["-c", _MAIN, "analyze", "--help"],
+    "lorascope report --help": ["-c", _MAIN, "report", "--help"],
+    "lorascope info FILE": ["-c", _MAIN, "info", "{file}"],
+}
+TARGETS = {label: "< 0.3 s" for label in CASES if label.endswith("--help")} | {"lorascope info FILE": "< 1 s"}
+
+
+def make_recording(folder: Path, snapshots: int = 20) -> Path:
+    """A small recording (tiny GPT-2, 8 LoRA pairs, ``snapshots`` steps), written by the
+    Recorder of the lorascope this process imports."""
+    import torch
+
+    from benchmarks.workloads import build_workload
+    from lorascope.config import RecordConfig
+    from lorascope.record import Recorder
+
+    workload = build_workload("tiny-gpt2")
+    model = workload.model
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
+    path = folder / "startup.h5"
+    with Recorder(path, model, RecordConfig(every=1), run_name="startup", total_steps=snapshots) as rec:
+        rec.start(optimizer)
+        for step in range(1, snapshots + 1):
+            with torch.no_grad():
+                for p in params:
+                    p.add_(torch.randn_like(p), alpha=1e-3)
+            rec.on_optimizer_step(step, {"loss": 1.0 / step}, optimizer)
+    return path
+
+
+def _turn(argv: list[str], root: Path) -> Callable[[], Segment]:
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+
+    def turn() -> Segment:
+        started = time.perf_counter()
+        done = subprocess.run([sys.executable, *argv], cwd=root, env=env, capture_output=True, text=True)
+        seconds = time.perf_counter() - started
+        if done.returncode != 0:
+            raise RuntimeError(f"python {' '.join(argv)} failed (exit {done.returncode}):\n{done.stderr[-1500:]}")
+        return Segment([seconds])
+
+    return turn
+
+
+def run_startup(root: Path = ROOT, repeats: int = 7, cases: list[str] | None = None,
+                log: Callable[[str], None] = lambda line: None) -> dict[str, Samples]:
+    """Times each case ``repeats`` times, interleaved, against the checkout at ``root``."""
+    chosen = cases or list(CASES)
+    with tempfile.TemporaryDirectory(prefix="lorascope-startup-") as tmp:
+        file = make_recording(Path(tmp)) if any("{file}" in CASES[c] for c in chosen) else None
+        turns = {label: _turn([str(file) if a == "{file}" else a for a in CASES[label]], root) for label in chosen}
+        # one untimed round first: the first start of each reads its files from disk
+        for turn in turns.values():
+            turn()
+        samples = interleave(turns, repeats)
+    for label, s in samples.items():
+        log(f"  {label:28s} median {median(s.step_seconds):.3f} s")
+    return samples
+
+
+def startup_rows(samples: dict[str, Samples]) -> list[dict]:
+    return [{"command": label, "median": f"{median(s.step_seconds):.3f} s",
+             "min": f"{min(s.step_seconds):.3f} s", "max": f"{max(s.step_seconds):.3f} s",
+             "runs": str(len(s.step_seconds)), "target": TARGETS.get(label, "")}
+            for label, s in samples.items()]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python benchmarks/startup.py", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, default=ROOT, help="the checkout to time (default: this one)")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--only", nargs="+", choices=list(CASES), default=None)
+    args = ap.parse_args(argv)
+    samples = run_startup(args.root.resolve(), args.repeats, args.only, log=print)
+    print(f"\n{args.root.resolve()}\n" + format_table(startup_rows(samples)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
