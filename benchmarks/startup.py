@@ -4,11 +4,13 @@ script starts (`from lorascope.cli import main; main()`), beside two floors: a b
 and one that imports typer. The cases run interleaved, several rounds, and the table reports
 medians in seconds.
 
-``--root`` measures another checkout (its lorascope first on PYTHONPATH), so a tree before a
-change and after it can be timed side by side on the same machine:
+``--root`` measures another checkout (its lorascope first on PYTHONPATH); ``--baseline`` times a
+second checkout in the same rounds, interleaved, so that a tree before a change and after it
+meet the same load on a shared machine:
 
     OMP_NUM_THREADS=1 python benchmarks/startup.py --repeats 9
-    OMP_NUM_THREADS=1 python benchmarks/startup.py --root /tmp/before --repeats 9
+    git archive <commit> | tar -x -C /tmp/before
+    OMP_NUM_THREADS=1 python benchmarks/startup.py --baseline /tmp/before --repeats 9
 """
 from __future__ import annotations
 
@@ -86,25 +88,28 @@ def _turn(argv: list[str], root: Path) -> Callable[[], Segment]:
 
 
 def run_startup(root: Path = ROOT, repeats: int = 7, cases: list[str] | None = None,
-                log: Callable[[str], None] = lambda line: None) -> dict[str, Samples]:
-    """Times each case ``repeats`` times, interleaved, against the checkout at ``root``."""
+                log: Callable[[str], None] = lambda line: None, baseline: Path | None = None) -> dict[str, Samples]:
+    """Times each case ``repeats`` times, interleaved, against the checkout at ``root`` (and the
+    same cases against ``baseline``, labelled "... (baseline)", in the same rounds)."""
     chosen = cases or list(CASES)
+    roots = {"": root} | ({" (baseline)": baseline} if baseline is not None else {})
     with tempfile.TemporaryDirectory(prefix="lorascope-startup-") as tmp:
         file = make_recording(Path(tmp)) if any("{file}" in CASES[c] for c in chosen) else None
-        turns = {label: _turn([str(file) if a == "{file}" else a for a in CASES[label]], root) for label in chosen}
+        turns = {label + tag: _turn([str(file) if a == "{file}" else a for a in CASES[label]], where)
+                 for label in chosen for tag, where in roots.items()}
         # one untimed round first: the first start of each reads its files from disk
         for turn in turns.values():
             turn()
         samples = interleave(turns, repeats)
     for label, s in samples.items():
-        log(f"  {label:28s} median {median(s.step_seconds):.3f} s")
+        log(f"  {label:40s} median {median(s.step_seconds):.3f} s")
     return samples
 
 
 def startup_rows(samples: dict[str, Samples]) -> list[dict]:
     return [{"command": label, "median": f"{median(s.step_seconds):.3f} s",
              "min": f"{min(s.step_seconds):.3f} s", "max": f"{max(s.step_seconds):.3f} s",
-             "runs": str(len(s.step_seconds)), "target": TARGETS.get(label, "")}
+             "runs": str(len(s.step_seconds)), "target": TARGETS.get(label.removesuffix(" (baseline)"), "")}
             for label, s in samples.items()]
 
 
@@ -112,11 +117,14 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python benchmarks/startup.py", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, default=ROOT, help="the checkout to time (default: this one)")
+    ap.add_argument("--baseline", type=Path, default=None, help="a second checkout, timed in the same rounds")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--only", nargs="+", choices=list(CASES), default=None)
     args = ap.parse_args(argv)
-    samples = run_startup(args.root.resolve(), args.repeats, args.only, log=print)
-    print(f"\n{args.root.resolve()}\n" + format_table(startup_rows(samples)))
+    baseline = args.baseline.resolve() if args.baseline else None
+    samples = run_startup(args.root.resolve(), args.repeats, args.only, log=print, baseline=baseline)
+    print(f"\n{args.root.resolve()}" + (f", baseline {baseline}" if baseline else "") + "\n"
+          + format_table(startup_rows(samples)))
     return 0
 
 
