@@ -249,11 +249,11 @@ def _report(scale: Scale, log: Callable[[str], None]) -> Outcome:
 
 @SUITE.register("startup")
 def _startup(scale: Scale, log: Callable[[str], None]) -> Outcome:
-    from benchmarks.startup import TARGETS, run_startup, startup_rows
+    from benchmarks.startup import TARGETS, cpu_seconds, run_startup, startup_rows
 
     samples = run_startup(repeats=scale.startup_repeats, log=log)
     rows = [_row(f"start-up, {label}", f"seconds, median of {len(s.step_seconds)} fresh processes",
-                 f"{median(s.step_seconds):.2f} s", TARGETS.get(label, ""))
+                 f"{median(s.step_seconds):.2f} s (CPU {median(cpu_seconds(s)):.2f} s)", TARGETS.get(label, ""))
             for label, s in samples.items()]
     return Outcome("startup", rows, format_table(startup_rows(samples)))
 

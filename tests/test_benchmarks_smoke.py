@@ -154,11 +154,12 @@ def test_recording_size_is_the_raw_bytes_plus_little():
 
 
 def test_startup_times_fresh_interpreters_of_this_checkout(tmp_path):
-    from benchmarks.startup import ROOT, make_recording, run_startup, startup_rows
+    from benchmarks.startup import ROOT, cpu_seconds, make_recording, run_startup, startup_rows
 
     samples = run_startup(ROOT, repeats=2, cases=["python -c pass", "lorascope --help"])
     assert list(samples) == ["python -c pass", "lorascope --help"]
     assert all(len(s.step_seconds) == 2 and min(s.step_seconds) > 0 for s in samples.values())
+    assert all(0 < cpu for s in samples.values() for cpu in cpu_seconds(s))
     rows = {row["command"]: row for row in startup_rows(samples)}
     assert rows["lorascope --help"]["target"] == "< 0.3 s" and rows["python -c pass"]["target"] == ""
     with lorascope.open(make_recording(tmp_path, snapshots=3)) as rec:
