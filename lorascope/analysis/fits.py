@@ -15,7 +15,7 @@ from typing import Callable
 import numpy as np
 from scipy import special
 
-from lorascope.analysis._batch import as_stack, entry_subset, time_chunks
+from lorascope.analysis.batch import as_stack, entry_subset, time_chunks
 from lorascope.errors import UsageError
 from lorascope.registry import Registry
 

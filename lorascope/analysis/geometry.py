@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lorascope.analysis._batch import as_stack
+from lorascope.analysis.batch import as_stack
 from lorascope.errors import UsageError
 
 __all__ = [

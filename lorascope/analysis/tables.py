@@ -23,7 +23,7 @@ from lorascope.analysis import health as _health
 from lorascope.analysis import lowrank as _lowrank
 from lorascope.analysis import spectra as _spectra
 from lorascope.analysis import stats as _stats
-from lorascope.analysis._batch import Scratch
+from lorascope.analysis.batch import Scratch
 from lorascope.errors import RecordingError, UsageError
 from lorascope.registry import Registry
 
