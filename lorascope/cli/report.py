@@ -1,4 +1,5 @@
-"""`lorascope report`: one HTML page plus PNG figures comparing one or more recordings."""
+"""`lorascope report`: one HTML page plus PNG figures comparing one or more recordings
+(`lorascope.report.build_report`, which draws the tables of `lorascope.analysis`)."""
 from __future__ import annotations
 
 import sys
@@ -11,9 +12,7 @@ import typer
 from lorascope.cli.app import app
 from lorascope.errors import UsageError
 from lorascope.progress import StepProgress
-from lorascope.report.build import DEFAULT_MAX_MODULES, DEFAULT_MAX_STEPS, build_report
-from lorascope.report.module_figures import MODULE_FIGURES
-from lorascope.report.paths import default_report_name
+from lorascope.report import DEFAULT_MAX_MODULES, DEFAULT_MAX_STEPS, MODULE_FIGURES
 
 __all__ = ["report", "parse_figure_kinds"]
 
@@ -61,6 +60,8 @@ def report(
 ) -> None:
     """Write an HTML report (index.html plus PNG figures) comparing recordings."""
     import lorascope
+    from lorascope.report import build_report
+    from lorascope.report.paths import default_report_name
 
     kinds = parse_figure_kinds(figures)
     if max_steps < 2:
