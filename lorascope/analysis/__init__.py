@@ -16,7 +16,7 @@ from lorascope.registry import Registry
 
 # Every table `analyze` builds, with the one line `lorascope analyze --help` shows. The
 # implementations register themselves in tables.py (one run's module), multirun.py (a module
-# across runs) and derived.py (from other tables); the driver imports all three.
+# across runs) and derived.py (from other tables); catalog.py imports all three.
 TABLES: Registry = Registry("analysis table", declared={
     "stats": "moments, quantiles, norms, distance from the first snapshot, update size and cosine per snapshot",
     "spectra": "spectral norm, effective and stable rank, top-k energy, condition number of A, B and ΔW",
@@ -28,7 +28,7 @@ TABLES: Registry = Registry("analysis table", declared={
     "step_histograms": "histograms of A and B at chosen steps, bins shared by the runs at each step",
     "family_changes": "the steps where the best fitted family changes (from the fits)",
     "findings": "the health findings, one row each",
-}, provider="lorascope.analysis.driver")
+}, provider="lorascope.analysis.catalog")
 
 _SUBMODULES = ("batch", "fits", "geometry", "health", "lowrank", "spectra", "stats")
 _EXPORTS = {

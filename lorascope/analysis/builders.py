@@ -13,13 +13,15 @@ only for tables that read a few snapshots reads only those."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
-import pandas as pd
 
 from lorascope.analysis.options import KEYS, Options
 from lorascope.analysis.selection import evenly
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = ["Rows", "PerRun", "AcrossRuns", "Derived", "Table", "Snapshots", "all_snapshots", "evenly_spaced", "concat"]
 
@@ -103,6 +105,8 @@ Table = PerRun | AcrossRuns | Derived
 
 def concat(frames: Sequence[pd.DataFrame], columns: Sequence[str] = KEYS) -> pd.DataFrame:
     """The frames as one table (an empty one with `columns` when there are none)."""
+    import pandas as pd
+
     frames = [f for f in frames if len(f)]
     if not frames:
         return pd.DataFrame(columns=list(columns))

@@ -7,28 +7,26 @@ from __future__ import annotations
 
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
-from typing import Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
-import pandas as pd
 
 from lorascope.analysis import TABLES
 from lorascope.analysis import health as _health
 from lorascope.analysis.batch import Scratch
 from lorascope.analysis.builders import AcrossRuns, Derived, PerRun, concat
-from lorascope.analysis.module import ModuleAnalysis, read_series
+from lorascope.analysis.module import HEALTH_NEEDS, ModuleAnalysis, read_series
 from lorascope.analysis.options import Options
 from lorascope.analysis.selection import common_modules, evenly, module_names, nearest
-from lorascope.analysis.tables import STATS_NEEDS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "Analysis", "analyze", "stats_table", "fits_table", "spectra_table", "singular_values_table",
     "geometry_table", "similarity_table", "histogram_table", "step_histogram_table", "health_findings",
 ]
 
-# Importing the providers registers their tables (the registry's provider is this module).
-from lorascope.analysis import derived as _derived  # noqa: E402,F401
-from lorascope.analysis import multirun as _multirun  # noqa: E402,F401
 
 
 @dataclass
@@ -111,7 +109,7 @@ def analyze(
         compared = set(common_modules(recs)) & set(names)
     todo = _plan(recs, names, list(streamed.values()), health, o)
     frames: dict[str, list[tuple[tuple, pd.DataFrame]]] = {t: [] for t in streamed}
-    parts = {p for s in streamed.values() for p in s.needs} | (set(STATS_NEEDS) if health else set())
+    parts = {p for s in streamed.values() for p in s.needs} | (set(HEALTH_NEEDS) if health else set())
     pool = ThreadPoolExecutor(o.workers) if o.workers > 1 else None
     reader = ThreadPoolExecutor(1) if o.prefetch else None
     # each run's findings: its loss first, then its modules in order
@@ -200,10 +198,7 @@ def _prefetched(todo: list[_Todo], reader: Executor | None) -> Iterator[tuple[_T
 
 
 def _loss_findings(rec) -> list[_health.Finding]:
-    sc = getattr(rec, "scalars", None)
-    if sc is None:
-        return []
-    return [replace(f, run=rec.run_name) for f in _health.check_scalars(sc)]
+    return [replace(f, run=rec.run_name) for f in _health.check_scalars(rec.scalar_columns)]
 
 
 def _one(name: str, recs, options: Options | None) -> pd.DataFrame:

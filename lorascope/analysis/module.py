@@ -5,10 +5,9 @@ from __future__ import annotations
 
 from concurrent.futures import Executor
 from functools import cached_property
-from typing import Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
-import pandas as pd
 
 from lorascope.analysis import health as _health
 from lorascope.analysis import lowrank as _lowrank
@@ -20,7 +19,13 @@ from lorascope.analysis.options import Options
 from lorascope.analysis.selection import evenly, role
 from lorascope.errors import RecordingError
 
-__all__ = ["ModuleAnalysis", "read_series"]
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["ModuleAnalysis", "read_series", "HEALTH_NEEDS"]
+
+# The computations the health checks (and the stats table) read.
+HEALTH_NEEDS = ("moments", "dynamics", "lowrank")
 
 
 def _series_dtype(lazy) -> np.dtype:
@@ -104,6 +109,10 @@ class ModuleAnalysis:
         return self.held(evenly(len(self.sample), limit))
 
     def frame(self, matrix: str, columns: dict[str, np.ndarray], index: np.ndarray | None = None) -> pd.DataFrame:
+        """Rows of one matrix at the snapshots in memory (or those at `index`): the key columns,
+        then `columns`."""
+        import pandas as pd
+
         steps = self.steps if index is None else self.steps[index]
         n = len(steps)
         head = {"run": [self.run] * n, "module": [self.name] * n, "layer": [self.layer] * n,

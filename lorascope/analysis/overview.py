@@ -1,20 +1,26 @@
 """Runs at a glance: what a run was (its config, the parts of configs that differ between runs),
 how training went (final and best loss, evaluation metrics), its size and duration, and its
 health. `describe` is what `lorascope info` prints; `runs_table` is the report's runs side by
-side; both read these same definitions."""
+side; both read these same definitions.
+
+Scalars are read as a mapping of column name to values: a recording's `scalar_columns` (numpy,
+what `describe` reads, so that `lorascope info` starts without pandas) or its `scalars`
+DataFrame."""
 from __future__ import annotations
 
 import json
 import math
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import numpy as np
-import pandas as pd
 
 from lorascope.analysis.health import Finding
 from lorascope.analysis.options import Options
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "HIGHLIGHTS", "QUICK", "flatten_config", "config_differences", "eval_columns", "final_value",
@@ -67,24 +73,28 @@ def _display(value: Any) -> Any:
     return value
 
 
-def eval_columns(scalars: pd.DataFrame) -> list[str]:
-    return [c for c in scalars.columns if str(c).startswith("eval_")]
+def eval_columns(scalars: Mapping) -> list[str]:
+    return [c for c in scalars if str(c).startswith("eval_")]
 
 
-def _finite(scalars: pd.DataFrame, column: str) -> np.ndarray:
+def _values(scalars: Mapping, column: str) -> np.ndarray:
+    return np.asarray(scalars[column], dtype=float)
+
+
+def _finite(scalars: Mapping, column: str) -> np.ndarray:
     if column not in scalars:
         return np.zeros(0)
-    values = pd.to_numeric(scalars[column], errors="coerce").to_numpy(dtype=float)
+    values = _values(scalars, column)
     return values[np.isfinite(values)]
 
 
-def final_value(scalars: pd.DataFrame, column: str) -> float:
+def final_value(scalars: Mapping, column: str) -> float:
     """The last finite value of a scalar column, NaN when there is none."""
     values = _finite(scalars, column)
     return float(values[-1]) if len(values) else math.nan
 
 
-def best_value(scalars: pd.DataFrame, column: str) -> float:
+def best_value(scalars: Mapping, column: str) -> float:
     """The smallest finite value of a scalar column (a loss), NaN when there is none."""
     values = _finite(scalars, column)
     return float(values.min()) if len(values) else math.nan
@@ -100,14 +110,16 @@ def wall_time(rec: Any) -> float:
     times = getattr(rec, "times", None)
     if times is not None and len(times):
         return float(np.asarray(times)[-1])
-    return final_value(rec.scalars, "time")
+    return final_value(rec.scalar_columns, "time")
 
 
 def runs_table(recordings: Sequence[Any]) -> pd.DataFrame:
     """One column per run, one row per quantity compared; config rows are the differences only."""
+    import pandas as pd
+
     names = [r.run_name for r in recordings]
     flats = [flatten_config(r.config or {}) for r in recordings]
-    scalars = [r.scalars for r in recordings]
+    scalars = [r.scalar_columns for r in recordings]
     rows: dict[str, list[Any]] = {}
     for key in config_differences([r.config or {} for r in recordings]):
         rows[key] = [_display(f.get(key, "—")) for f in flats]
@@ -133,11 +145,10 @@ def scalar_series(recordings: Sequence[Any], column: str) -> dict[str, tuple[np.
     exist only at evaluation steps)."""
     series = {}
     for rec in recordings:
-        scalars = rec.scalars
+        scalars = rec.scalar_columns
         if column not in scalars or "step" not in scalars:
             continue
-        y = pd.to_numeric(scalars[column], errors="coerce").to_numpy(dtype=float)
-        x = scalars["step"].to_numpy(dtype=float)
+        y, x = _values(scalars, column), _values(scalars, "step")
         keep = np.isfinite(y)
         if keep.any():
             series[rec.run_name] = (x[keep], y[keep])
@@ -181,7 +192,7 @@ def describe(rec: Any, path: Path | None = None, *, health: bool = True, max_ste
     lines.append("config")
     flat = flatten_config(rec.config or {})
     lines.extend(f"  {key:<24} {flat[key]}" for key in HIGHLIGHTS if flat.get(key) is not None)
-    scalars = rec.scalars
+    scalars = rec.scalar_columns
     training = [f"  {c:<24} final {final_value(scalars, c):.4g}   best {best_value(scalars, c):.4g}"
                 for c in ("loss", *eval_columns(scalars)) if math.isfinite(final_value(scalars, c))]
     if training:

@@ -15,14 +15,10 @@ from lorascope.analysis import geometry as _geo
 from lorascope.analysis import spectra as _spectra
 from lorascope.analysis import stats as _stats
 from lorascope.analysis.builders import PerRun, evenly_spaced
-from lorascope.analysis.module import ModuleAnalysis
+from lorascope.analysis.module import HEALTH_NEEDS, ModuleAnalysis
 from lorascope.analysis.selection import evenly
 
 __all__ = ["stats_rows", "spectra_rows", "singular_value_rows", "fit_rows", "geometry_rows"]
-
-# The computations of a module's analysis that the stats table (and the health checks) read.
-STATS_NEEDS = ("moments", "dynamics", "lowrank")
-
 
 def stats_rows(ma: ModuleAnalysis) -> list[pd.DataFrame]:
     """Moments, quantiles, norms, distance from the first snapshot, update size and cosine of
@@ -201,7 +197,7 @@ def _geometry_steps(o) -> int | None:
     return o.max_steps if o.geometry_steps is None else o.geometry_steps
 
 
-TABLES.register("stats")(PerRun(stats_rows, STATS_NEEDS))
+TABLES.register("stats")(PerRun(stats_rows, HEALTH_NEEDS))
 TABLES.register("spectra")(PerRun(spectra_rows, ("lowrank",)))
 TABLES.register("singular_values")(PerRun(singular_value_rows, ("lowrank",)))
 TABLES.register("fits")(PerRun(fit_rows, ("fits",), evenly_spaced(lambda o: o.fit_steps)))

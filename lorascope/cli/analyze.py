@@ -17,13 +17,13 @@ if TYPE_CHECKING:
 
 __all__ = ["analyze", "write_table", "output_paths", "check_output_folder"]
 
-_WRITERS: dict[str, Callable[["pd.DataFrame", Path], None]] = {
+_WRITERS: dict[str, Callable[[pd.DataFrame, Path], None]] = {
     ".csv": lambda df, p: df.to_csv(p, index=False),
     ".parquet": lambda df, p: _to_parquet(df, p),
 }
 
 
-def _to_parquet(df: "pd.DataFrame", path: Path) -> None:
+def _to_parquet(df: pd.DataFrame, path: Path) -> None:
     try:
         df.to_parquet(path, index=False)
     except ImportError:
@@ -54,7 +54,7 @@ def check_output_folder(folder: Path) -> None:
                          "choose an --output folder you can write to") from None
 
 
-def write_table(df: "pd.DataFrame", path: Path) -> None:
+def write_table(df: pd.DataFrame, path: Path) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         _WRITERS[path.suffix.lower()](df, path)

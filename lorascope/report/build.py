@@ -161,7 +161,7 @@ def _group_title(layer: int | None, blocks: list[ModuleBlock]) -> str:
 def _training_figures(recs: Sequence[Any], ctx: FigureContext) -> list[FigureRef]:
     """Loss, learning rate and every evaluation metric over steps, runs overlaid, in one figure."""
     columns = [("loss", "training loss", False), ("lr", "learning rate", False)]
-    evals = dict.fromkeys(c for r in recs for c in eval_columns(r.scalars))
+    evals = dict.fromkeys(c for r in recs for c in eval_columns(r.scalar_columns))
     columns += [(c, "eval " + c.removeprefix("eval_").replace("_", " "), False) for c in evals]
     ncols = min(len(columns), 3)
     nrows = math.ceil(len(columns) / ncols)
