@@ -184,3 +184,81 @@ def test_a_live_file_that_stays_short_is_damaged(tmp_path):
     path.write_bytes(data[:-4096])
     with pytest.raises(RecordingError, match="damaged or truncated"):
         lorascope.open(path)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+def test_reading_snapshots_at_indices_equals_reading_them_one_by_one(tmp_path, monkeypatch, dtype):
+    """Indices read in contiguous blocks (gaps read along and dropped), in the order asked, with
+    repeats; whatever the storage, and whatever the gap that is read along."""
+    import lorascope.h5.reader as reader
+
+    model = tiny_lora_gpt2(seed=2)
+    opt = torch.optim.SGD(lora_params(model), lr=1e-2)
+    path = tmp_path / f"{dtype}.h5"
+    with Recorder(path, model, RecordConfig(dtype=dtype)) as rec:
+        rec.start(opt)
+        train(model, opt, rec, steps=12)
+    asked = [np.array([0, 1, 2, 7, 12]), np.array([12, 3, 3, 0]), np.arange(13)[::4], np.array([5])]
+    for gap_bytes in (1, reader._GAP_BYTES):  # every gap a new read / gaps read along
+        monkeypatch.setattr(reader, "_GAP_BYTES", gap_bytes)
+        with lorascope.open(path) as r:
+            for m in r.modules.values():
+                for index in asked:
+                    for lazy in (m.A, m.B):
+                        want = np.stack([lazy[int(i)] for i in index])
+                        got = lazy[index]
+                        assert got.dtype == want.dtype == lazy.dtype
+                        np.testing.assert_array_equal(got, want)
+
+
+def _pandas_scalars(steps, fixed: dict, other: list[tuple[int, str, float]]):
+    """The scalars table as pandas builds it (the independent reference): rows sharing a step keep
+    each column's last non-NaN value; the long `other` rows pivot into columns that fill what the
+    fixed columns lack."""
+    import pandas as pd
+
+    frame = pd.DataFrame({"step": steps, **fixed}).groupby("step", sort=True).last()
+    if other:
+        long = pd.DataFrame(other, columns=["step", "name", "value"])
+        wide = long.pivot_table(index="step", columns="name", values="value", aggfunc="last")
+        wide.columns.name = None
+        frame = frame.combine_first(wide)
+    frame.index.name = "step"
+    return frame.reset_index()
+
+
+def test_scalar_columns_equal_the_pandas_reading(recording, tmp_path):
+    """Duplicate steps, NaN gaps, names logged apart from the fixed columns (one of them also a
+    fixed column, one only ever NaN, one at a step no fixed row has): the numpy columns and the
+    DataFrame equal what pandas' groupby/pivot/combine_first make of the same rows."""
+    import shutil
+
+    path = tmp_path / "scalars.h5"
+    shutil.copy(recording, path)
+    steps = np.array([1, 2, 2, 3, 5, 5, 6], dtype=np.int64)
+    nan = np.nan
+    fixed = {"loss": np.array([3.0, 2.5, nan, 2.0, 1.5, 1.4, nan]),
+             "lr": np.array([1e-3, nan, 2e-3, 3e-3, nan, nan, 4e-3])}
+    other = [(2, "eval_loss", 2.7), (2, "eval_loss", 2.6), (4, "eval_loss", 2.2), (6, "loss", 1.2),
+             (5, "loss", 9.9), (3, "never", nan), (5, "eval_acc", nan), (5, "eval_acc", 0.5)]
+    with h5py.File(path, "a") as f:
+        del f["scalars"]
+        g = f.create_group("scalars")
+        g["step"] = steps
+        for name, values in fixed.items():
+            g[name] = values
+        kind = np.dtype([("step", "<i8"), ("name", "S64"), ("value", "<f8")])
+        rows = np.array([(s, n.encode(), v) for s, n, v in other], dtype=kind)
+        g.create_dataset("other", data=rows)
+        g["other"].attrs["rows"] = np.int64(len(rows))
+    want = _pandas_scalars(steps, fixed, other)
+    with lorascope.open(path) as r:
+        columns, frame = r.scalar_columns, r.scalars
+    assert list(columns) == ["step", "loss", "lr", "eval_acc", "eval_loss"]  # standard first, then by name
+    import pandas as pd
+
+    pd.testing.assert_frame_equal(frame, want[list(columns)], check_exact=True)
+    for name, values in columns.items():
+        np.testing.assert_array_equal(values, want[name].to_numpy())
+    assert columns["loss"][list(columns["step"]).index(6)] == 1.2  # a NaN fixed value filled by `other`
+    assert columns["loss"][list(columns["step"]).index(5)] == 1.4  # a fixed value wins over `other`

@@ -22,11 +22,11 @@ TABLES: Registry = Registry("analysis table", declared={
     "spectra": "spectral norm, effective and stable rank, top-k energy, condition number of A, B and ΔW",
     "singular_values": "every singular value of A, B and ΔW per snapshot",
     "fits": "distribution families fitted to A and B at evenly spaced snapshots",
-    "geometry": "ΔW against W0 (needs the recorded W0): projection, amplification, DoRA's change",
+    "geometry": "ΔW against W0, when recorded: projection, amplification, DoRA's change",
     "similarity": "subspace similarity φ of A and B against the final snapshot and between runs",
     "histograms": "histograms of A and B on bins shared by every run and snapshot of a module",
     "step_histograms": "histograms of A and B at chosen steps, bins shared by the runs at each step",
-    "family_changes": "the steps where the best fitted family changes (from the fits)",
+    "family_changes": "the steps where the best fitted family changes, from the fits",
     "findings": "the health findings, one row each",
 }, provider="lorascope.analysis.catalog")
 

@@ -73,7 +73,7 @@ def _parse_tables(spec: str) -> list[str]:
 
 
 def _tables_help() -> str:
-    return "Comma-separated tables: all, or some of: " + "; ".join(f"{n} ({TABLES.description(n)})" for n in TABLES.names()) + "."
+    return "Comma-separated tables, or all. " + "; ".join(f"{n}: {TABLES.description(n)}" for n in TABLES.names()) + "."
 
 
 @app.command()
