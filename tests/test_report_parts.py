@@ -22,7 +22,7 @@ from lorascope.report.canvas import Canvas
 from lorascope.report.html import FigureRef, ModuleBlock, ModuleGroup, Page, render_page, render_table
 from lorascope.report.paths import default_report_name, inside, safe_name
 from lorascope.report.spectral_figures import final_similarity
-from lorascope.report.summary import normal_from
+from lorascope.report.summary import normal_from, summary_rows
 from lorascope.report.view import histogram_steps, module_view, panel_steps, report_options
 from report_fakes import fake_recording
 
@@ -244,6 +244,19 @@ def test_report_survives_nan_weights(tmp_path):
     html = index.read_text(encoding="utf-8")
     assert len(list(tmp_path.glob("*.png"))) == 1 + 8
     assert "NaN/Inf values in A" in html
+
+
+def test_report_of_runs_without_w0(tmp_path):
+    """No W0 recorded: no geometry rows, and the summary says the amplification is missing."""
+    from lorascope.report import build_report
+
+    runs = [fake_recording("a", with_w0=False), fake_recording("b", seed=1, with_w0=False)]
+    index = build_report(runs, tmp_path, max_modules=1, figure_kinds=["moments"])
+    view = _view(runs, "h.0.attn.c_attn", kinds=["moments"])
+    assert view.tables["geometry"].empty and "amplification" in view.tables["geometry"].columns
+    rows = summary_rows(view)
+    assert all(np.isnan(r["amplification (needs W0)"]) and r["final ‖ΔW‖_F"] > 0 for r in rows)
+    assert "amplification (needs W0)" in index.read_text(encoding="utf-8")
 
 
 def test_recording_without_snapshots_is_refused(tmp_path):

@@ -14,7 +14,7 @@ import numpy as np
 from lorascope.analysis import TABLES
 from lorascope.analysis import health as _health
 from lorascope.analysis.batch import Scratch
-from lorascope.analysis.builders import AcrossRuns, Derived, PerRun, concat
+from lorascope.analysis.builders import Derived, Table, concat
 from lorascope.analysis.module import HEALTH_NEEDS, ModuleAnalysis, read_series
 from lorascope.analysis.options import Options
 from lorascope.analysis.selection import common_modules, evenly, module_names, nearest
@@ -39,9 +39,9 @@ def _as_list(recs) -> list:
     return list(recs) if isinstance(recs, (list, tuple)) else [recs]
 
 
-def _with_sources(names: Sequence[str]) -> dict[str, PerRun | AcrossRuns | Derived]:
+def _with_sources(names: Sequence[str]) -> dict[str, Table]:
     """The tables asked for and those they are derived from, sources first."""
-    out: dict[str, Any] = {}
+    out: dict[str, Table] = {}
 
     def visit(name: str) -> None:
         spec = TABLES.get(name)
@@ -54,7 +54,7 @@ def _with_sources(names: Sequence[str]) -> dict[str, PerRun | AcrossRuns | Deriv
     return out
 
 
-def sample(T: int, steps: np.ndarray, o: Options) -> np.ndarray:
+def _sample(T: int, steps: np.ndarray, o: Options) -> np.ndarray:
     """The recording's snapshots an analysis looks at: every one, or `read_steps` of them evenly
     spaced plus those nearest `histogram_steps`."""
     if o.read_steps is None:
@@ -168,7 +168,7 @@ def _plan(recs: list, names: list[str], specs: list, health: bool, o: Options) -
                 continue
             T = min(len(module.A), len(module.B))
             steps = np.asarray(rec.steps, dtype=np.int64)
-            S = sample(T, steps, o)
+            S = _sample(T, steps, o)
             # a module holding more snapshots than the run lists steps is read whole, and refused
             R = _to_read(S, steps, specs, health, o) if len(steps) >= T else S
             whole = len(R) == T
