@@ -125,17 +125,19 @@ def _sampled(ma: ModuleAnalysis, matrix: str, idx: np.ndarray, keep: bool) -> _S
 
 
 def _counts(name: str, s: _Sampled, matrix: str, edges: np.ndarray, X: np.ndarray, steps: np.ndarray,
-            extra: dict | None = None) -> pd.DataFrame:
-    """Long-form counts of the snapshots X (at `steps`) of one run on the given edges."""
+            extra: dict | None = None) -> dict[str, np.ndarray]:
+    """Long-form counts of the snapshots X (at `steps`) of one run on the given edges, as columns."""
     h = _stats.histogram_counts(X, edges)
     bins, T = len(edges) - 1, len(X)
-    return pd.DataFrame({
-        "run": s.run, "module": name, "layer": s.layer, "role": s.role,
-        "matrix": matrix, "step": np.repeat(steps, bins), **(extra or {}),
+    n = bins * T
+    return {
+        "run": np.full(n, s.run), "module": np.full(n, name), "layer": np.full(n, s.layer),
+        "role": np.full(n, s.role), "matrix": np.full(n, matrix), "step": np.repeat(steps, bins),
+        **{k: np.full(n, v) for k, v in (extra or {}).items()},
         "bin": np.tile(np.arange(bins), T), "left": np.tile(edges[:-1], T),
         "right": np.tile(edges[1:], T), "count": h.counts.reshape(-1),
         "outside": np.repeat(h.outside, bins),
-    })
+    }
 
 
 class _HistogramRows(Rows):
@@ -167,7 +169,7 @@ class _HistogramRows(Rows):
                 continue
             edges = _stats.shared_edges(ranges, self.options.bins)
             for s in runs:  # one run's snapshots in memory at a time
-                frames.append(_counts(self.name, s, matrix, edges, s.read(), s.steps))
+                frames.append(pd.DataFrame(_counts(self.name, s, matrix, edges, s.read(), s.steps)))
         return frames
 
 
@@ -196,15 +198,16 @@ class _StepHistogramRows(Rows):
     def finish(self) -> list[pd.DataFrame]:
         frames = []
         for matrix in MATRICES:
-            runs = self.sampled[matrix]
+            runs, parts = self.sampled[matrix], []
             for k, target in enumerate(self.targets or []):
                 ranges = [_stats.value_range(s.values[k]) for s in runs]
                 if all(r is None for r in ranges):
                     continue  # nothing finite at this step in any run: no bins to share
                 edges = _stats.shared_edges(ranges, self.options.bins)
-                for s in runs:
-                    frames.append(_counts(self.name, s, matrix, edges, s.values[k:k + 1], s.steps[k:k + 1],
-                                          {"at_step": target}))
+                parts.extend(_counts(self.name, s, matrix, edges, s.values[k:k + 1], s.steps[k:k + 1],
+                                     {"at_step": target}) for s in runs)
+            if parts:  # one frame per matrix: a frame per step and run cost more than the counts
+                frames.append(pd.DataFrame({c: np.concatenate([p[c] for p in parts]) for c in parts[0]}))
         return frames
 
 

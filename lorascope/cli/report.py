@@ -27,6 +27,11 @@ def parse_figure_kinds(text: str) -> list[str]:
     return names
 
 
+def _figures_help() -> str:
+    return "Figure kinds per module, or all. " + "; ".join(
+        f"{n}: {MODULE_FIGURES.description(n)}" for n in MODULE_FIGURES.names()) + "."
+
+
 class _Progress:
     """Adapts build_report's (done, total, what) calls to the shared one-line progress display."""
 
@@ -52,8 +57,8 @@ def report(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Report folder [default: reports/<name from the run names>].", file_okay=False)] = None,
     modules: Annotated[str, typer.Option(help="Glob over module names to draw, such as '*.attn.*'.")] = "*",
     max_modules: Annotated[int, typer.Option(help="Draw at most this many modules (the rest are listed).")] = DEFAULT_MAX_MODULES,
-    max_steps: Annotated[int, typer.Option(help="Snapshots read per run for series and heatmaps (evenly spaced).")] = DEFAULT_MAX_STEPS,
-    figures: Annotated[str, typer.Option(help=f"Figure kinds per module: all, or some of {', '.join(MODULE_FIGURES.names())}.")] = "all",
+    max_steps: Annotated[int, typer.Option(help="Snapshots analysed per run and module (evenly spaced, the first and last kept).")] = DEFAULT_MAX_STEPS,
+    figures: Annotated[str, typer.Option(help=_figures_help())] = "all",
     bins: Annotated[int, typer.Option(help="Histogram bins (shared by the runs on each axis).")] = 64,
     title: Annotated[Optional[str], typer.Option(help="Page title [default: the run names].")] = None,
     workers: Annotated[int, typer.Option(help="Processes drawing modules side by side (pays only with idle cores).")] = 1,

@@ -101,7 +101,8 @@ def build_report(
         colors = figures.run_colors([r.run_name for r in recs])
         canvas = Canvas()
         options = report_options(max_steps, bins, panel_steps(recs, early_steps))
-        plan = RenderPlan(out, colors, tuple(kinds), options)
+        drawn = tuple(k for k in kinds if len(recs) >= MODULE_FIGURES.get(k).min_runs)
+        plan = RenderPlan(out, colors, drawn, options)
         total = 1 + len(shown)
         tick = progress or (lambda done, total, what: None)
 

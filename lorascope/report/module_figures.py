@@ -32,9 +32,11 @@ class FigureContext:
 
 @dataclass(frozen=True)
 class FigureKind:
-    """A figure kind: the analysis tables it plots, and how it draws one module's rows."""
+    """A figure kind: the analysis tables it plots, how it draws one module's rows, and how many
+    runs it needs (a report of fewer leaves it out, and its tables uncomputed)."""
     draw: Callable[[ModuleView, str, FigureContext], list[FigureRef]]
     tables: tuple[str, ...]
+    min_runs: int = 1
 
 
 def save_figure(ctx: FigureContext, panels, file: str, caption: str) -> FigureRef:

@@ -72,9 +72,7 @@ def final_similarity(view: ModuleView, matrix: str) -> tuple[np.ndarray, list[fl
 
 
 def similarity(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef]:
-    """Run-by-run subspace similarity of A and of B at the final step; needs two runs or more."""
-    if len(view.runs) < 2:
-        return []
+    """Run-by-run subspace similarity of A and of B at the final step (two runs or more)."""
     panels = ctx.canvas.grid(1, 2, panel=(3.2, 3.2), colorbar=True, margins=(1.3, 1.1))
     image = None
     chance = []
@@ -94,4 +92,4 @@ def similarity(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRe
 
 
 MODULE_FIGURES.register("spectrum")(FigureKind(spectrum, ("singular_values", "spectra", "stats")))
-MODULE_FIGURES.register("similarity")(FigureKind(similarity, ("similarity",)))
+MODULE_FIGURES.register("similarity")(FigureKind(similarity, ("similarity",), min_runs=2))
