@@ -129,6 +129,39 @@ def test_reading_only_what_the_tables_read_changes_no_number(runs, monkeypatch):
         pd.testing.assert_frame_equal(sampled.tables[name], whole.tables[name], check_exact=True)
 
 
+def test_histograms_read_a_run_again_when_its_snapshots_are_not_kept(runs, monkeypatch):
+    """Beyond `KEEP_BYTES` the histograms' second pass reads each run's snapshots again."""
+    from lorascope.analysis import multirun
+
+    kept = analysis.histogram_table(runs, bins=8)
+    reads = []
+    for rec in runs:
+        for m in rec.modules.values():
+            for name in ("A", "B"):
+                setattr(m, name, _Counting(getattr(m, name), reads))
+    monkeypatch.setattr(multirun, "KEEP_BYTES", 0)
+    again = analysis.histogram_table(runs, bins=8)
+    pd.testing.assert_frame_equal(again, kept, check_exact=True)
+    assert reads.count("index") == 2 * 2 * 2  # every run's A and B of every module, once more
+
+
+class _Counting(np.ndarray):
+    """A series that notes each read of snapshots at indices (how the histograms read again)."""
+
+    def __new__(cls, values, reads):
+        out = np.asarray(values).view(cls)
+        out.reads = reads
+        return out
+
+    def __array_finalize__(self, obj):
+        self.reads = getattr(obj, "reads", None)
+
+    def __getitem__(self, key):
+        if isinstance(key, np.ndarray) and self.reads is not None:
+            self.reads.append("index")
+        return np.asarray(super().__getitem__(key))
+
+
 def _holding(rec: FakeRecording, index: np.ndarray) -> FakeRecording:
     """The same run, had it recorded only the snapshots at `index`."""
     mods = {name: FakeModule(m.A[index], m.B[index], m.scaling, m.layer_index, m.W0)

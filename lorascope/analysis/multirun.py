@@ -48,6 +48,7 @@ class _SimilarityRows(Rows):
         self.options = options
         self.finals: dict[tuple[str, str], _Final] = {}
         self.runs: list[str] = []
+        self.name = ""  # the module, from the runs added
 
     def add(self, ma: ModuleAnalysis) -> list[pd.DataFrame]:
         idx = ma.evenly(self.options.max_steps)
@@ -149,6 +150,7 @@ class _HistogramRows(Rows):
         self.options = options
         self.sampled: dict[str, list[_Sampled]] = {m: [] for m in MATRICES}
         self.kept = 0
+        self.name = ""
 
     def add(self, ma: ModuleAnalysis) -> list[pd.DataFrame]:
         idx = ma.evenly(self.options.max_steps)
@@ -184,6 +186,7 @@ class _StepHistogramRows(Rows):
         self.options = options
         self.targets: list[int] | None = list(dict.fromkeys(options.histogram_steps)) or None
         self.sampled: dict[str, list[_Sampled]] = {m: [] for m in MATRICES}
+        self.name = ""
 
     def add(self, ma: ModuleAnalysis) -> list[pd.DataFrame]:
         if self.targets is None:
