@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 from matplotlib.axes import Axes
+from matplotlib.ticker import MaxNLocator
 
 from lorascope.analysis.overview import eval_columns
 from lorascope.analysis.seeds import SeedGroup, has_seed_groups, seed_curves, seed_groups, seed_summary
@@ -49,6 +50,7 @@ def plot_band(ax: Axes, curves: pd.DataFrame, colors: Mapping[str, str], *, ylab
         else:
             ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
             ax.plot(x, mean, color=color, linewidth=1.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # optimizer steps are whole numbers
     ax.set_xlabel(xlabel)
     ax.set_ylabel(figures.plain_text(ylabel, 40))
     if title:
