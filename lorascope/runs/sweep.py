@@ -17,7 +17,7 @@ from lorascope.config import RunConfig, apply_overrides, config_from_dict, read_
 from lorascope.errors import LorascopeError, UsageError
 
 __all__ = ["AXES", "DEFAULT_AXES", "SweepRun", "SweepResult", "expand", "is_complete", "load_sweep_file",
-           "remove_partial", "run_sweep", "seed_values", "with_seeds"]
+           "remove_partial", "run_sweep"]
 
 # The axes a user names on the command line, with the config field each one sets and the short
 # prefix used in run names (a value alone where the value says what it is, like "came").
