@@ -104,10 +104,8 @@ def _check_writable(path: Path) -> None:
 
 
 class Recorder:
-    """Records the LoRA pairs of ``model`` into ``path``, and with ``heads`` (module name →
-    module, such as ``lorascope.models.head_modules(model)``) the norms of those modules'
-    parameters at every optimizer step. Under torchrun, ranks other than 0 get a
-    ``NullRecorder`` that accepts the same calls and writes nothing."""
+    """Records the LoRA pairs of ``model`` into ``path``. Under torchrun, ranks other than 0 get
+    a ``NullRecorder`` that accepts the same calls and writes nothing."""
 
     def __new__(cls, *args: Any, **kwargs: Any):
         if process_rank() != 0:
@@ -141,7 +139,8 @@ class Recorder:
         # how each parameter-shaped tensor becomes its recorded matrix (None: it is one already)
         self._as_matrix = [p.matrix for p in self.pairs.values() for _ in (p.A, p.B)]
         self._dora = [p for p in self.pairs.values() if p.magnitude is not None]
-        # modules trained beside the pairs (a classification head): their norms, as scalars
+        # heads (module name → module, e.g. lorascope.models.head_modules(model)): modules trained
+        # beside the pairs, followed by their parameters' norms at every step, as scalars
         self._heads = HeadNorms(heads) if heads else None
         self._writer: WriterThread | None = None
         self._early: list[Any] = []  # messages captured before the file exists
