@@ -81,3 +81,15 @@ def test_summary_numbers_are_numpys_mean_and_std():
 def test_a_single_seed_has_no_std():
     summary = seed_summary([RECS[0]])
     assert summary["n"].eq(1).all() and summary["std"].isna().all()
+
+
+def test_the_pages_cells_say_mean_std_and_a_smaller_n():
+    from lorascope.report.seed_figures import summary_cells
+
+    recs = [_rec("e-s0", 0, "adamw", [1.0, 0.8], evals=[np.nan, np.nan]),
+            _rec("e-s1", 1, "adamw", [1.0, 0.6], evals=[np.nan, 0.75])]
+    groups = seed_groups(recs)
+    table = summary_cells(seed_summary(recs, groups), groups)
+    assert list(table.columns) == ["e (2 seeds)"]
+    assert table.loc["final loss", "e (2 seeds)"] == f"0.7 ± {np.std([0.8, 0.6], ddof=1):.4g}"
+    assert table.loc["final eval_accuracy", "e (2 seeds)"] == "0.75 (n=1)"

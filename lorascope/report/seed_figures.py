@@ -61,12 +61,15 @@ def plot_band(ax: Axes, curves: pd.DataFrame, colors: Mapping[str, str], *, ylab
 def summary_cells(summary: pd.DataFrame, groups: Sequence[SeedGroup]) -> pd.DataFrame:
     """`seed_summary`'s rows as the page shows them: a row per quantity, a column per group
     ("label (n seeds)"), cells "mean ± std"."""
-    header = {g.label: f"{g.label} ({len(g.runs)} seed{'s' if len(g.runs) > 1 else ''})" for g in groups}
+    size = {g.label: len(g.runs) for g in groups}
+    header = {label: f"{label} ({n} seed{'s' if n > 1 else ''})" for label, n in size.items()}
     cells: dict[str, dict[str, str]] = {}
     for row in summary.itertuples(index=False):
         text = format_number(float(row.mean))
         if row.n > 1 and math.isfinite(row.std):
             text += f" ± {format_number(float(row.std))}"
+        if row.n < size[row.group]:  # a seed that never logged it: say how many the mean is of
+            text += f" (n={row.n})"
         cells.setdefault(header[row.group], {})[row.quantity] = text
     table = pd.DataFrame(cells)
     return table.reindex(columns=[header[g.label] for g in groups])
