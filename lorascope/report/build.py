@@ -109,8 +109,8 @@ def build_report(
 
         tick(0, total, "training curves")
         training = _training_figures(recs, FigureContext(out, canvas, colors))
-        seeds = seed_view(recs, out, canvas)
         tick(1, total, "training curves")
+        seeds = seed_view(recs, out, canvas)  # empty unless some runs differ only by seed
         results: list[ModuleResult | None] = [None] * len(shown)
         for i, result in render_modules(recs, shown, plan, workers=workers,
                                         canvas=canvas, on_done=lambda done, name: tick(1 + done, total, name)):
