@@ -114,9 +114,9 @@ class Recorder:
 
     def __init__(self, path: str | Path, model: torch.nn.Module, config: RecordConfig | None = None,
                  *, run_name: str = "", run_config: dict | None = None,
+                 heads: Mapping[str, torch.nn.Module] | None = None,
                  environment: dict | None = None, total_steps: int | None = None,
-                 resume: bool = False, update_norms: str = "auto",
-                 heads: Mapping[str, torch.nn.Module] | None = None) -> None:
+                 resume: bool = False, update_norms: str = "auto") -> None:
         self.path = Path(path)
         self.resume = resume
         self.config = cfg = config or RecordConfig()
