@@ -19,8 +19,8 @@ import socket
 import sys
 import threading
 import time
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import torch
