@@ -61,6 +61,9 @@ class LoraConfig:
     rslora: bool = False  # scaling alpha/sqrt(rank) instead of alpha/rank
     freeze_a: bool = False  # LoRA-FA: A stays at its init, only B trains
     train_layernorm: bool = False  # also train the LayerNorms of the selected blocks
+    # Classification: the task's new head (classifier/score) trains beside the adapters, as
+    # PEFT's modules_to_save does for SEQ_CLS; frozen, a random head leaves the run at chance.
+    train_head: bool = True
 
 
 @dataclass

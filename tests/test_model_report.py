@@ -24,6 +24,9 @@ def test_counts_on_a_model_with_known_parameters():
     assert report.weights_bytes == 66 * 4
     assert (report.grads_bytes, report.grads_source) == (38 * 4, "estimated")
     assert report.optimizer_state_source == "none"
+    # what trains outside the LoRA pair, by module (the head hides in a module named lora_B)
+    assert report.other_trainable == {"norm": 8, "lora_B": 10}
+    assert "\tOther trainable parameters: 18 (norm 8, lora_B 10)" in report.format().splitlines()
 
 
 def test_tied_weights_of_gpt2_count_once(tiny_gpt2):

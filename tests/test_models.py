@@ -137,6 +137,7 @@ def test_missing_package_says_how_to_install(monkeypatch):
 def test_head_modules_are_the_classifier_and_pooler():
     model, _ = load_model(ModelConfig(name="tiny-bert"), "classification")
     assert set(head_modules(model)) == {"classifier", "bert.pooler"}
+    assert set(head_modules(model, pooler=False)) == {"classifier"}  # the new head alone
     gpt, _ = load_model(ModelConfig(name="tiny-gpt2"), "classification")
     assert set(head_modules(gpt)) == {"score"}
     causal, _ = load_model(ModelConfig(name="tiny-gpt2"), "causal_lm")

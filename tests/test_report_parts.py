@@ -237,7 +237,8 @@ def test_report_survives_nan_weights(tmp_path):
     as missing and the health check names the problem."""
     from lorascope.report import build_report
 
-    good, bad = fake_recording("good"), fake_recording("bad", seed=1)
+    # another optimizer as well as another seed: two configs, not two seeds of one (no seed view)
+    good, bad = fake_recording("good"), fake_recording("bad", seed=1, optimizer="came")
     bad.modules["h.0.attn.c_attn"].A[-3:] = np.nan
     bad.modules["h.0.attn.c_attn"].B[-1, 0, 0] = np.inf
     index = build_report([good, bad], tmp_path, max_modules=1)

@@ -29,7 +29,8 @@ def _split(text: str, sep: str = ",") -> list[str]:
 @app.command(help=f"""Run a grid of recorded trainings that differ in the named axes, then compare them.
 
     With no axes it runs {' x '.join(DEFAULT_AXES)}: {_DEFAULT}. Runs whose recording already exists
-    and is complete are skipped, so an interrupted sweep picks up where it stopped.
+    and is complete are skipped, so an interrupted sweep picks up where it stopped. --seeds N runs
+    every grid point N times; the report takes runs that differ only by seed together.
     """)
 def sweep(
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="Base run config (TOML); a [sweep] table in it adds axes.", dir_okay=False)] = None,
@@ -41,6 +42,7 @@ def sweep(
     lr: Annotated[Optional[str], typer.Option(help="Comma-separated learning rates.")] = None,
     layers: Annotated[Optional[str], typer.Option(help="Semicolon-separated layer selections, e.g. '-2:;:'.")] = None,
     seed: Annotated[Optional[str], typer.Option(help="Comma-separated seeds.")] = None,
+    seeds: Annotated[Optional[int], typer.Option(help="Run each grid point N times, with seeds seed, seed+1, ... (run names end in -s<seed>; `seeds = N` in a file's [sweep] table does the same); the report then draws each group's mean with its min-max band across seeds and gives mean ± std.", min=1)] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimizer steps per run.")] = None,
     model: Annotated[Optional[str], typer.Option(help=f"Model for every run: {listed(MODELS)}, or a path or name as `lorascope record --model` takes.")] = None,
     name: Annotated[str, typer.Option(help="Sweep name: recordings go to recordings/<name>/, the report to reports/<name>/.")] = "sweep",
@@ -58,9 +60,11 @@ def sweep(
                             "alpha": alpha, "lr": lr, "layers": layers, "seed": seed}.items()
         if value
     }
+    if seeds is not None:  # the flag's count wins over the file's, as every flag over the file
+        file_axes.pop("seed", None)
     result = run_sweep(cfg, {**file_axes, **flag_axes} or None, name=name, folder=recordings,
                        report=Path("reports") / name if report else None,
-                       log=lambda line: typer.echo(line, err=True))
+                       log=lambda line: typer.echo(line, err=True), seeds=seeds or 1)
     if result.interrupted is not None:
         typer.echo(f"sweep interrupted during {result.interrupted.name}; run the same command again to resume", err=True)
         raise typer.Exit(128 + (result.stop_signal or signal.SIGINT))

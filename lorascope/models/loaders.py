@@ -285,10 +285,12 @@ def load_model(cfg: ModelConfig, task: str = "causal_lm", num_labels: int = 2) -
     return model.eval(), tokenizer
 
 
-def head_modules(model: nn.Module) -> dict[str, nn.Module]:
-    """The modules a head-only run trains (004's baseline): the classification head, and the
-    pooler in front of it when the model has one. Keys are named_modules() names."""
-    wanted = {"classifier", "score", "pooler"}
+def head_modules(model: nn.Module, pooler: bool = True) -> dict[str, nn.Module]:
+    """The classification head (``classifier`` or ``score``) and, with ``pooler``, the pretrained
+    pooler in front of it when the model has one: a head-only run (004's baseline) trains both,
+    LoRA trains only the new head beside its adapters (``pooler=False``), as PEFT's
+    ``modules_to_save`` does for sequence classification. Keys are named_modules() names."""
+    wanted = {"classifier", "score"} | ({"pooler"} if pooler else set())
     heads = {name: module for name, module in model.named_modules()
              if name.rsplit(".", 1)[-1] in wanted and any(True for _ in module.parameters())}
     if not any(name.rsplit(".", 1)[-1] in ("classifier", "score") for name in heads):

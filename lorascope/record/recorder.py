@@ -19,6 +19,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ from lorascope.lora.pairs import LoraPair, discover, require_pairs, select_pairs
 from lorascope.record.estimate import SizeEstimate, estimate_size
 from lorascope.h5.format import STANDARD_SCALARS, STORAGE_DTYPES, format_version
 from lorascope.h5.resume import replace, resume_seed, temporary_path
+from lorascope.record.heads import HeadNorms
 from lorascope.record.messages import Commit, Scalars
 from lorascope.record.schedule import build_schedule
 from lorascope.record.updates import norm_place
@@ -112,6 +114,7 @@ class Recorder:
 
     def __init__(self, path: str | Path, model: torch.nn.Module, config: RecordConfig | None = None,
                  *, run_name: str = "", run_config: dict | None = None,
+                 heads: Mapping[str, torch.nn.Module] | None = None,
                  environment: dict | None = None, total_steps: int | None = None,
                  resume: bool = False, update_norms: str = "auto") -> None:
         self.path = Path(path)
@@ -136,6 +139,9 @@ class Recorder:
         # how each parameter-shaped tensor becomes its recorded matrix (None: it is one already)
         self._as_matrix = [p.matrix for p in self.pairs.values() for _ in (p.A, p.B)]
         self._dora = [p for p in self.pairs.values() if p.magnitude is not None]
+        # heads (module name → module, e.g. lorascope.models.head_modules(model)): modules trained
+        # beside the pairs, followed by their parameters' norms at every step, as scalars
+        self._heads = HeadNorms(heads) if heads else None
         self._writer: WriterThread | None = None
         self._early: list[Any] = []  # messages captured before the file exists
         self._held: list[Any] | None = None  # messages of the optimizer step being captured
@@ -205,6 +211,8 @@ class Recorder:
             self._snapshot(self._step, norms="baseline")
             if not cfg.optimizer_state:
                 self._open_file({})
+        if self._heads is not None:
+            self._send(Scalars(self._step, self._heads.start(), optimizer_step=False))
         self.flush()  # step 0 is on disk before training starts
         atexit.register(self._close_at_exit)
         return self
@@ -277,6 +285,8 @@ class Recorder:
             # already holds the next step's lr, while the caller knows the one its update applied
             for name, lr in group_lrs(optimizer).items():
                 values.setdefault(name, lr)
+        if self._heads is not None:
+            values.update(self._heads.step())
         self._send(Scalars(self._step, values))
         if self._writer is None and not self._closed:
             self._open_file(self._probe_state(optimizer))
@@ -457,6 +467,8 @@ class Recorder:
             "peft": self.peft,
             "not_recorded": [n.as_dict() for n in self.not_recorded],
         }
+        if self._heads is not None:
+            root["heads"] = self._heads.describe()
         columns = list(STANDARD_SCALARS)
         if self._optimizer is not None:
             columns += [name for name in lr_names(self._optimizer) if name not in columns]

@@ -22,6 +22,7 @@ from lorascope.report.canvas import Canvas
 from lorascope.report.html import FigureRef, ModuleBlock, ModuleGroup, Page, render_page
 from lorascope.report.module_figures import FigureContext, save_figure
 from lorascope.report.paths import inside
+from lorascope.report.seed_figures import seed_view
 from lorascope.report.render import (
     ModuleResult, NamedRecording, RenderPlan, render_modules,
 )
@@ -109,6 +110,7 @@ def build_report(
         tick(0, total, "training curves")
         training = _training_figures(recs, FigureContext(out, canvas, colors))
         tick(1, total, "training curves")
+        seeds = seed_view(recs, out, canvas)  # empty unless some runs differ only by seed
         results: list[ModuleResult | None] = [None] * len(shown)
         for i, result in render_modules(recs, shown, plan, workers=workers,
                                         canvas=canvas, on_done=lambda done, name: tick(1 + done, total, name)):
@@ -143,6 +145,9 @@ def build_report(
             training_figures=training,
             groups=[ModuleGroup(_group_title(layer, blocks), blocks) for layer, blocks in groups.items()],
             summary_table=pd.DataFrame(summary_rows),
+            seed_table=seeds.table,
+            seed_figures=seeds.figures,
+            seed_note=seeds.note,
             warnings=warnings,
             notes=notes,
             generated=f"generated {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC} from "

@@ -43,6 +43,10 @@ class Page:
     groups: list[ModuleGroup]
     summary_table: pd.DataFrame
     comparison_figures: list[FigureRef] = field(default_factory=list)
+    # runs that differ only by seed, taken together (report/seed_figures.py); empty otherwise
+    seed_table: pd.DataFrame | None = None
+    seed_figures: list[FigureRef] = field(default_factory=list)
+    seed_note: str = ""
     warnings: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     generated: str = ""
@@ -80,6 +84,11 @@ def render_page(page: Page) -> str:
     parts.append(_run_legend(page.run_colors))
     parts.append("<h2>Runs side by side</h2>")
     parts.append(render_table(page.runs_table, index_header=""))
+    if page.seed_table is not None:
+        parts.append("<h2>Across seeds</h2>")
+        parts.append(f'<p class="muted">{escape(page.seed_note)}</p>')
+        parts.append(render_table(page.seed_table, index_header=""))
+        parts.extend(_figure(f) for f in page.seed_figures)
     parts.append(_warnings(page.warnings))
     parts.append("<h2>Training</h2>")
     parts.extend(_figure(f) for f in page.training_figures)

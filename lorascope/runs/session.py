@@ -125,10 +125,12 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
 
     log(f"loading model {cfg.model.name} ...")
     model, tokenizer = load_model(cfg.model, task=cfg.data.task, num_labels=cfg.data.num_labels)
+    heads = {}
     if cfg.head_only:
         _train_head_only(model)
     else:
         add_lora(model, cfg.lora)
+        heads = _train_new_head(model, cfg)
     model.to(device)
     data = build_data(cfg.data, tokenizer, seed=cfg.seed, task=cfg.data.task)
     optimizer = build_optimizer(model, cfg.optim)
@@ -152,7 +154,7 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
         recorder = Recorder(
             output, model, config=cfg.record, run_name=cfg.run_name(), run_config=config_to_dict(cfg),
             environment=environment(device, precision.mode, dist_info.world_size, model),
-            total_steps=cfg.optim.steps, resume=resume,
+            total_steps=cfg.optim.steps, resume=resume, heads=heads,
         )
         planned = recorder.estimate_bytes(cfg.optim.grad_accum)
         # resuming writes a fresh copy of the old file beside it before replacing it
@@ -253,6 +255,22 @@ def _train_head_only(model: torch.nn.Module) -> None:
     for module in heads.values():
         for p in module.parameters():
             p.requires_grad_(True)
+
+
+def _train_new_head(model: torch.nn.Module, cfg: RunConfig) -> dict[str, torch.nn.Module]:
+    """Classification with LoRA: the task's freshly initialised head trains beside the adapters
+    (PEFT's modules_to_save for SEQ_CLS; the pretrained pooler stays frozen), in the optimizer's
+    "other" group at the run's lr, unless lora.train_head is off. Returns the heads that train,
+    for the Recorder to follow; none for other tasks, which have no new head."""
+    from lorascope.models import head_modules
+
+    if cfg.data.task != "classification" or not cfg.lora.train_head:
+        return {}
+    heads = head_modules(model, pooler=False)
+    for module in heads.values():
+        for p in module.parameters():
+            p.requires_grad_(True)
+    return heads
 
 
 def _save_state(path: Path, state: LoopState, optimizer, scheduler, scaler) -> None:

@@ -76,12 +76,35 @@ def expand(base: RunConfig, axes: dict[str, list[Any]], out_dir: Path, sweep_nam
 
 def load_sweep_file(path: Path) -> tuple[RunConfig, dict[str, list[Any]]]:
     """A sweep file is a run config plus an optional [sweep] table mapping axes to value lists;
-    returns the base config and the axes."""
+    returns the base config and the axes. ``seeds = N`` in the table is the seed axis of N
+    consecutive seeds from the file's ``seed``."""
     data = read_config_data(path)
     axes = data.pop("sweep", {})
+    seeds = axes.pop("seeds", 1) if isinstance(axes, dict) else 1
     if not isinstance(axes, dict) or not all(isinstance(v, list) for v in axes.values()):
         raise UsageError(f'[sweep] in {path} must map axis names to lists, e.g. optimizer = ["adamw", "came"]')
-    return config_from_dict(data), axes
+    if not isinstance(seeds, int) or isinstance(seeds, bool):
+        raise UsageError(f"seeds in [sweep] of {path} must be a whole number of runs per grid point, e.g. seeds = 3")
+    base = config_from_dict(data)
+    return base, with_seeds(axes, base.seed, seeds)
+
+
+def seed_values(first: int, seeds: int) -> list[int]:
+    """``seeds`` consecutive seeds from ``first``: each grid point is run once with each."""
+    if seeds < 1:
+        raise UsageError(f"seeds must be at least 1 (got {seeds}); 3 runs each grid point three times")
+    return [first + i for i in range(seeds)]
+
+
+def with_seeds(axes: dict[str, list[Any]], first: int, seeds: int) -> dict[str, list[Any]]:
+    """``axes`` with the seed as one more axis when ``seeds`` > 1 (run names end in -s<seed>);
+    a seed axis already there and a seed count are two answers to one question, refused."""
+    values = seed_values(first, seeds)
+    if seeds == 1:
+        return dict(axes)
+    if "seed" in axes:
+        raise UsageError(f"give either a seed axis ({axes['seed']}) or a number of seeds ({seeds}), not both")
+    return {**axes, "seed": values}
 
 
 def is_complete(path: Path) -> bool:
@@ -139,16 +162,17 @@ def _eta(durations: list[float], left: int) -> str:
 
 def run_sweep(base: RunConfig, axes: dict[str, list[Any]] | None = None, *, name: str = "sweep",
               folder: Path = Path("recordings"), report: Path | None = None,
-              log: Callable[[str], None] = print) -> SweepResult:
+              log: Callable[[str], None] = print, seeds: int = 1) -> SweepResult:
     """Runs the grid of ``axes`` (``DEFAULT_AXES`` when None) over ``base`` into
     ``folder/name/``, one recording per run. A run whose recording is complete is skipped;
     an unfinished one is deleted and redone. A signal (Ctrl-C, SIGTERM) stops the sweep after
     the run it interrupted, which keeps what it recorded; running the same sweep again resumes.
     With ``report`` (a folder) a finished sweep ends with the comparison report of all its runs.
+    ``seeds`` > 1 runs every grid point that many times, with seeds ``base.seed``, +1, ...
     ``log`` gets one line per run, with an estimate of the time left."""
     from lorascope.runs.session import run
 
-    axes = dict(DEFAULT_AXES) if axes is None else axes
+    axes = with_seeds(dict(DEFAULT_AXES) if axes is None else axes, base.seed, seeds)
     out_dir = Path(folder) / name
     runs = expand(base, axes, out_dir, name)
     _check_names(runs)

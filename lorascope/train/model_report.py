@@ -49,6 +49,8 @@ class ModelReport:
     trainable_params: int
     lora_params: int
     lora_modules: list[LoraModuleReport] = field(default_factory=list)
+    # trainable parameters outside the LoRA pairs (a classification head, LayerNorms), by module
+    other_trainable: dict[str, int] = field(default_factory=dict)
     weights_bytes: int = 0
     grads_bytes: int = 0
     grads_source: str = "estimated"  # "measured" | "estimated"
@@ -88,6 +90,9 @@ class ModelReport:
                     f"\t  {m.name:<{width}}  {m.rank:>4} {m.in_features:>6} {m.out_features:>6}"
                     f" {m.params:>10,}{frozen}"
                 )
+        if self.other_trainable:
+            listed = ", ".join(f"{name} {count:,}" for name, count in self.other_trainable.items())
+            lines.append(f"\tOther trainable parameters: {sum(self.other_trainable.values()):,} ({listed})")
         lines.append(
             f"\tMemory (MiB): weights {self.weights_mib:.2f} | "
             f"grads {self.grads_mib:.2f} ({self.grads_source}) | {self._state_text()}"
@@ -120,11 +125,18 @@ def model_report(
         for name, p in lora_pairs(model).items()
     ]
     grads = [p.grad for p in trainable if p.grad is not None]
+    adapter_ids = {id(t) for pair in lora_pairs(model).values() for t in _adapter_tensors(pair)}
+    other: dict[str, int] = {}
+    for name, p in model.named_parameters():  # shared parameters once, as in the totals
+        if p.requires_grad and id(p) not in adapter_ids:
+            module = name.rsplit(".", 1)[0] if "." in name else name
+            other[module] = other.get(module, 0) + p.numel()
     report = ModelReport(
         total_params=sum(p.numel() for p in params),
         trainable_params=sum(p.numel() for p in trainable),
         lora_params=sum(m.params for m in modules),
         lora_modules=modules,
+        other_trainable=other,
         weights_bytes=sum(_nbytes(p) for p in params),
         # Before a backward pass every trainable parameter will get a grad of its own dtype.
         grads_bytes=sum(_nbytes(g) for g in grads) if grads else sum(_nbytes(p) for p in trainable),
