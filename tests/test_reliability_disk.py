@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import lorascope
-from lorascope.runs.session import checkpoint_paths
+from lorascope.outputs import side_files
 from tests.cli_process import LAUNCH, QUICK_RECORD, run_cli, warm  # noqa: F401 - fixture
 
 STEPS = 60
@@ -50,7 +50,8 @@ def test_disk_full_mid_run_stops_cleanly_and_keeps_the_file(tmp_path, warm, laun
             assert np.isfinite(m.A[:]).all() and np.isfinite(m.B[:]).all()
         assert rec.scalars["step"].tolist() == list(range(1, len(rec.scalars) + 1))
     # the trained adapters were saved although the recording could not be finished
-    adapters, state = checkpoint_paths(path)
+    side = side_files(path)
+    adapters, state = side.adapters, side.state
     assert adapters.stat().st_size > 0 and not state.exists()
 
 
@@ -87,7 +88,8 @@ def test_write_error_mid_run_keeps_the_committed_snapshots_and_the_checkpoint(tm
         assert np.isfinite(rec.modules[next(iter(rec.modules))].A[:]).all()
     # the trained adapters are kept; the state --resume needs is not, because the recording may
     # end before the adapters' step and resuming would leave a hole in it
-    adapters, state = checkpoint_paths(path)
+    side = side_files(path)
+    adapters, state = side.adapters, side.state
     assert adapters.stat().st_size > 0 and not state.exists() and not list(tmp_path.glob("*.tmp"))
     resumed = run_cli(["record", "-o", path, *QUICK_RECORD, "--steps", STEPS, "--resume"], tmp_path)
     _one_line_error(resumed, "cannot resume", "start a new run")
@@ -96,7 +98,8 @@ def test_write_error_mid_run_keeps_the_committed_snapshots_and_the_checkpoint(tm
 def test_a_failed_resume_removes_the_older_state_that_no_longer_matches(tmp_path, warm):
     path = tmp_path / "run.h5"
     assert run_cli(["record", "-o", path, *QUICK_RECORD, "--steps", 2], tmp_path).code == 0
-    adapters, state = checkpoint_paths(path)
+    side = side_files(path)
+    adapters, state = side.adapters, side.state
     assert state.exists()
     done = run_cli(["record", "-o", path, *QUICK_RECORD, "--steps", STEPS, "--resume",
                     "--set", "record.flush_every_steps=1"], tmp_path, prepare=_no_space_after(6))

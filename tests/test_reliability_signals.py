@@ -17,7 +17,7 @@ import torch
 from safetensors.torch import load_file
 
 import lorascope
-from lorascope.runs.session import checkpoint_paths
+from lorascope.outputs import side_files
 from tests.cli_process import LAUNCH, QUICK_RECORD, run_cli, start_cli, warm  # noqa: F401 - fixture
 
 STEPS = 60
@@ -50,7 +50,8 @@ def _check_interrupted(path: Path, stopped: int) -> dict[str, tuple[np.ndarray, 
 
 
 def _check_checkpoint(path: Path, last: dict[str, tuple[np.ndarray, np.ndarray]], stopped: int) -> None:
-    adapters, state = checkpoint_paths(path)
+    side = side_files(path)
+    adapters, state = side.adapters, side.state
     tensors = load_file(str(adapters))
     for name, (A, B) in last.items():  # the checkpoint is the weights of the last recorded step
         np.testing.assert_array_equal(tensors[f"{name}.A"].numpy(), A)

@@ -20,11 +20,12 @@ from lorascope.train.amp import resolve_device, resolve_precision
 from lorascope.config import RunConfig, config_to_dict
 from lorascope.train.distributed import init_distributed, shard_batches, shutdown, wrap_model
 from lorascope.errors import LorascopeError, UsageError
+from lorascope.outputs import OutputLock, side_files
 from lorascope.train.evaluate import evaluate, generate_samples
 from lorascope.progress import StepProgress
 from lorascope.train.loop import LoopState, StopOnSignal, train_loop
 
-__all__ = ["RunSummary", "run", "checkpoint_paths", "environment"]
+__all__ = ["RunSummary", "run", "environment"]
 
 
 @dataclass
@@ -45,12 +46,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def checkpoint_paths(recording: Path) -> tuple[Path, Path]:
-    """Where the adapters (safetensors) and the resumable trainer state go, beside the recording."""
-    stem = recording.with_suffix("")
-    return stem.with_name(stem.name + ".adapters.safetensors"), stem.with_name(stem.name + ".state.pt")
 
 
 def environment(device: torch.device, precision_mode: str, world_size: int = 1, model: torch.nn.Module | None = None) -> dict:
@@ -74,9 +69,8 @@ def environment(device: torch.device, precision_mode: str, world_size: int = 1, 
     return env
 
 
-def _check_output(path: Path, resume: bool) -> None:
-    """Refuse before training starts what would only fail after it: an unwritable folder, or
-    overwriting a recording by accident."""
+def _check_folder(path: Path) -> None:
+    """Refuse before training starts what would only fail after it: an unwritable folder."""
     folder = path.parent if str(path.parent) else Path(".")
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -88,6 +82,10 @@ def _check_output(path: Path, resume: bool) -> None:
         probe.unlink()
     except OSError as exc:
         raise UsageError(f"cannot write into {folder}: {exc.strerror}; choose another path with -o") from None
+
+
+def _check_existing(path: Path, resume: bool) -> None:
+    """Asked while the output's lock is held, so that no other run can create it meanwhile."""
     if path.exists() and not resume:
         raise UsageError(f"{path} already exists; pass --resume to continue it, or choose another path with -o")
 
@@ -105,21 +103,33 @@ def _check_space(path: Path, needed: int) -> None:
 
 
 def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> RunSummary:
+    """Trains and records one run. The output and its side files are this process's from the
+    first check to the last save (``OutputLock``): a second run with the same output is refused
+    with a sentence instead of both writing one file."""
+    from lorascope.train.optim import validate_optim
+
+    validate_optim(cfg.optim)  # pairing mistakes fail before the model loads
+    output = cfg.output_path()
+    dist_info, device = init_distributed(resolve_device(cfg.device))
+    if not dist_info.is_main:  # one writer, one voice in the terminal: rank 0's
+        return _run(cfg, output, dist_info, device, resume, lambda line: None)
+    _check_folder(output)
+    with OutputLock(output):
+        _check_existing(output, resume)
+        return _run(cfg, output, dist_info, device, resume, log)
+
+
+def _run(cfg: RunConfig, output: Path, dist_info, device: torch.device, resume: bool,
+         log: Callable[[str], None]) -> RunSummary:
     from lorascope.data import build_data
     from lorascope.lora import add_lora, load_adapters, save_adapters
     from lorascope.train.model_report import model_report
     from lorascope.models import load_model
-    from lorascope.train.optim import build_optimizer, build_schedule, current_lrs, validate_optim
+    from lorascope.train.optim import build_optimizer, build_schedule, current_lrs
     from lorascope.record import Recorder
 
-    validate_optim(cfg.optim)  # pairing mistakes fail before the model loads
-    output = cfg.output_path()
-    adapters_path, state_path = checkpoint_paths(output)
-    dist_info, device = init_distributed(resolve_device(cfg.device))
-    if dist_info.is_main:
-        _check_output(output, resume)
-    else:
-        log = lambda line: None  # noqa: E731 - one voice in the terminal: rank 0's
+    side = side_files(output)
+    adapters_path, state_path = side.adapters, side.state
     seed_everything(cfg.seed)
     precision = resolve_precision(cfg.amp, device)
 
