@@ -21,6 +21,7 @@ from lorascope.config import RunConfig, config_to_dict
 from lorascope.train.distributed import init_distributed, shard_batches, shutdown, wrap_model
 from lorascope.errors import LorascopeError, UsageError
 from lorascope.outputs import OutputLock, side_files
+from lorascope.runs.resume import check_resume
 from lorascope.train.evaluate import evaluate, generate_samples
 from lorascope.progress import StepProgress
 from lorascope.train.loop import LoopState, StopOnSignal, train_loop
@@ -39,7 +40,7 @@ class RunSummary:
     samples: list[tuple[str, str]] = field(default_factory=list)  # (reference, generated)
     wall_time: float = 0.0
     recording_bytes: int = 0
-    stop_signal: int | None = None  # the signal that stopped an interrupted run (SIGINT, SIGTERM)
+    stop_signal: int | None = None  # the signal that stopped an interrupted run (SIGINT, SIGTERM, SIGHUP)
 
 
 def seed_everything(seed: int) -> None:
@@ -105,22 +106,29 @@ def _check_space(path: Path, needed: int) -> None:
 def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> RunSummary:
     """Trains and records one run. The output and its side files are this process's from the
     first check to the last save (``OutputLock``): a second run with the same output is refused
-    with a sentence instead of both writing one file."""
+    with a sentence instead of both writing one file. A signal (INT, TERM, HUP) at any moment of
+    the run, setup and saving included, ends it the same way: at the next boundary, with the
+    recording closed as ``interrupted`` and the checkpoint that ``--resume`` needs."""
     from lorascope.train.optim import validate_optim
 
     validate_optim(cfg.optim)  # pairing mistakes fail before the model loads
     output = cfg.output_path()
-    dist_info, device = init_distributed(resolve_device(cfg.device))
-    if not dist_info.is_main:  # one writer, one voice in the terminal: rank 0's
-        return _run(cfg, output, dist_info, device, resume, lambda line: None)
-    _check_folder(output)
-    with OutputLock(output):
-        _check_existing(output, resume)
-        return _run(cfg, output, dist_info, device, resume, log)
+    stop = StopOnSignal()
+    with stop:
+        dist_info, device = init_distributed(resolve_device(cfg.device))
+        if not dist_info.is_main:  # one writer, one voice in the terminal: rank 0's
+            return _run(cfg, output, dist_info, device, resume, lambda line: None, stop)
+        _check_folder(output)
+        with OutputLock(output):
+            _check_existing(output, resume)
+            finished = False
+            if resume:  # every refusal before anything is written: a refused resume changes no byte
+                finished = check_resume(cfg, output) == "complete"
+            return _run(cfg, output, dist_info, device, resume, log, stop, finished)
 
 
 def _run(cfg: RunConfig, output: Path, dist_info, device: torch.device, resume: bool,
-         log: Callable[[str], None]) -> RunSummary:
+         log: Callable[[str], None], stop: StopOnSignal, finished: bool = False) -> RunSummary:
     from lorascope.data import build_data
     from lorascope.lora import add_lora, load_adapters, save_adapters
     from lorascope.train.model_report import model_report
@@ -151,8 +159,10 @@ def _run(cfg: RunConfig, output: Path, dist_info, device: torch.device, resume: 
     if resume:
         state = _restore(adapters_path, state_path, model, optimizer, scheduler, scaler, load_adapters)
         log(f"resuming {output} at step {state.step}")
-        if state.step >= cfg.optim.steps:
+        # a run stopped after its last step (in the final evaluation, say) resumes to finish it
+        if state.step > cfg.optim.steps or (state.step == cfg.optim.steps and (finished or not output.exists())):
             raise UsageError(f"{output} already reached step {state.step} of {cfg.optim.steps}; raise --steps to train further")
+    first_step = state.step
     train_model = wrap_model(model, dist_info, device)
 
     recorder = None
@@ -172,11 +182,11 @@ def _run(cfg: RunConfig, output: Path, dist_info, device: torch.device, resume: 
     status = "failed"
     result = None
     final_eval: dict[str, float] = {}
-    stop = StopOnSignal()
     try:
         if recorder is not None:
             recorder.start(optimizer=optimizer, step=state.step)
-        with stop, StepProgress(cfg.optim.steps, start=state.step) as progress:
+        with StepProgress(cfg.optim.steps, start=state.step) as progress:
+            # a signal during setup stops the loop before its first step
             result = train_loop(
                 model=train_model, optimizer=optimizer, scheduler=scheduler,
                 train_data=shard_batches(data.train, dist_info), device=device, precision=precision,
@@ -186,26 +196,33 @@ def _run(cfg: RunConfig, output: Path, dist_info, device: torch.device, resume: 
                 eval_every=cfg.eval_every, eval_batches=cfg.eval_batches, task=cfg.data.task,
                 state=state, scaler=scaler, progress=progress.update if dist_info.is_main else None, stop=stop,
             )
-        if not result.interrupted:  # after Ctrl-C the user wants out, not another evaluation
-            final_eval = evaluate(model, data.val, device, precision, cfg.data.task, max_batches=cfg.eval_batches)
+        if not stop.requested:  # after a signal the user wants out, not another evaluation
+            final_eval = evaluate(model, data.val, device, precision, cfg.data.task,
+                                  max_batches=cfg.eval_batches, stop=lambda: stop.requested)
         if final_eval and recorder is not None:
             recorder.log_eval(result.state.step, final_eval)
+        # stopped in the final evaluation: every step is in, but the run did not finish
+        result.interrupted = result.interrupted or (stop.requested and not final_eval)
         status = "interrupted" if result.interrupted else "complete"
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     finally:
-        saves = None
-        if dist_info.is_main:
-            saves = (lambda: _save_adapters(model, adapters_path, save_adapters),
-                     lambda: _save_state(state_path, state, optimizer, scheduler, scaler), state_path)
-        failure = _close_and_save(recorder, status, saves)
-        shutdown(dist_info)
+        with stop.protect():  # a signal now waits for the file and the checkpoint to be whole
+            saves = None
+            # a resume that took no step (refused as the file opened, or stopped in setup) keeps
+            # the checkpoint it started from: it still matches the recording
+            if dist_info.is_main and (state.step > first_step or not resume):
+                saves = (lambda: _save_adapters(model, adapters_path, save_adapters),
+                         lambda: _save_state(state_path, state, optimizer, scheduler, scaler), state_path)
+            failure = _close_and_save(recorder, status, saves)
+            shutdown(dist_info)
     if failure is not None:  # reached only when nothing else is on its way out
         raise failure
 
     samples = []
-    if cfg.data.task != "classification" and cfg.generate_samples > 0 and not result.interrupted and dist_info.is_main:
+    if (cfg.data.task != "classification" and cfg.generate_samples > 0 and not result.interrupted
+            and not stop.requested and dist_info.is_main):
         pairs = data.sample_pairs(cfg.generate_samples)
         generated = generate_samples(model, tokenizer, [prompt for prompt, _ in pairs], device)
         samples = [(reference, text) for (_, reference), text in zip(pairs, generated)]

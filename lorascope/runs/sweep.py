@@ -129,7 +129,7 @@ class SweepResult:
     runs: list[SweepRun]
     skipped: list[str] = field(default_factory=list)  # names of runs already complete
     interrupted: SweepRun | None = None  # the run a signal stopped; the runs after it never started
-    stop_signal: int | None = None  # that signal (SIGINT, SIGTERM)
+    stop_signal: int | None = None  # that signal (SIGINT, SIGTERM, SIGHUP)
     report: Path | None = None  # the comparison report's index.html
 
     @property
@@ -159,7 +159,7 @@ def run_sweep(base: RunConfig, axes: dict[str, list[Any]] | None = None, *, name
               log: Callable[[str], None] = print) -> SweepResult:
     """Runs the grid of ``axes`` (``DEFAULT_AXES`` when None) over ``base`` into
     ``folder/name/``, one recording per run. A run whose recording is complete is skipped;
-    an unfinished one is deleted and redone. A signal (Ctrl-C, SIGTERM) stops the sweep after
+    an unfinished one is deleted and redone. A signal (Ctrl-C, SIGTERM, SIGHUP) stops the sweep after
     the run it interrupted, which keeps what it recorded; running the same sweep again resumes.
     With ``report`` (a folder) a finished sweep ends with the comparison report of all its runs.
     ``log`` gets one line per run, with an estimate of the time left."""
