@@ -180,3 +180,44 @@ def test_resume_into_a_read_only_folder_is_refused(tmp_path, warm):
     finally:
         _unlock(folder)
 
+
+
+def _disk_full_from(module: str, function: str):
+    """The disk is full while ``module.function`` (a checkpoint's save) runs: every write past a
+    few bytes fails in the real writer, as on a full disk. (The limit is lifted afterwards: the
+    test's stderr is a file too, and the error line must reach it.)"""
+
+    def prepare() -> None:
+        import importlib
+        import resource
+
+        owner = importlib.import_module(module)
+        original = getattr(owner, function)
+
+        def full(*args, **kwargs):
+            limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (64, limits[1]))
+            try:
+                return original(*args, **kwargs)
+            finally:
+                resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+
+        setattr(owner, function, full)
+
+    return prepare
+
+
+@pytest.mark.parametrize("writer, what", [("lorascope.runs.session._save_adapters", "adapters"),
+                                          ("lorascope.runs.session._save_state", "resume state")], ids=["adapters", "state"])
+def test_a_full_disk_while_saving_the_checkpoint_is_a_sentence(tmp_path, warm, writer, what):
+    path = tmp_path / "run.h5"
+    module, function = writer.rsplit(".", 1)
+    done = run_cli(["record", "-o", path, *QUICK_RECORD, "--steps", 3], tmp_path, prepare=_disk_full_from(module, function))
+    line = _one_line_error(done, f"saving the {what}", "File too large", "MiB free", "-o")
+    assert "SafetensorError" not in line and "inline_container" not in line
+    with lorascope.open(path) as rec:  # the recording was closed before the save began
+        assert rec.status == "complete" and rec.steps.tolist() == [0, 1, 2, 3]
+    side = side_files(path)
+    assert not side.state.exists()  # no state without the adapters it belongs to, nor after them
+    assert side.adapters.exists() == (what == "resume state")
+    assert not list(tmp_path.glob("*.tmp"))

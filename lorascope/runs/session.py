@@ -4,6 +4,7 @@ data, the optimizer and the Recorder, run the loop, evaluate, save the adapters,
 This is the composition root: the only module that knows every other training-side module."""
 from __future__ import annotations
 
+import io
 import json
 import platform
 import random
@@ -239,7 +240,9 @@ def _close_and_save(recorder, status: str, saves) -> LorascopeError | None:
     state, the state's path), each whatever happened to the other: a recording that could not be
     finished (a full disk) must not also cost the trained adapters. But then the recording may
     end before the adapters' step, and resuming would leave a hole in it, so the state that
-    --resume needs is not saved (and an older one is removed: it does not match the adapters).
+    --resume needs is not saved (and an older one is removed: it does not match the adapters);
+    likewise when the adapters were saved and the state could not be. Adapters that could not
+    be saved leave the previous pair of adapters and state as it was (it still matches).
     Returns the first error rather than raising it, so that an exception already on its way out
     of the run is the one the user sees."""
     failure: LorascopeError | None = None
@@ -248,26 +251,51 @@ def _close_and_save(recorder, status: str, saves) -> LorascopeError | None:
             recorder.close(status=status)
         except LorascopeError as exc:
             failure = exc
-    if saves is not None:
-        save_adapters, save_state, state_path = saves
-        try:
-            save_adapters()
-            if failure is None:
-                save_state()
-            else:
-                state_path.unlink(missing_ok=True)
-        except OSError as exc:
-            failure = failure or LorascopeError(
-                f"saving the checkpoint beside the recording failed: {exc.strerror or exc}; "
-                "free disk space or choose another path with -o"
-            )
+    if saves is None:
+        return failure
+    save_adapters, save_state, state_path = saves
+    try:
+        save_adapters()
+    except LorascopeError as exc:
+        return failure or exc
+    try:
+        if failure is None:
+            save_state()
+            return None
+    except LorascopeError as exc:
+        failure = exc
+    state_path.unlink(missing_ok=True)
     return failure
 
 
-def _save_adapters(model: torch.nn.Module, path: Path, save_adapters) -> None:
+def _write_atomically(path: Path, write: Callable[[Path], None], what: str) -> None:
+    """``write(tmp)`` then a rename onto ``path``: a kill or a full disk during the save keeps
+    the previous file. Whatever the writer raises when the disk is full (an OSError, torch's
+    RuntimeError, safetensors' SafetensorError) becomes one sentence with the free space."""
+    from safetensors import SafetensorError
+
     tmp = path.with_name(path.name + ".tmp")
-    save_adapters(model, tmp)
-    tmp.replace(path)  # atomic: a kill or a full disk during the save keeps the previous checkpoint
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        tmp.unlink(missing_ok=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())[:200]
+        raise LorascopeError(
+            f"saving the {what} {path} failed ({reason}; {_free_space(path.parent)}); free disk space "
+            "or choose another path with -o"
+        ) from None
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder if str(folder) else Path('.')).free / 2**20:.1f} MiB free there"
+    except OSError:
+        return "free space unknown"
+
+
+def _save_adapters(model: torch.nn.Module, path: Path, save_adapters) -> None:
+    _write_atomically(path, lambda tmp: save_adapters(model, tmp), "adapters")
 
 
 def _train_head_only(model: torch.nn.Module) -> None:
@@ -290,9 +318,9 @@ def _save_state(path: Path, state: LoopState, optimizer, scheduler, scaler) -> N
         "scaler": scaler.state_dict(),
         "torch_rng": torch.get_rng_state(),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)  # atomic: a kill during the save never leaves half a checkpoint
+    buffer = io.BytesIO()  # written as plain bytes: a full disk is then an OSError that says so
+    torch.save(payload, buffer)
+    _write_atomically(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()), "resume state")
 
 
 def _restore(adapters_path, state_path, model, optimizer, scheduler, scaler, load_adapters) -> LoopState:
