@@ -178,7 +178,7 @@ def test_a_model_without_lora_has_no_pairs_and_no_peft_setup():
 
 def test_two_peft_runs_side_by_side_show_their_config_difference(tmp_path):
     from lorascope.record import Recorder
-    from lorascope.report.runs import runs_table
+    from lorascope.analysis.overview import runs_table
 
     paths = []
     for name, dora in (("lora", False), ("dora", True)):
