@@ -116,7 +116,7 @@ class Recorder:
                  resume: bool = False, update_norms: str = "auto", overwrite: bool = False) -> None:
         self.path = Path(path)
         self.resume = resume
-        if self.path.exists() and not (resume or overwrite):
+        if self.path.exists() and not self.path.is_dir() and not (resume or overwrite):
             # a recording is hours of training: replacing one must be asked for by name
             raise UsageError(f"{self.path} already exists; pass overwrite=True to replace it, resume=True "
                              "to continue it, or choose another path")
