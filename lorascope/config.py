@@ -28,6 +28,7 @@ __all__ = [
     "build_config",
     "config_to_dict",
     "config_from_dict",
+    "config_differences",
     "Range",
     "RANGES",
 ]
@@ -252,6 +253,32 @@ def validate(cfg: RunConfig) -> None:
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
+
+
+def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
+    """``{"optim": {"lr": 1}}`` → ``{"optim.lr": 1}``; an empty table stays one value."""
+    if not isinstance(data, dict) or not data:
+        return {prefix: data}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        flat.update(_flatten(value, f"{prefix}.{key}" if prefix else str(key)))
+    return flat
+
+
+def config_differences(recorded: Any, current: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
+    """The dotted fields where a recording's stored config (``recorded``, as read back from the
+    file's JSON) and ``current`` (``config_to_dict``) differ, each as ``field was X, now Y``;
+    fields in ``ignore`` (and those under them) are not compared. Both sides go through JSON
+    first, so a tuple and the list it is stored as are equal."""
+    old, new = (_flatten(json.loads(json.dumps(d, default=str))) for d in (recorded, current))
+    skipped = tuple(ignore)
+    absent = "(absent)"
+    return [
+        f"{key} was {json.dumps(old.get(key, absent))}, now {json.dumps(new.get(key, absent))}"
+        for key in sorted(old.keys() | new.keys())
+        if old.get(key, absent) != new.get(key, absent)
+        and not any(key == s or key.startswith(s + ".") for s in skipped)
+    ]
 
 
 def _coerce(value: Any, annotation: Any, where: str) -> Any:

@@ -11,15 +11,16 @@ its own inputs (``lorascope analyze run.csv -o run.csv``): ``OutputGuard`` is as
 file a command writes."""
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 from lorascope.errors import UsageError
 
-__all__ = ["SideFiles", "side_files", "owned_files", "remove_owned", "OutputLock", "OutputGuard"]
+__all__ = ["SideFiles", "side_files", "owned_files", "remove_owned", "OutputLock", "OutputGuard", "writing"]
 
 RECORDING_SUFFIX = ".h5"
 
@@ -162,3 +163,13 @@ class OutputGuard:
                     "output path"
                 )
         return path
+
+
+@contextlib.contextmanager
+def writing(path: str | Path, fix: str = "free some space or choose another output path") -> Iterator[None]:
+    """Around the write of one output file: an OSError there (a full disk, a folder that went
+    read-only, a name taken by a folder) becomes one sentence naming the file and ``fix``."""
+    try:
+        yield
+    except OSError as exc:
+        raise UsageError(f"could not write {path} ({exc.strerror or exc}); {fix}") from None

@@ -16,9 +16,11 @@ __all__ = ["write_recording", "read_everything", "MODULES"]
 MODULES = ("model.layers.0.q_proj", "model.layers.1.v_proj")
 
 
-def write_recording(path: Path, snapshots: int = 4, live: bool = False) -> RecordingFile:
+def write_recording(path: Path, snapshots: int = 4, live: bool = False, config: dict | None = None,
+                    status: str = "complete") -> RecordingFile:
     """Two modules (rank 2, 8 -> 6, with W0, gradients and one optimizer-state key), a few
-    snapshots, scalars and an eval metric; closed as complete unless `live`."""
+    snapshots, scalars and an eval metric; closed with ``status`` unless `live`. ``config`` is the
+    run config the file says it was recorded with."""
     specs = [
         ModuleSpec(name, {"name": name, "index": i, "rank": 2, "alpha": 4.0, "scaling": 2.0, "kind": "test",
                           "init": "", "in_features": 8, "out_features": 6, "layer_index": i},
@@ -26,7 +28,7 @@ def write_recording(path: Path, snapshots: int = 4, live: bool = False) -> Recor
                    state={"A": [("exp_avg", (2, 8))]})
         for i, name in enumerate(MODULES)
     ]
-    root = {"lorascope_format": FORMAT_VERSION, "run_name": "fake", "config": {"seed": 0},
+    root = {"lorascope_format": FORMAT_VERSION, "run_name": "fake", "config": {"seed": 0} if config is None else config,
             "environment": {"python": "3"}, "storage_dtype": "float32", "writer_pid": 1, "writer_host": "nowhere"}
     file = RecordingFile(Path(path), FileLayout(root, specs, grads=True, optimizer_state=True,
                                                 scalar_columns=("loss", "lr")))
@@ -42,7 +44,7 @@ def write_recording(path: Path, snapshots: int = 4, live: bool = False) -> Recor
     file.add_scalars(snapshots - 1, {"eval_loss": 0.5}, optimizer_step=False)
     file.commit()
     if not live:
-        file.close("complete")
+        file.close(status)
     return file
 
 

@@ -130,7 +130,7 @@ def test_record_cli_runs_fp16_on_cpu_and_resumes_its_scaler(tmp_path):
     from typer.testing import CliRunner
 
     from lorascope.cli import app
-    from lorascope.runs.session import checkpoint_paths
+    from lorascope.outputs import side_files
     from tests.cli_process import QUICK_RECORD
 
     path = tmp_path / "fp16.h5"
@@ -138,7 +138,7 @@ def test_record_cli_runs_fp16_on_cpu_and_resumes_its_scaler(tmp_path):
     first = CliRunner().invoke(app, [*args, "--steps", "2"])
     assert first.exit_code == 0, first.output
     # as if the scaler had met overflows before the checkpoint: its scale is what resuming must keep
-    state_path = checkpoint_paths(path)[1]
+    state_path = side_files(path).state
     state = torch.load(state_path, weights_only=True)
     assert state["scaler"]["scale"] == S
     state["scaler"]["scale"] = 1024.0

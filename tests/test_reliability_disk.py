@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 
 import lorascope
-from lorascope.runs.session import checkpoint_paths
+from lorascope.outputs import side_files
 from tests.cli_process import LAUNCH, QUICK_RECORD, run_cli, warm  # noqa: F401 - fixture
 
 STEPS = 60
@@ -50,7 +50,8 @@ def test_disk_full_mid_run_stops_cleanly_and_keeps_the_file(tmp_path, warm, laun
             assert np.isfinite(m.A[:]).all() and np.isfinite(m.B[:]).all()
         assert rec.scalars["step"].tolist() == list(range(1, len(rec.scalars) + 1))
     # the trained adapters were saved although the recording could not be finished
-    adapters, state = checkpoint_paths(path)
+    side = side_files(path)
+    adapters, state = side.adapters, side.state
     assert adapters.stat().st_size > 0 and not state.exists()
 
 
@@ -87,7 +88,8 @@ def test_write_error_mid_run_keeps_the_committed_snapshots_and_the_checkpoint(tm
         assert np.isfinite(rec.modules[next(iter(rec.modules))].A[:]).all()
     # the trained adapters are kept; the state --resume needs is not, because the recording may
     # end before the adapters' step and resuming would leave a hole in it
-    adapters, state = checkpoint_paths(path)
+    side = side_files(path)
+    adapters, state = side.adapters, side.state
     assert adapters.stat().st_size > 0 and not state.exists() and not list(tmp_path.glob("*.tmp"))
     resumed = run_cli(["record", "-o", path, *QUICK_RECORD, "--steps", STEPS, "--resume"], tmp_path)
     _one_line_error(resumed, "cannot resume", "start a new run")
@@ -96,7 +98,8 @@ def test_write_error_mid_run_keeps_the_committed_snapshots_and_the_checkpoint(tm
 def test_a_failed_resume_removes_the_older_state_that_no_longer_matches(tmp_path, warm):
     path = tmp_path / "run.h5"
     assert run_cli(["record", "-o", path, *QUICK_RECORD, "--steps", 2], tmp_path).code == 0
-    adapters, state = checkpoint_paths(path)
+    side = side_files(path)
+    adapters, state = side.adapters, side.state
     assert state.exists()
     done = run_cli(["record", "-o", path, *QUICK_RECORD, "--steps", STEPS, "--resume",
                     "--set", "record.flush_every_steps=1"], tmp_path, prepare=_no_space_after(6))
@@ -177,3 +180,44 @@ def test_resume_into_a_read_only_folder_is_refused(tmp_path, warm):
     finally:
         _unlock(folder)
 
+
+
+def _disk_full_from(module: str, function: str):
+    """The disk is full while ``module.function`` (a checkpoint's save) runs: every write past a
+    few bytes fails in the real writer, as on a full disk. (The limit is lifted afterwards: the
+    test's stderr is a file too, and the error line must reach it.)"""
+
+    def prepare() -> None:
+        import importlib
+        import resource
+
+        owner = importlib.import_module(module)
+        original = getattr(owner, function)
+
+        def full(*args, **kwargs):
+            limits = resource.getrlimit(resource.RLIMIT_FSIZE)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (64, limits[1]))
+            try:
+                return original(*args, **kwargs)
+            finally:
+                resource.setrlimit(resource.RLIMIT_FSIZE, limits)
+
+        setattr(owner, function, full)
+
+    return prepare
+
+
+@pytest.mark.parametrize("writer, what", [("lorascope.runs.session._save_adapters", "adapters"),
+                                          ("lorascope.runs.session._save_state", "resume state")], ids=["adapters", "state"])
+def test_a_full_disk_while_saving_the_checkpoint_is_a_sentence(tmp_path, warm, writer, what):
+    path = tmp_path / "run.h5"
+    module, function = writer.rsplit(".", 1)
+    done = run_cli(["record", "-o", path, *QUICK_RECORD, "--steps", 3], tmp_path, prepare=_disk_full_from(module, function))
+    line = _one_line_error(done, f"saving the {what}", "File too large", "MiB free", "-o")
+    assert "SafetensorError" not in line and "inline_container" not in line
+    with lorascope.open(path) as rec:  # the recording was closed before the save began
+        assert rec.status == "complete" and rec.steps.tolist() == [0, 1, 2, 3]
+    side = side_files(path)
+    assert not side.state.exists()  # no state without the adapters it belongs to, nor after them
+    assert side.adapters.exists() == (what == "resume state")
+    assert not list(tmp_path.glob("*.tmp"))

@@ -1,8 +1,9 @@
-"""Ctrl-C and SIGTERM sent to a real `lorascope record` process in the middle of training: the
-loop stops at a step boundary, the recorder drains its queue, the file says "interrupted" and
+"""Ctrl-C, SIGTERM and SIGHUP sent to a real `lorascope record` process in the middle of training:
+the loop stops at a step boundary, the recorder drains its queue, the file says "interrupted" and
 holds every step up to the stop, the checkpoint holds the last step's weights, and `--resume`
 finishes the planned steps with no step twice or missing, the same numbers an uninterrupted run
-gives. (SIGKILL at random moments is `test_record_kill.py`; many repetitions are in
+gives. The same signals in the other phases of a run (setup, the final evaluation, saving) end it
+the same clean, resumable way. (SIGKILL at random moments is `test_record_kill.py`; many repetitions are in
 `benchmarks/kill_stress.py`.)"""
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import torch
 from safetensors.torch import load_file
 
 import lorascope
-from lorascope.runs.session import checkpoint_paths
+from lorascope.outputs import side_files
 from tests.cli_process import LAUNCH, QUICK_RECORD, run_cli, start_cli, warm  # noqa: F401 - fixture
 
 STEPS = 60
@@ -50,7 +51,8 @@ def _check_interrupted(path: Path, stopped: int) -> dict[str, tuple[np.ndarray, 
 
 
 def _check_checkpoint(path: Path, last: dict[str, tuple[np.ndarray, np.ndarray]], stopped: int) -> None:
-    adapters, state = checkpoint_paths(path)
+    side = side_files(path)
+    adapters, state = side.adapters, side.state
     tensors = load_file(str(adapters))
     for name, (A, B) in last.items():  # the checkpoint is the weights of the last recorded step
         np.testing.assert_array_equal(tensors[f"{name}.A"].numpy(), A)
@@ -61,7 +63,7 @@ def _check_checkpoint(path: Path, last: dict[str, tuple[np.ndarray, np.ndarray]]
 
 
 @pytest.mark.parametrize("launcher", LAUNCH)
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"])
 def test_signal_mid_training_then_resume(tmp_path, warm, launcher, signum):
     path = tmp_path / "run.h5"
     proc = start_cli(_record(path), tmp_path, launcher)
@@ -129,3 +131,92 @@ def test_sigkill_while_the_file_is_created_leaves_no_damaged_file(tmp_path, warm
     if path.exists():  # a file at the output path must be a readable recording
         with lorascope.open(path) as rec:
             assert rec.status == "interrupted"
+
+
+# --- every phase -------------------------------------------------------------------------------
+PHASE_STEPS = 5
+SIGNALS = [pytest.param(s, id=s.name) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)]
+
+
+def _signal_during(target: str, attribute: str, signum: int):
+    """A ``prepare`` for the forked child: the process signals itself as ``target.attribute``
+    (the phase's own work) begins, so the signal lands in that phase and no other."""
+
+    def prepare() -> None:
+        import importlib
+        import os
+
+        module = importlib.import_module(target)
+        original = getattr(module, attribute)
+
+        def signalled(*args, **kwargs):
+            os.kill(os.getpid(), signum)
+            return original(*args, **kwargs)
+
+        setattr(module, attribute, signalled)
+
+    return prepare
+
+
+PHASES = {
+    "setup": ("lorascope.models", "load_model"),
+    "final-eval": ("lorascope.runs.session", "evaluate"),
+    "saving": ("lorascope.runs.session", "_save_adapters"),
+}
+
+
+def _phase_record(path: Path) -> list[str]:
+    return ["record", "-o", str(path), *QUICK_RECORD, "--steps", str(PHASE_STEPS)]
+
+
+def _check_saved(path: Path, step: int) -> None:
+    side = side_files(path)
+    assert side.adapters.exists()
+    assert json.loads(torch.load(side.state, weights_only=True)["loop"])["step"] == step
+    assert not list(path.parent.glob("*.tmp")) and not side.lock.exists()
+
+
+@pytest.mark.parametrize("signum", SIGNALS)
+@pytest.mark.parametrize("phase, stopped", [("setup", 0), ("final-eval", PHASE_STEPS)], ids=["setup", "final-eval"])
+def test_a_signal_before_or_after_training_ends_the_run_resumably(tmp_path, warm, phase, stopped, signum):
+    path = tmp_path / "run.h5"
+    done = run_cli(_phase_record(path), tmp_path, prepare=_signal_during(*PHASES[phase], signum))
+    assert done.code == 128 + signum, done.output
+    assert "Traceback" not in done.output
+    assert _stopped_step(done.stdout) == stopped
+    with lorascope.open(path) as rec:
+        assert rec.stored_status == "interrupted"
+        assert rec.steps.tolist() == list(range(stopped + 1))  # every step taken is in
+        assert "eval_loss" not in rec.scalars  # an evaluation cut short measures nothing
+    _check_saved(path, stopped)
+
+    resumed = run_cli([*_phase_record(path), "--resume"], tmp_path)
+    assert resumed.code == 0, resumed.output
+    with lorascope.open(path) as rec:
+        assert rec.status == "complete"
+        assert rec.steps.tolist() == list(range(PHASE_STEPS + 1))
+        assert rec.scalars["eval_loss"].notna().sum() == 1  # the final evaluation, once
+
+
+@pytest.mark.parametrize("signum", SIGNALS)
+def test_a_signal_while_saving_waits_for_the_save(tmp_path, warm, signum):
+    """Training and the final evaluation are done: the save finishes, and the run is complete."""
+    path = tmp_path / "run.h5"
+    done = run_cli(_phase_record(path), tmp_path, prepare=_signal_during(*PHASES["saving"], signum))
+    assert done.code == 0, done.output
+    assert f"finished step {PHASE_STEPS}" in done.stdout
+    with lorascope.open(path) as rec:
+        assert rec.stored_status == "complete" and rec.steps.tolist() == list(range(PHASE_STEPS + 1))
+    _check_saved(path, PHASE_STEPS)
+
+
+def test_a_second_ctrl_c_while_saving_does_not_cost_the_checkpoint(tmp_path, warm):
+    """Ctrl-C in training, and again while the checkpoint is written: the save still completes."""
+    path = tmp_path / "run.h5"
+    proc = start_cli(_record(path), tmp_path, prepare=_signal_during(*PHASES["saving"], signal.SIGINT))
+    proc.wait_for(f"step {STEPS // 10}/{STEPS}")
+    proc.signal(signal.SIGINT)
+    done = proc.wait()
+    assert done.code == 130 and "Traceback" not in done.output, done.output
+    stopped = _stopped_step(done.stdout)
+    _check_checkpoint(path, _check_interrupted(path, stopped), stopped)

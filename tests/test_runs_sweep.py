@@ -11,7 +11,7 @@ import pytest
 from lorascope.config import RunConfig
 from lorascope.errors import UsageError
 from lorascope.runs import session
-from lorascope.runs.sweep import DEFAULT_AXES, SweepRun, expand, remove_partial, run_sweep
+from lorascope.runs.sweep import DEFAULT_AXES, SweepRun, expand, run_sweep
 
 
 class FakeRuns:
@@ -37,7 +37,7 @@ def fake(monkeypatch):
         runs = FakeRuns(interrupt)
         monkeypatch.setattr(session, "run", runs)
         # a run is complete when its name says so: the real check opens the recording
-        monkeypatch.setattr("lorascope.runs.sweep.is_complete", lambda path: path.stem in complete)
+        monkeypatch.setattr("lorascope.runs.sweep.is_complete", lambda run: run.name in complete)
         return runs
     return install
 
@@ -96,12 +96,30 @@ def test_a_bad_name_anywhere_in_the_grid_fails_before_the_first_run(tmp_path, fa
     assert runs.started == [] and not (tmp_path / "sweep").exists()
 
 
-def test_remove_partial_deletes_only_that_runs_files(tmp_path):
-    (run,) = expand(RunConfig(), {"rank": [4]}, tmp_path, "s")
-    assert isinstance(run, SweepRun) and run.path == tmp_path / "s-r4.h5"
-    mine = [tmp_path / "s-r4.h5", tmp_path / "s-r4.adapters.safetensors", tmp_path / "s-r4.h5.creating"]
-    theirs = [tmp_path / "s-r48.h5", tmp_path / "s-r4-b.h5"]
+def test_an_unfinished_run_removes_only_its_own_files(tmp_path, fake):
+    """--alpha 16.5,16: the run a16 must not take a16.5's files for its own stale ones (a glob
+    `s-a16.*` matched them)."""
+    runs = fake(complete={"s-a16.5"})
+    folder = tmp_path / "s"
+    folder.mkdir()
+    mine = [folder / "s-a16.h5", folder / "s-a16.adapters.safetensors", folder / "s-a16.h5.creating"]
+    theirs = [folder / "s-a16.5.h5", folder / "s-a16.5.adapters.safetensors", folder / "s-a16.5.state.pt",
+              folder / "s-a16-b.h5"]
     for path in mine + theirs:
         path.write_text("x")
-    assert remove_partial(run) == sorted(mine)
-    assert all(p.exists() for p in theirs) and not any(p.exists() for p in mine)
+    run_sweep(RunConfig(), {"alpha": [16.5, 16]}, name="s", folder=tmp_path, log=lambda line: None)
+    assert runs.started == ["s-a16"]
+    assert all(p.read_text() == "x" for p in theirs)
+    assert not mine[1].exists() and not mine[2].exists() and mine[0].read_bytes() == b""
+
+
+def test_values_that_read_alike_still_name_different_runs(tmp_path, fake):
+    """--layers '0,1;0:1': two configs whose readable names collide both run, under two names."""
+    runs = fake()
+    result = run_sweep(RunConfig(), {"layers": ["0,1", "0:1"]}, name="s", folder=tmp_path, log=lambda line: None)
+    assert len(set(runs.started)) == 2
+    assert all(name.startswith("s-L0_1-") for name in runs.started)
+    assert [r.config.lora.layers for r in result.runs] == ["0,1", "0:1"]
+    # the same grid names its runs the same way next time (so it resumes)
+    again = expand(RunConfig(), {"layers": ["0,1", "0:1"]}, tmp_path / "s", "s")
+    assert [r.name for r in again] == runs.started and isinstance(again[0], SweepRun)

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lorascope.runs.session import checkpoint_paths
+from lorascope.outputs import side_files
 from tests.cli_process import QUICK_RECORD, run_cli, warm  # noqa: F401 - fixture
 
 PACKAGE = Path(__file__).resolve().parents[1] / "lorascope"
@@ -112,7 +112,8 @@ def recorded(warm):
 
 
 def test_adapters_are_safetensors(recorded):
-    adapters, state = checkpoint_paths(recorded)
+    side = side_files(recorded)
+    adapters, state = side.adapters, side.state
     assert adapters.name.endswith(".safetensors")
     raw = adapters.read_bytes()
     (header_length,) = struct.unpack("<Q", raw[:8])  # safetensors: a JSON header, then raw tensors
@@ -127,7 +128,7 @@ def test_a_checkpoint_carrying_code_is_refused_and_not_run(recorded, tmp_path):
     for source in recorded.parent.glob("run.*"):
         (folder / source.name).write_bytes(source.read_bytes())
     marker = tmp_path / "code-ran"
-    _, state = checkpoint_paths(folder / "run.h5")
+    state = side_files(folder / "run.h5").state
     torch.save({"loop": _RunsCode(marker)}, state)  # a pickle, as torch.save writes one
     done = run_cli(["record", "-o", folder / "run.h5", *QUICK_RECORD, "--steps", "4", "--resume"], tmp_path)
     assert not marker.exists()  # weights_only=True never ran it
@@ -141,7 +142,7 @@ def test_an_adapter_file_that_is_a_pickle_is_refused(recorded, tmp_path):
     for source in recorded.parent.glob("run.*"):
         (folder / source.name).write_bytes(source.read_bytes())
     marker = tmp_path / "code-ran"
-    adapters, _ = checkpoint_paths(folder / "run.h5")
+    adapters = side_files(folder / "run.h5").adapters
     adapters.write_bytes(pickle.dumps(_RunsCode(marker)))
     done = run_cli(["record", "-o", folder / "run.h5", *QUICK_RECORD, "--steps", "4", "--resume"], tmp_path)
     assert not marker.exists()

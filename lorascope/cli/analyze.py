@@ -11,6 +11,7 @@ import typer
 from lorascope.analysis import TABLES
 from lorascope.cli.app import app
 from lorascope.errors import UsageError
+from lorascope.outputs import OutputGuard
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -100,6 +101,9 @@ def analyze(
 
     names = _parse_tables(tables)
     paths = output_paths(output, names)
+    guard = OutputGuard(recordings)  # no table is written over a recording (run.csv -o run.csv)
+    for path in paths.values():
+        guard.check(path)
     if criterion not in ("aic", "bic"):
         raise UsageError(f"--criterion takes aic or bic, got {criterion!r}")
     if workers < 1:

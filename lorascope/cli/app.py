@@ -7,13 +7,20 @@ them (and none of their torch, pandas or matplotlib). Running ``lorascope NAME``
 ``@app.command()``, and the group builds the click command from that registration.
 
 The error boundary: a LorascopeError (a sentence meant for a person) becomes one line on stderr
-and exit code 2; anything else is a bug and keeps its traceback."""
+and exit code 2. Anything else is a bug: its traceback goes to a file (``$LORASCOPE_LOG``, or a
+new file in the system's temporary folder) and the terminal gets one line that says so and names
+the file, exit code 1. No command ends in a traceback on the terminal."""
 from __future__ import annotations
 
 import importlib
+import os
+import tempfile
+import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 import typer
+import typer.exceptions
 import typer.main
 from typer.core import TyperCommand, TyperGroup
 
@@ -99,6 +106,33 @@ class _Group(TyperGroup):
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+        except (typer.Exit, typer.Abort, typer.exceptions.TyperException):
+            raise  # Typer's own ways out: an exit code, a usage error it prints itself
+        except Exception as exc:
+            where = _write_traceback(exc)
+            what = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            saved = f"the full traceback is in {where}" if where else "the traceback could not be saved"
+            typer.echo(f"error: lorascope failed unexpectedly, a bug ({what}); {saved}; "
+                       "please report it with that file", err=True)
+            raise typer.Exit(1) from None
+
+
+def _write_traceback(exc: BaseException) -> Path | None:
+    """Appends the traceback to ``$LORASCOPE_LOG`` when set, else to a new file in the temporary
+    folder; returns where, or None when nothing could be written (a full disk, say)."""
+    text = "".join(traceback.format_exception(exc))
+    try:
+        named = os.environ.get("LORASCOPE_LOG")
+        if named:
+            with open(named, "a", encoding="utf-8") as log:
+                log.write(text)
+            return Path(named)
+        fd, path = tempfile.mkstemp(prefix="lorascope-bug-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as log:
+            log.write(text)
+        return Path(path)
+    except OSError:
+        return None
 
 
 def _root() -> None:

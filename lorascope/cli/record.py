@@ -5,6 +5,7 @@ the registries' declared names; training (torch, transformers) is imported when 
 # No `from __future__ import annotations` here: Typer would evaluate every option's annotation
 # string again when the command is built (about 20 ms of each `--help`).
 
+import shlex
 import signal
 from enum import Enum
 from pathlib import Path
@@ -96,7 +97,7 @@ def record(
         typer.echo(f"recording: {summary.recording} ({summary.recording_bytes / 2**20:.1f} MiB)")
     typer.echo(f"adapters:  {summary.adapters}")
     if summary.recording_bytes:
-        typer.echo(f"next: lorascope report {summary.recording}")
+        typer.echo(f"next: lorascope report {shlex.quote(str(summary.recording))}")  # pasteable as it is
     if summary.interrupted:
         # the shell's convention for a command stopped by a signal (130 for Ctrl-C, 143 for
         # SIGTERM): `lorascope record ... && lorascope report ...` does not go on with half a run

@@ -19,6 +19,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from lorascope.config import RecordConfig
+from lorascope.errors import UsageError
 from lorascope.record.recorder import Recorder, group_lrs
 
 __all__ = ["LorascopeCallback"]
@@ -29,8 +30,13 @@ _RENAMES = {"learning_rate": "lr"}
 
 class LorascopeCallback(TrainerCallback):
     def __init__(self, path: str | Path, config: RecordConfig | None = None, *,
-                 run_name: str = "", environment: dict | None = None) -> None:
+                 run_name: str = "", environment: dict | None = None, overwrite: bool = False) -> None:
+        """``overwrite``: replace a recording already at ``path`` (refused otherwise, here, before
+        the Trainer starts)."""
         self.path = Path(path)
+        if self.path.exists() and not overwrite:
+            raise UsageError(f"{self.path} already exists; pass overwrite=True to replace it, or choose another path")
+        self.overwrite = overwrite
         self.config = config or RecordConfig()
         self.run_name = run_name
         self.environment = environment
@@ -41,7 +47,7 @@ class LorascopeCallback(TrainerCallback):
         self.recorder = Recorder(
             self.path, model, self.config, run_name=self.run_name or self.path.stem,
             run_config={"trainer": json.loads(args.to_json_string())},
-            environment=self.environment, total_steps=state.max_steps or None,
+            environment=self.environment, total_steps=state.max_steps or None, overwrite=self.overwrite,
         )
         self.recorder.start(optimizer, step=state.global_step)
 

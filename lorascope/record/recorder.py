@@ -116,9 +116,13 @@ class Recorder:
                  *, run_name: str = "", run_config: dict | None = None,
                  heads: Mapping[str, torch.nn.Module] | None = None,
                  environment: dict | None = None, total_steps: int | None = None,
-                 resume: bool = False, update_norms: str = "auto") -> None:
+                 resume: bool = False, update_norms: str = "auto", overwrite: bool = False) -> None:
         self.path = Path(path)
         self.resume = resume
+        if self.path.exists() and not self.path.is_dir() and not (resume or overwrite):
+            # a recording is hours of training: replacing one must be asked for by name
+            raise UsageError(f"{self.path} already exists; pass overwrite=True to replace it, resume=True "
+                             "to continue it, or choose another path")
         self.config = cfg = config or RecordConfig()
         _check_options(cfg)
         found = discover(model)
@@ -329,8 +333,10 @@ class Recorder:
             # the final weights matter most: keep them even when the schedule skipped them
             if status == "complete" and self._step > self._last_snapshot and self._alive():
                 self._snapshot(self._step)
-            if self._writer is None:
-                self._open_file({})  # optimizer state was asked for but no step ever ran
+            # optimizer state was asked for but no step ever ran: the file is created now; but a
+            # resume whose file never opened (refused) leaves the old recording as it was
+            if self._writer is None and not (self.resume and self.path.exists()):
+                self._open_file({})
         finally:
             self._closed = True
             if self._writer is not None:

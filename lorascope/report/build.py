@@ -17,6 +17,7 @@ from lorascope.analysis import analyze
 from lorascope.analysis.overview import eval_columns, runs_table, scalar_series
 from lorascope.analysis.selection import common_modules
 from lorascope.errors import UsageError
+from lorascope.outputs import OutputGuard, writing
 from lorascope.report import DEFAULT_MAX_MODULES, DEFAULT_MAX_STEPS, MODULE_FIGURES, figures
 from lorascope.report.canvas import Canvas
 from lorascope.report.html import FigureRef, ModuleBlock, ModuleGroup, Page, render_page
@@ -87,6 +88,9 @@ def build_report(
         recs = _open_all(recordings, stack)
         if not recs:
             raise UsageError("give at least one recording to report on")
+        # asked before every file the report writes: a recording in the output folder under a
+        # report file's name (index.html, a figure's name) is refused, not overwritten
+        guard = OutputGuard([r.path for r in recs if getattr(r, "path", None) is not None])
         for rec in recs:
             if len(rec.steps) == 0:
                 raise UsageError(
@@ -98,17 +102,19 @@ def build_report(
         shown, omitted = names[:max_modules], names[max_modules:]
 
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
+        index = guard.check(inside(out, "index.html"))  # before the drawing, not after it
+        with writing(out, "choose another --output folder you can write to"):
+            out.mkdir(parents=True, exist_ok=True)
         colors = figures.run_colors([r.run_name for r in recs])
         canvas = Canvas()
         options = report_options(max_steps, bins, panel_steps(recs, early_steps))
         drawn = tuple(k for k in kinds if len(recs) >= MODULE_FIGURES.get(k).min_runs)
-        plan = RenderPlan(out, colors, drawn, options)
+        plan = RenderPlan(out, colors, drawn, options, guard)
         total = 1 + len(shown)
         tick = progress or (lambda done, total, what: None)
 
         tick(0, total, "training curves")
-        training = _training_figures(recs, FigureContext(out, canvas, colors))
+        training = _training_figures(recs, FigureContext(out, canvas, colors, guard))
         tick(1, total, "training curves")
         seeds = seed_view(recs, out, canvas)  # empty unless some runs differ only by seed
         results: list[ModuleResult | None] = [None] * len(shown)
@@ -153,8 +159,8 @@ def build_report(
             generated=f"generated {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC} from "
             f"{len(recs)} recording(s), {len(shown)} of {len(names)} common modules",
         )
-        index = inside(out, "index.html")
-        index.write_text(render_page(page), encoding="utf-8")
+        with writing(guard.check(index), "free some space or choose another --output"):
+            index.write_text(render_page(page), encoding="utf-8")
         return index
 
 

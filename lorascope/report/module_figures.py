@@ -6,12 +6,13 @@ holds the plumbing and the distribution figures; spectral_figures.py the spectra
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
+from lorascope.outputs import OutputGuard, writing
 from lorascope.report import MODULE_FIGURES, figures
 from lorascope.report.canvas import Canvas
 from lorascope.report.html import FigureRef
@@ -28,6 +29,7 @@ class FigureContext:
     out_dir: Path
     canvas: Canvas
     colors: dict[str, str]
+    guard: OutputGuard = field(default_factory=lambda: OutputGuard(()))  # the report's inputs: never written over
 
 
 @dataclass(frozen=True)
@@ -43,7 +45,9 @@ def save_figure(ctx: FigureContext, panels, file: str, caption: str) -> FigureRe
     """Adds the run legend where the layout reserved room for it, writes the PNG inside the
     output folder and returns what the page shows."""
     figures.run_legend(panels, ctx.colors)
-    ctx.canvas.save(panels, inside(ctx.out_dir, file))
+    path = ctx.guard.check(inside(ctx.out_dir, file))
+    with writing(path, "free some space or choose another --output"):
+        ctx.canvas.save(panels, path)
     return FigureRef(file, caption)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from lorascope.analysis import Options
+from lorascope.outputs import OutputGuard
 from lorascope.report import MODULE_FIGURES
 from lorascope.report.canvas import Canvas
 from lorascope.report.html import ModuleBlock
@@ -44,6 +45,7 @@ class RenderPlan:
     colors: dict[str, str]
     kinds: tuple[str, ...]
     options: Options  # the analysis of each module (view.report_options)
+    guard: OutputGuard = field(default_factory=lambda: OutputGuard(()))  # the report's inputs: never written over
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -78,7 +80,7 @@ def render_module(recs: Sequence[Any], name: str, index: int, plan: RenderPlan,
                   canvas: Canvas) -> ModuleResult:
     """Analyses module `name` of every run, writes its PNGs and returns its part of the page."""
     view = module_view(recs, name, plan.tables, plan.options)
-    ctx = FigureContext(plan.out_dir, canvas, plan.colors)
+    ctx = FigureContext(plan.out_dir, canvas, plan.colors, plan.guard)
     slug = f"m{index:03d}-{safe_name(name, 'module')}"
     refs = [ref for kind in plan.kinds for ref in MODULE_FIGURES.get(kind).draw(view, slug, ctx)]
     first = recs[0].modules[name]

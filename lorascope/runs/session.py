@@ -4,6 +4,7 @@ data, the optimizer and the Recorder, run the loop, evaluate, save the adapters,
 This is the composition root: the only module that knows every other training-side module."""
 from __future__ import annotations
 
+import io
 import json
 import platform
 import random
@@ -20,11 +21,13 @@ from lorascope.train.amp import resolve_device, resolve_precision
 from lorascope.config import RunConfig, config_to_dict
 from lorascope.train.distributed import init_distributed, shard_batches, shutdown, wrap_model
 from lorascope.errors import LorascopeError, UsageError
+from lorascope.outputs import OutputLock, side_files
+from lorascope.runs.resume import check_resume
 from lorascope.train.evaluate import evaluate, generate_samples
 from lorascope.progress import StepProgress
 from lorascope.train.loop import LoopState, StopOnSignal, train_loop
 
-__all__ = ["RunSummary", "run", "checkpoint_paths", "environment"]
+__all__ = ["RunSummary", "run", "environment"]
 
 
 @dataclass
@@ -38,19 +41,13 @@ class RunSummary:
     samples: list[tuple[str, str]] = field(default_factory=list)  # (reference, generated)
     wall_time: float = 0.0
     recording_bytes: int = 0
-    stop_signal: int | None = None  # the signal that stopped an interrupted run (SIGINT, SIGTERM)
+    stop_signal: int | None = None  # the signal that stopped an interrupted run (SIGINT, SIGTERM, SIGHUP)
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def checkpoint_paths(recording: Path) -> tuple[Path, Path]:
-    """Where the adapters (safetensors) and the resumable trainer state go, beside the recording."""
-    stem = recording.with_suffix("")
-    return stem.with_name(stem.name + ".adapters.safetensors"), stem.with_name(stem.name + ".state.pt")
 
 
 def environment(device: torch.device, precision_mode: str, world_size: int = 1, model: torch.nn.Module | None = None) -> dict:
@@ -74,9 +71,8 @@ def environment(device: torch.device, precision_mode: str, world_size: int = 1, 
     return env
 
 
-def _check_output(path: Path, resume: bool) -> None:
-    """Refuse before training starts what would only fail after it: an unwritable folder, or
-    overwriting a recording by accident."""
+def _check_folder(path: Path) -> None:
+    """Refuse before training starts what would only fail after it: an unwritable folder."""
     folder = path.parent if str(path.parent) else Path(".")
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -88,6 +84,10 @@ def _check_output(path: Path, resume: bool) -> None:
         probe.unlink()
     except OSError as exc:
         raise UsageError(f"cannot write into {folder}: {exc.strerror}; choose another path with -o") from None
+
+
+def _check_existing(path: Path, resume: bool) -> None:
+    """Asked while the output's lock is held, so that no other run can create it meanwhile."""
     if path.exists() and not resume:
         raise UsageError(f"{path} already exists; pass --resume to continue it, or choose another path with -o")
 
@@ -105,21 +105,40 @@ def _check_space(path: Path, needed: int) -> None:
 
 
 def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = print) -> RunSummary:
+    """Trains and records one run. The output and its side files are this process's from the
+    first check to the last save (``OutputLock``): a second run with the same output is refused
+    with a sentence instead of both writing one file. A signal (INT, TERM, HUP) at any moment of
+    the run, setup and saving included, ends it the same way: at the next boundary, with the
+    recording closed as ``interrupted`` and the checkpoint that ``--resume`` needs."""
+    from lorascope.train.optim import validate_optim
+
+    validate_optim(cfg.optim)  # pairing mistakes fail before the model loads
+    output = cfg.output_path()
+    stop = StopOnSignal()
+    with stop:
+        dist_info, device = init_distributed(resolve_device(cfg.device))
+        if not dist_info.is_main:  # one writer, one voice in the terminal: rank 0's
+            return _run(cfg, output, dist_info, device, resume, lambda line: None, stop)
+        _check_folder(output)
+        with OutputLock(output):
+            _check_existing(output, resume)
+            finished = False
+            if resume:  # every refusal before anything is written: a refused resume changes no byte
+                finished = check_resume(cfg, output) == "complete"
+            return _run(cfg, output, dist_info, device, resume, log, stop, finished)
+
+
+def _run(cfg: RunConfig, output: Path, dist_info, device: torch.device, resume: bool,
+         log: Callable[[str], None], stop: StopOnSignal, finished: bool = False) -> RunSummary:
     from lorascope.data import build_data
     from lorascope.lora import add_lora, load_adapters, save_adapters
     from lorascope.train.model_report import model_report
     from lorascope.models import load_model
-    from lorascope.train.optim import build_optimizer, build_schedule, current_lrs, validate_optim
+    from lorascope.train.optim import build_optimizer, build_schedule, current_lrs
     from lorascope.record import Recorder
 
-    validate_optim(cfg.optim)  # pairing mistakes fail before the model loads
-    output = cfg.output_path()
-    adapters_path, state_path = checkpoint_paths(output)
-    dist_info, device = init_distributed(resolve_device(cfg.device))
-    if dist_info.is_main:
-        _check_output(output, resume)
-    else:
-        log = lambda line: None  # noqa: E731 - one voice in the terminal: rank 0's
+    side = side_files(output)
+    adapters_path, state_path = side.adapters, side.state
     seed_everything(cfg.seed)
     precision = resolve_precision(cfg.amp, device)
 
@@ -143,8 +162,10 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
     if resume:
         state = _restore(adapters_path, state_path, model, optimizer, scheduler, scaler, load_adapters)
         log(f"resuming {output} at step {state.step}")
-        if state.step >= cfg.optim.steps:
+        # a run stopped after its last step (in the final evaluation, say) resumes to finish it
+        if state.step > cfg.optim.steps or (state.step == cfg.optim.steps and (finished or not output.exists())):
             raise UsageError(f"{output} already reached step {state.step} of {cfg.optim.steps}; raise --steps to train further")
+    first_step = state.step
     train_model = wrap_model(model, dist_info, device)
 
     recorder = None
@@ -164,11 +185,11 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
     status = "failed"
     result = None
     final_eval: dict[str, float] = {}
-    stop = StopOnSignal()
     try:
         if recorder is not None:
             recorder.start(optimizer=optimizer, step=state.step)
-        with stop, StepProgress(cfg.optim.steps, start=state.step) as progress:
+        with StepProgress(cfg.optim.steps, start=state.step) as progress:
+            # a signal during setup stops the loop before its first step
             result = train_loop(
                 model=train_model, optimizer=optimizer, scheduler=scheduler,
                 train_data=shard_batches(data.train, dist_info), device=device, precision=precision,
@@ -178,26 +199,33 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
                 eval_every=cfg.eval_every, eval_batches=cfg.eval_batches, task=cfg.data.task,
                 state=state, scaler=scaler, progress=progress.update if dist_info.is_main else None, stop=stop,
             )
-        if not result.interrupted:  # after Ctrl-C the user wants out, not another evaluation
-            final_eval = evaluate(model, data.val, device, precision, cfg.data.task, max_batches=cfg.eval_batches)
+        if not stop.requested:  # after a signal the user wants out, not another evaluation
+            final_eval = evaluate(model, data.val, device, precision, cfg.data.task,
+                                  max_batches=cfg.eval_batches, stop=lambda: stop.requested)
         if final_eval and recorder is not None:
             recorder.log_eval(result.state.step, final_eval)
+        # stopped in the final evaluation: every step is in, but the run did not finish
+        result.interrupted = result.interrupted or (stop.requested and not final_eval)
         status = "interrupted" if result.interrupted else "complete"
     except KeyboardInterrupt:
         status = "interrupted"
         raise
     finally:
-        saves = None
-        if dist_info.is_main:
-            saves = (lambda: _save_adapters(model, adapters_path, save_adapters),
-                     lambda: _save_state(state_path, state, optimizer, scheduler, scaler), state_path)
-        failure = _close_and_save(recorder, status, saves)
-        shutdown(dist_info)
+        with stop.protect():  # a signal now waits for the file and the checkpoint to be whole
+            saves = None
+            # a resume that took no step (refused as the file opened, or stopped in setup) keeps
+            # the checkpoint it started from: it still matches the recording
+            if dist_info.is_main and (state.step > first_step or not resume):
+                saves = (lambda: _save_adapters(model, adapters_path, save_adapters),
+                         lambda: _save_state(state_path, state, optimizer, scheduler, scaler), state_path)
+            failure = _close_and_save(recorder, status, saves)
+            shutdown(dist_info)
     if failure is not None:  # reached only when nothing else is on its way out
         raise failure
 
     samples = []
-    if cfg.data.task != "classification" and cfg.generate_samples > 0 and not result.interrupted and dist_info.is_main:
+    if (cfg.data.task != "classification" and cfg.generate_samples > 0 and not result.interrupted
+            and not stop.requested and dist_info.is_main):
         pairs = data.sample_pairs(cfg.generate_samples)
         generated = generate_samples(model, tokenizer, [prompt for prompt, _ in pairs], device)
         samples = [(reference, text) for (_, reference), text in zip(pairs, generated)]
@@ -214,7 +242,9 @@ def _close_and_save(recorder, status: str, saves) -> LorascopeError | None:
     state, the state's path), each whatever happened to the other: a recording that could not be
     finished (a full disk) must not also cost the trained adapters. But then the recording may
     end before the adapters' step, and resuming would leave a hole in it, so the state that
-    --resume needs is not saved (and an older one is removed: it does not match the adapters).
+    --resume needs is not saved (and an older one is removed: it does not match the adapters);
+    likewise when the adapters were saved and the state could not be. Adapters that could not
+    be saved leave the previous pair of adapters and state as it was (it still matches).
     Returns the first error rather than raising it, so that an exception already on its way out
     of the run is the one the user sees."""
     failure: LorascopeError | None = None
@@ -223,26 +253,51 @@ def _close_and_save(recorder, status: str, saves) -> LorascopeError | None:
             recorder.close(status=status)
         except LorascopeError as exc:
             failure = exc
-    if saves is not None:
-        save_adapters, save_state, state_path = saves
-        try:
-            save_adapters()
-            if failure is None:
-                save_state()
-            else:
-                state_path.unlink(missing_ok=True)
-        except OSError as exc:
-            failure = failure or LorascopeError(
-                f"saving the checkpoint beside the recording failed: {exc.strerror or exc}; "
-                "free disk space or choose another path with -o"
-            )
+    if saves is None:
+        return failure
+    save_adapters, save_state, state_path = saves
+    try:
+        save_adapters()
+    except LorascopeError as exc:
+        return failure or exc
+    try:
+        if failure is None:
+            save_state()
+            return None
+    except LorascopeError as exc:
+        failure = exc
+    state_path.unlink(missing_ok=True)
     return failure
 
 
-def _save_adapters(model: torch.nn.Module, path: Path, save_adapters) -> None:
+def _write_atomically(path: Path, write: Callable[[Path], None], what: str) -> None:
+    """``write(tmp)`` then a rename onto ``path``: a kill or a full disk during the save keeps
+    the previous file. Whatever the writer raises when the disk is full (an OSError, torch's
+    RuntimeError, safetensors' SafetensorError) becomes one sentence with the free space."""
+    from safetensors import SafetensorError
+
     tmp = path.with_name(path.name + ".tmp")
-    save_adapters(model, tmp)
-    tmp.replace(path)  # atomic: a kill or a full disk during the save keeps the previous checkpoint
+    try:
+        write(tmp)
+        tmp.replace(path)
+    except (OSError, RuntimeError, SafetensorError) as exc:
+        tmp.unlink(missing_ok=True)
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else " ".join(str(exc).split())[:200]
+        raise LorascopeError(
+            f"saving the {what} {path} failed ({reason}; {_free_space(path.parent)}); free disk space "
+            "or choose another path with -o"
+        ) from None
+
+
+def _free_space(folder: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(folder if str(folder) else Path('.')).free / 2**20:.1f} MiB free there"
+    except OSError:
+        return "free space unknown"
+
+
+def _save_adapters(model: torch.nn.Module, path: Path, save_adapters) -> None:
+    _write_atomically(path, lambda tmp: save_adapters(model, tmp), "adapters")
 
 
 def _train_head_only(model: torch.nn.Module) -> None:
@@ -281,9 +336,9 @@ def _save_state(path: Path, state: LoopState, optimizer, scheduler, scaler) -> N
         "scaler": scaler.state_dict(),
         "torch_rng": torch.get_rng_state(),
     }
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(payload, tmp)
-    tmp.replace(path)  # atomic: a kill during the save never leaves half a checkpoint
+    buffer = io.BytesIO()  # written as plain bytes: a full disk is then an OSError that says so
+    torch.save(payload, buffer)
+    _write_atomically(path, lambda tmp: tmp.write_bytes(buffer.getbuffer()), "resume state")
 
 
 def _restore(adapters_path, state_path, model, optimizer, scheduler, scaler, load_adapters) -> LoopState:

@@ -6,18 +6,21 @@ Light to import (the CLI's help reads ``AXES`` and ``DEFAULT_AXES``): training a
 imported when a sweep runs."""
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from lorascope.config import RunConfig, apply_overrides, config_from_dict, read_config_data
+from lorascope.config import RunConfig, apply_overrides, config_differences, config_from_dict, config_to_dict, read_config_data
 from lorascope.errors import LorascopeError, UsageError
+from lorascope.outputs import OutputLock, remove_owned
 
 __all__ = ["AXES", "DEFAULT_AXES", "SweepRun", "SweepResult", "expand", "is_complete", "load_sweep_file",
-           "remove_partial", "run_sweep"]
+           "run_sweep"]
 
 # The axes a user names on the command line, with the config field each one sets and the short
 # prefix used in run names (a value alone where the value says what it is, like "came").
@@ -64,14 +67,25 @@ def expand(base: RunConfig, axes: dict[str, list[Any]], out_dir: Path, sweep_nam
             raise UsageError(f"sweep axis {field_name} has no values")
         if len(set(map(str, values))) != len(values):
             raise UsageError(f"sweep axis {field_name} repeats a value: {values}")
+    points = [dict(zip(fields, combo)) for combo in itertools.product(*fields.values())]
+    names = ["-".join([sweep_name] + [_fragment(f, v) for f, v in overrides.items()]) for overrides in points]
     runs = []
-    for combo in itertools.product(*fields.values()):
-        overrides = dict(zip(fields, combo))
-        name = "-".join([sweep_name] + [_fragment(f, v) for f, v in overrides.items()])
+    for name, overrides in zip(names, points):
+        if names.count(name) > 1:
+            # two values that read alike ('0,1' and '0:1' are both L0_1): the readable name is
+            # kept and the values themselves, hashed, tell the runs apart
+            name += "-" + _digest(overrides)
         path = out_dir / f"{name}.h5"
         cfg = apply_overrides(base, {**overrides, "name": name, "output": str(path)})
         runs.append(SweepRun(name, cfg, path))
     return runs
+
+
+def _digest(overrides: dict[str, Any]) -> str:
+    """Six hex digits that depend on the values exactly as given: the same grid names its runs
+    the same way every time it is run."""
+    text = json.dumps(overrides, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:6]
 
 
 def load_sweep_file(path: Path) -> tuple[RunConfig, dict[str, list[Any]]]:
@@ -107,27 +121,30 @@ def with_seeds(axes: dict[str, list[Any]], first: int, seeds: int) -> dict[str, 
     return {**axes, "seed": values}
 
 
-def is_complete(path: Path) -> bool:
-    """A recording that exists and says it finished; an interrupted or unreadable one is redone."""
-    if not path.exists():
+def is_complete(run: SweepRun) -> bool:
+    """Whether the run's recording exists, says it finished, and was recorded with this run's
+    config. An interrupted or unreadable one is redone. A finished recording of another config
+    under the same name (the base changed: other --steps, another --set) is never taken for
+    this run nor deleted: that is refused, and the sentence says how to keep both."""
+    if not run.path.exists():
         return False
     import lorascope
 
     try:
-        with lorascope.open(path) as rec:
-            return rec.status == "complete"
+        with lorascope.open(run.path) as rec:
+            if rec.status != "complete":
+                return False
+            recorded = rec.config
     except LorascopeError:
         return False
-
-
-def remove_partial(run: SweepRun) -> list[Path]:
-    """Deletes what an unfinished run left beside its recording (the recording, its adapters,
-    its trainer state: every ``<run name>.*`` in its folder), so it is redone from the start.
-    Returns the deleted paths."""
-    stale = sorted(run.path.parent.glob(run.path.stem + ".*"))
-    for path in stale:
-        path.unlink()
-    return stale
+    # the output's spelling may differ (another --recordings of the same folder): the path is this run's
+    changed = config_differences(recorded, config_to_dict(run.config), ignore=("output",))
+    if changed:
+        raise UsageError(
+            f"{run.path} is a finished run of another config ({'; '.join(changed[:3])}); run the sweep "
+            "under another --name to keep both, or delete that file to redo it"
+        )
+    return True
 
 
 @dataclass
@@ -135,7 +152,7 @@ class SweepResult:
     runs: list[SweepRun]
     skipped: list[str] = field(default_factory=list)  # names of runs already complete
     interrupted: SweepRun | None = None  # the run a signal stopped; the runs after it never started
-    stop_signal: int | None = None  # that signal (SIGINT, SIGTERM)
+    stop_signal: int | None = None  # that signal (SIGINT, SIGTERM, SIGHUP)
     report: Path | None = None  # the comparison report's index.html
 
     @property
@@ -165,7 +182,7 @@ def run_sweep(base: RunConfig, axes: dict[str, list[Any]] | None = None, *, name
               log: Callable[[str], None] = print, seeds: int = 1) -> SweepResult:
     """Runs the grid of ``axes`` (``DEFAULT_AXES`` when None) over ``base`` into
     ``folder/name/``, one recording per run. A run whose recording is complete is skipped;
-    an unfinished one is deleted and redone. A signal (Ctrl-C, SIGTERM) stops the sweep after
+    an unfinished one is deleted and redone. A signal (Ctrl-C, SIGTERM, SIGHUP) stops the sweep after
     the run it interrupted, which keeps what it recorded; running the same sweep again resumes.
     With ``report`` (a folder) a finished sweep ends with the comparison report of all its runs.
     ``seeds`` > 1 runs every grid point that many times, with seeds ``base.seed``, +1, ...
@@ -180,12 +197,14 @@ def run_sweep(base: RunConfig, axes: dict[str, list[Any]] | None = None, *, name
     log(f"sweep {name}: {len(runs)} runs over {', '.join(axes)} -> {out_dir}/")
     result = SweepResult(runs)
     durations: list[float] = []
+    complete = {planned.name for planned in runs if is_complete(planned)}  # refusals come before any run
     for i, planned in enumerate(runs, 1):
-        if is_complete(planned.path):
+        if planned.name in complete:
             log(f"[{i}/{len(runs)}] {planned.name}: complete, skipped")
             result.skipped.append(planned.name)
             continue
-        remove_partial(planned)
+        with OutputLock(planned.path):  # never remove what another process is writing
+            remove_owned(planned.path)
         log(f"[{i}/{len(runs)}] {planned.name}{_eta(durations, len(runs) - i + 1)}")
         started = time.perf_counter()
         summary = run(planned.config, log=lambda line: None)

@@ -3,7 +3,7 @@ classification; and a few generated samples, since the seed studies judged outpu
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 
@@ -33,7 +33,11 @@ def evaluate(
     precision: Precision,
     task: str,
     max_batches: int = 0,
+    stop: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
+    """Metrics over up to ``max_batches`` held-out batches (all when 0). ``stop`` is asked before
+    each batch: when it says so (a signal) the evaluation ends at once with no metrics, since a
+    part of the held-out set measures something else."""
     if data is None:  # no held-out data (data.val_fraction = 0): nothing to evaluate
         return {}
     was_training = model.training
@@ -43,6 +47,9 @@ def evaluate(
     for i, batch in enumerate(data):
         if max_batches and i >= max_batches:
             break
+        if stop is not None and stop():
+            model.train(was_training)
+            return {}
         batch = {k: v.to(device) for k, v in batch.items()}
         with precision.autocast(device):
             out = model(**batch)

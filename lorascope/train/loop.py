@@ -8,10 +8,12 @@ hooks receive (`on_micro_step(..., loss_scale=)`) so that they can divide it out
 gradients overflowed is skipped by the scaler, which halves its scale: the step's scalars then
 say `skipped = 1` and `loss_scale` is the lowered scale (the one the next step uses).
 
-The loop stops at a step boundary on SIGINT/SIGTERM (a second Ctrl-C aborts at once), so that the
-recording and the adapter checkpoint always describe a whole number of optimizer steps."""
+The loop stops at a step boundary on SIGINT/SIGTERM/SIGHUP (``StopOnSignal``; a second Ctrl-C
+aborts at once), so that the recording and the adapter checkpoint always describe a whole number
+of optimizer steps."""
 from __future__ import annotations
 
+import contextlib
 import math
 import signal
 import threading
@@ -59,28 +61,44 @@ class LoopResult:
 
 
 class StopOnSignal:
-    """Turns the first SIGINT/SIGTERM into a request to stop at the next step boundary."""
+    """One signal policy for a run's whole life (setup, training, evaluation, saving): the first
+    SIGINT, SIGTERM or SIGHUP (a closed terminal) is a request to stop, which each phase honours
+    at its next boundary (the loop at a step, an evaluation at a batch). A second Ctrl-C aborts
+    at once, except inside ``protect()``, where a save must finish: that one waits too."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
     def __init__(self) -> None:
         self.requested = False
         self.signum: int | None = None  # the first signal received; the CLI exits 128 + signum
         self._previous: dict[int, Any] = {}
+        self._protected = 0
 
     def _handle(self, signum, frame) -> None:
-        if self.requested and signum == signal.SIGINT:
+        if self.requested and signum == signal.SIGINT and not self._protected:
             raise KeyboardInterrupt  # a second Ctrl-C: the user wants out now
         self.requested = True
         self.signum = self.signum or signum
 
+    @contextlib.contextmanager
+    def protect(self) -> Iterator[None]:
+        """No signal interrupts what runs inside (closing the recording, saving the checkpoint)."""
+        self._protected += 1
+        try:
+            yield
+        finally:
+            self._protected -= 1
+
     def __enter__(self) -> "StopOnSignal":
         if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGINT, signal.SIGTERM):
+            for sig in self.SIGNALS:
                 self._previous[sig] = signal.signal(sig, self._handle)
         return self
 
     def __exit__(self, *exc) -> None:
         for sig, handler in self._previous.items():
             signal.signal(sig, handler)
+        self._previous.clear()
 
 
 def _forever(loader: Iterable) -> Iterator:
@@ -214,10 +232,12 @@ def train_loop(
             hooks.on_optimizer_step(state.step, scalars, optimizer=optimizer)
 
         if eval_data is not None and eval_every > 0 and state.step % eval_every == 0 and state.step < total_steps:
-            metrics = evaluate(model, eval_data, device, precision, task, max_batches=eval_batches)
-            result.evals.append({"step": state.step, **metrics})
-            if hooks is not None:
-                hooks.log_eval(state.step, metrics)
+            metrics = evaluate(model, eval_data, device, precision, task, max_batches=eval_batches,
+                               stop=None if stop is None else (lambda: stop.requested))
+            if metrics:  # an evaluation a signal cut short is no measurement
+                result.evals.append({"step": state.step, **metrics})
+                if hooks is not None:
+                    hooks.log_eval(state.step, metrics)
             model.train()
         if progress is not None:
             progress(state, step_loss)
