@@ -23,6 +23,7 @@ CALLS = {
                 lambda tmp: ["analyze", str(write_recording(tmp / "rec.h5").path), "-o", str(tmp / "t.csv")]),
     "report": ("lorascope.report.build_report",
                lambda tmp: ["report", str(write_recording(tmp / "rec.h5").path), "-o", str(tmp / "report")]),
+    "repair": ("lorascope.h5.repair.repair", lambda tmp: ["repair", str(write_recording(tmp / "rec.h5").path)]),
 }
 
 
