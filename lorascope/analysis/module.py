@@ -13,6 +13,7 @@ from lorascope.analysis import health as _health
 from lorascope.analysis import lowrank as _lowrank
 from lorascope.analysis import spectra as _spectra
 from lorascope.analysis import stats as _stats
+from lorascope.analysis import update as _update
 from lorascope.analysis.batch import Scratch
 from lorascope.analysis.jobs import LOOKBACK, Job, back, join
 from lorascope.analysis.options import Options
@@ -98,6 +99,10 @@ class ModuleAnalysis:
         attrs = getattr(module, "attrs", {}) or {}
         self.a_trainable = bool(attrs.get("a_trainable", True))
         self.b_trainable = bool(attrs.get("b_trainable", True))
+        self.kind = str(getattr(module, "kind", ""))
+        # ΔW is the update from the pretrained weight: s(B_t A_t − B_0 A_0) where the init
+        # rewrote the base (update.py), and the adapter's own product is then matrix "BA"
+        self.compensated = _update.compensated(self.kind, getattr(module, "init", ""))
 
     def held(self, picks: np.ndarray) -> np.ndarray:
         """Where in memory the sample's snapshots `picks` (positions in the sample) are."""
@@ -131,8 +136,8 @@ class ModuleAnalysis:
         o, A, B = self.options, self.A, self.B
         return {
             # singular values of A, B, ΔW and ΔW's dynamics share one pass over the pair
-            "lowrank": Job(lambda sl: _lowrank.lora_series(A[back(sl)], B[back(sl)], self.scaling, (A[0], B[0])),
-                           LOOKBACK),
+            "lowrank": Job(lambda sl: _lowrank.lora_matrices(A[back(sl)], B[back(sl)], self.scaling, (A[0], B[0]),
+                                                             self.compensated), LOOKBACK),
             "fits:B": Job(lambda sl: self._fit("B")),
             "fits:A": Job(lambda sl: self._fit("A")),
             "moments:B": Job(lambda sl: _stats.moments(B[sl], o.quantiles, o.quantile_samples), 0),
@@ -182,11 +187,22 @@ class ModuleAnalysis:
 
     @cached_property
     def dynamics(self) -> dict[str, dict[str, np.ndarray]]:
-        return {"A": self.result("dynamics:A"), "B": self.result("dynamics:B"), "dW": self.result("lowrank")[1]}
+        """Per matrix: A's and B's moments-free dynamics; ΔW's (and "BA"'s) mean, Frobenius norm
+        and dynamics from the low-rank pass."""
+        low = {m: {k: v for k, v in d.items() if k != "singular_values"}
+               for m, d in self.result("lowrank").items() if m not in ("A", "B")}
+        return {"A": self.result("dynamics:A"), "B": self.result("dynamics:B"), **low}
 
     @cached_property
     def singular_values(self) -> dict[str, np.ndarray]:
-        return self.result("lowrank")[0]
+        """Singular values (T, k) of A, B and ΔW, and of the adapter's product "BA" where it
+        is not ΔW (an init that rewrote the base)."""
+        return {m: d["singular_values"] for m, d in self.result("lowrank").items()}
+
+    @property
+    def products(self) -> tuple[str, ...]:
+        """The low-rank products the tables report: ΔW, and "BA" where it differs from ΔW."""
+        return ("dW", "BA") if self.compensated else ("dW",)
 
     @cached_property
     def spectrum(self) -> dict[str, dict[str, np.ndarray]]:

@@ -39,14 +39,16 @@ def stats_rows(ma: ModuleAnalysis) -> list[pd.DataFrame]:
         frames.extend(_gradient_frames(ma))
         frames.extend(_state_frames(ma))
     # ΔW's entries are never formed: its mean and norms come from the factors, the shape
-    # statistics (skew, quantiles) would need the out×in product and are left out.
-    dw = dict(ma.dynamics["dW"])
-    bad = ~np.isfinite(dw["frobenius"])
-    frames.append(ma.frame("dW", {
-        "mean": dw.pop("mean"), "frobenius": dw.pop("frobenius"),
-        "spectral_norm": ma.spectrum["dW"]["spectral_norm"], **dw,
-        "status": np.where(bad, "nonfinite", np.where(ma.spectrum["dW"]["spectral_norm"] == 0, "zero", "ok")),
-    }))
+    # statistics (skew, quantiles) would need the out×in product and are left out. ΔW is the
+    # update from the pretrained weight; "BA" (the adapter's product) where the two differ.
+    for m in ma.products:
+        dw = dict(ma.dynamics[m])
+        spectral = ma.spectrum[m]["spectral_norm"]
+        bad = ~np.isfinite(dw["frobenius"])
+        frames.append(ma.frame(m, {
+            "mean": dw.pop("mean"), "frobenius": dw.pop("frobenius"), "spectral_norm": spectral, **dw,
+            "status": np.where(bad, "nonfinite", np.where(spectral == 0, "zero", "ok")),
+        }))
     return [_with_micro_step(f) for f in frames]
 
 
@@ -145,12 +147,13 @@ def _state_frames(ma: ModuleAnalysis) -> list[pd.DataFrame]:
 
 def spectra_rows(ma: ModuleAnalysis) -> list[pd.DataFrame]:
     """Spectral norm, smallest singular value, effective and stable rank, top-k energy share and
-    condition number of A, B and ΔW."""
-    return [ma.frame(m, dict(ma.spectrum[m])) for m in ("A", "B", "dW")]
+    condition number of A, B and ΔW (and "BA", the adapter's product, where it is not ΔW)."""
+    return [ma.frame(m, dict(ma.spectrum[m])) for m in ("A", "B", *ma.products)]
 
 
 def singular_value_rows(ma: ModuleAnalysis) -> list[pd.DataFrame]:
-    """Every singular value of A, B and ΔW, long form (`index` 1 = largest)."""
+    """Every singular value of A, B and ΔW (and "BA" where it is not ΔW), long form (`index`
+    1 = largest)."""
     frames = []
     for m, s in ma.singular_values.items():
         T, k = s.shape
