@@ -55,6 +55,19 @@ def test_fits_table_flags_zero_b_and_finds_uniform_a(runs):
     assert ((changes.matrix == "B") & (changes.step == 5) & (changes.before == "zero")).sum() == 2
 
 
+def test_fits_table_names_each_fits_method_and_ranks_only_maximum_likelihood_fits(runs):
+    df = analysis.fits_table(runs[0], analysis.Options(fit_samples=None))
+    fitted = df[df.status == "ok"]
+    assert set(fitted["method"]) <= {"mle", "bounded", "not_converged"} and "mle" in set(fitted["method"])
+    assert df[df.status != "ok"]["method"].isna().all()
+    best = fitted[fitted.best]
+    assert (best["method"] == "mle").all()
+    # the best family has the lowest BIC among the snapshot's maximum-likelihood fits
+    for (_, _, _), snap in fitted.groupby(["module", "matrix", "step"]):
+        exact = snap[snap["method"] == "mle"]
+        assert snap[snap.best].family.item() == exact.loc[exact.bic.idxmin(), "family"]
+
+
 def test_geometry_table_only_with_w0(runs):
     g = analysis.geometry_table(runs[0])
     assert set(g.matrix) == {"dW"} and len(g) == 12

@@ -111,7 +111,22 @@ def test_fits_figure_draws_the_fits_table(report):
         for run, (x, y) in _lines(panels.axes[i, 1]).items():
             rows = fits[(fits.run == run) & (fits.matrix == matrix) & (fits.family == "gennorm")]
             np.testing.assert_array_equal(x, rows.step)
-            np.testing.assert_array_equal(y, rows["shape"])
+            # the line is the maximum-likelihood fits' finite β; the others are marks
+            exact = (rows["method"] == "mle") & np.isfinite(rows["shape"])
+            np.testing.assert_array_equal(y, np.where(exact, rows["shape"], np.nan))
+
+
+def test_fits_figure_marks_infinite_beta_and_fits_that_are_not_maxima():
+    from lorascope.report.module_figures import _beta_marks
+
+    x = np.array([0, 5, 10, 15])
+    beta = {"a": (x, np.array([np.inf, 3.0, 1e4, 2.0]), np.array(["mle", "mle", "bounded", "not_converged"], object))}
+    line, infinite, inexact = _beta_marks(beta)
+    np.testing.assert_array_equal(line["a"][1], [np.nan, 3.0, np.nan, np.nan])
+    np.testing.assert_array_equal(infinite["a"][0], [0])
+    assert infinite["a"][1][0] > 1e4  # above every finite β drawn
+    np.testing.assert_array_equal(inexact["a"][0], [10, 15])
+    np.testing.assert_array_equal(inexact["a"][1], [1e4, 2.0])
 
 
 def test_histogram_figures_draw_the_histogram_tables(report):

@@ -163,7 +163,9 @@ def singular_value_rows(ma: ModuleAnalysis) -> list[pd.DataFrame]:
 
 
 def fit_rows(ma: ModuleAnalysis) -> list[pd.DataFrame]:
-    """One row per family per fitted snapshot of A and B (see `Options.fit_steps`)."""
+    """One row per family per fitted snapshot of A and B (see `Options.fit_steps`); `method` says
+    how the fit ended ('mle' a maximum of the likelihood, 'bounded' stopped at a bound of its
+    shape, 'not_converged'), and the best family is ranked among the 'mle' fits only."""
     frames = []
     for m in ("A", "B"):
         idx, r = ma.result(f"fits:{m}")
@@ -172,7 +174,8 @@ def fit_rows(ma: ModuleAnalysis) -> list[pd.DataFrame]:
         # made the fits rows a tenth of a report's analysis time
         per = {fam: {"loc": vals["loc"], "scale": vals["scale"],
                      "shape": vals.get("df", vals.get("beta", np.full(len(idx), np.nan))),
-                     "ks": vals["ks"], "loglik": vals["loglik"], "aic": vals["aic"], "bic": vals["bic"]}
+                     "ks": vals["ks"], "loglik": vals["loglik"], "aic": vals["aic"], "bic": vals["bic"],
+                     "method": vals["method"]}
                for fam, vals in r.families.items()}
         stacked = {c: np.concatenate([per[fam][c] for fam in families]) for c in per[families[0]]}
         k = len(families)
