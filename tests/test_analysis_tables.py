@@ -68,12 +68,23 @@ def test_fits_table_names_each_fits_method_and_ranks_only_maximum_likelihood_fit
         assert snap[snap.best].family.item() == exact.loc[exact.bic.idxmin(), "family"]
 
 
-def test_geometry_table_only_with_w0(runs):
-    g = analysis.geometry_table(runs[0])
+def test_tables_against_w0_only_with_w0_and_a_note_without(runs):
+    g = analysis.amplification_table(runs[0])
     assert set(g.matrix) == {"dW"} and len(g) == 12
-    assert g[g.step == 0].w0_projection.isna().all() and (g[g.step > 0].amplification > 0).all()
+    assert (g[g.step == 0].status == "zero").all() and g[g.step == 0].amplification.isna().all()
+    assert (g[g.step > 0].amplification > 0).all()
     no_w0 = lora_run("x", w0=False)
-    assert analysis.geometry_table(no_w0).empty
+    result = analysis.analyze(no_w0, ("intruders", "magnitude_direction", "amplification", "asymmetry"),
+                              health=False)
+    from lorascope.analysis import pretrained_tables as pt
+
+    columns = {"intruders": pt.INTRUDER_COLUMNS, "magnitude_direction": pt.MAGNITUDE_DIRECTION_COLUMNS,
+               "amplification": pt.AMPLIFICATION_COLUMNS}
+    for name in ("intruders", "magnitude_direction", "amplification"):
+        assert result.tables[name].empty and list(result.tables[name].columns) == list(columns[name])
+        assert f"{name}: no W0 recorded (record with --set record.base_weights=true) in 2 modules of run 'x'" \
+            in result.notes
+    assert len(result.notes) == 3 and len(result.tables["asymmetry"]) == 2 * 2 * 6  # A and B, 2 modules
 
 
 def test_similarity_table(runs):

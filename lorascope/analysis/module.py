@@ -199,6 +199,44 @@ class ModuleAnalysis:
         is not ΔW (an init that rewrote the base)."""
         return {m: d["singular_values"] for m, d in self.result("lowrank").items()}
 
+    # --- the pretrained weight, for the tables of the update's geometry against it ---
+
+    @cached_property
+    def pretrained(self) -> np.ndarray | None:
+        """W_pretrained (out, in) in float64, or None when the recording holds no W0."""
+        W0 = getattr(self.module, "W0", None)
+        if W0 is None:
+            return None
+        return _update.pretrained_weight(W0, self.kind, self.compensated, self.scaling, self.A[0], self.B[0])
+
+    @cached_property
+    def pretrained_svd(self):
+        """W_pretrained's thin SVD, computed once per module for every snapshot and table."""
+        from lorascope.analysis import intruders as _intruders
+
+        return _intruders.pretrained_svd(self.pretrained)
+
+    def update_factors(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """ΔW at the snapshots in memory `idx` as float64 factors P (n, out, q), Q (n, q, in)."""
+        return _lowrank.update_factors(self.A[idx], self.B[idx], self.scaling, (self.A[0], self.B[0]),
+                                       self.compensated)
+
+    def lora_factors(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The adapter's product s·B·A at `idx` as float64 factors (s·B, A)."""
+        return _lowrank.update_factors(self.A[idx], self.B[idx], self.scaling)
+
+    @property
+    def dora(self) -> bool:
+        return getattr(self.module, "magnitude", None) is not None
+
+    def magnitude(self, idx: np.ndarray) -> tuple[np.ndarray | None, str]:
+        """DoRA's magnitude vectors (n, out or in) at the snapshots in memory `idx` and which norm
+        they rescale ('row' or 'column'); (None, 'row') for LoRA."""
+        if not self.dora:
+            return None, "row"
+        norm = str(getattr(self.module, "magnitude_norm", "") or "row")
+        return np.asarray(self.module.magnitude[self.index[idx]], dtype=np.float64), norm
+
     @property
     def products(self) -> tuple[str, ...]:
         """The low-rank products the tables report: ΔW, and "BA" where it differs from ΔW."""

@@ -11,19 +11,13 @@ import numpy as np
 import pandas as pd
 
 from lorascope.analysis import TABLES
-from lorascope.analysis import geometry as _geo
 from lorascope.analysis import spectra as _spectra
 from lorascope.analysis import stats as _stats
 from lorascope.analysis.builders import PerRun, evenly_spaced
 from lorascope.analysis.module import HEALTH_NEEDS, ModuleAnalysis
-from lorascope.analysis.options import KEYS
 from lorascope.analysis.selection import evenly
 
-__all__ = ["stats_rows", "spectra_rows", "singular_value_rows", "fit_rows", "geometry_rows", "GEOMETRY_COLUMNS"]
-
-GEOMETRY = ("w0_projection", "amplification", "dora_magnitude", "dora_direction")
-# a recording without W0 has no geometry rows, and still these columns
-GEOMETRY_COLUMNS = (*KEYS, *GEOMETRY)
+__all__ = ["stats_rows", "spectra_rows", "singular_value_rows", "fit_rows"]
 
 def stats_rows(ma: ModuleAnalysis) -> list[pd.DataFrame]:
     """Moments, quantiles, norms, distance from the first snapshot, update size and cosine of
@@ -187,31 +181,7 @@ def fit_rows(ma: ModuleAnalysis) -> list[pd.DataFrame]:
     return frames
 
 
-def geometry_rows(ma: ModuleAnalysis) -> list[pd.DataFrame]:
-    """ΔW against W0 (when recorded) at up to `geometry_steps` (else `max_steps`) snapshots."""
-    W0 = getattr(ma.module, "W0", None)
-    if W0 is None:
-        return []
-    W0 = np.asarray(W0, dtype=np.float64)
-    idx = ma.evenly(_geometry_steps(ma.options))
-    A, B = ma.A[idx].astype(np.float64), ma.B[idx].astype(np.float64)
-    ok = np.isfinite(A).all(axis=(1, 2)) & np.isfinite(B).all(axis=(1, 2))
-    cols = {k: np.full(len(idx), np.nan) for k in GEOMETRY}
-    if ok.any():
-        U, S, V = _spectra.delta_w_svd(A[ok], B[ok], ma.scaling)
-        proj = _geo.w0_projection(W0, U, V, np.sqrt((S**2).sum(axis=1)))
-        dora = _geo.dora_change(W0, A[ok], B[ok], ma.scaling)
-        for k, v in {**proj, **dora}.items():
-            cols[k][ok] = v
-    return [ma.frame("dW", cols, idx)]
-
-
-def _geometry_steps(o) -> int | None:
-    return o.max_steps if o.geometry_steps is None else o.geometry_steps
-
-
 TABLES.register("stats")(PerRun(stats_rows, HEALTH_NEEDS))
 TABLES.register("spectra")(PerRun(spectra_rows, ("lowrank",)))
 TABLES.register("singular_values")(PerRun(singular_value_rows, ("lowrank",)))
 TABLES.register("fits")(PerRun(fit_rows, ("fits",), evenly_spaced(lambda o: o.fit_steps)))
-TABLES.register("geometry")(PerRun(geometry_rows, (), evenly_spaced(_geometry_steps), GEOMETRY_COLUMNS))
