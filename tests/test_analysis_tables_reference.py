@@ -81,3 +81,122 @@ def test_similarity_between_runs_says_rank_deficient():
     assert one.status.item() == "ok"
     assert one.phi.item() == pytest.approx(_phi(runs[0].modules[NAME].B[-1], runs[1].modules[NAME].B[-1], "B", 1, 1),
                                            rel=1e-6)
+
+
+# --- the tables against W0 and between the factors, from the dense matrices ---
+
+def _dense_update(m, compensated: bool) -> np.ndarray:
+    A, B = m.A.astype(np.float64), m.B.astype(np.float64)
+    BA = m.scaling * (B @ A)
+    return BA - BA[0] if compensated else BA
+
+
+def _left(W: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    U, s, _ = sla.svd(W, full_matrices=False)
+    return U, s
+
+
+DEFECTS = [dict(), dict(nan_at=3), dict(inf_at=2), dict(zero_a_at=4), dict(B_rank1_from=5)]
+
+
+@pytest.mark.parametrize("init", ["kaiming_uniform", "svd"])
+@pytest.mark.parametrize("defect", DEFECTS, ids=["clean", "nan_A", "inf_B", "zero_A", "rank1_B"])
+def test_intruders_amplification_magnitude_direction_against_dense(init, defect):
+    rec = _run(init=init, **defect)
+    m = rec.modules[NAME]
+    o = analysis.Options(max_steps=None, intruder_k=4, intruder_epsilon=0.6)
+    got = analysis.analyze(rec, ("intruders", "amplification", "magnitude_direction"), o, health=False).tables
+    W0 = m.W0.astype(np.float64)  # lorascope's layer records the pretrained weight itself
+    dW = _dense_update(m, compensated=init == "svd")
+    fin = np.isfinite(dW).all(axis=(1, 2))
+    U0, _ = _left(W0)
+    intr, amp, md = got["intruders"], got["amplification"], got["magnitude_direction"]
+    assert len(intr) == len(amp) == len(md) == len(dW)
+    dm, dd = np.full(len(dW), np.nan), np.full(len(dW), np.nan)
+    for t in range(len(dW)):
+        if not fin[t]:
+            assert intr.status.iloc[t] == "nonfinite" and intr["count"].iloc[t] == 0
+            assert np.isnan(intr.worst_similarity.iloc[t]) and amp.status.iloc[t] == "nonfinite"
+            assert np.isnan(md.magnitude_change.iloc[t]) and np.isnan(md.direction_change.iloc[t])
+            continue
+        W = W0 + dW[t]
+        U, _ = _left(W)
+        sim = np.abs(U[:, :4].T @ U0).max(axis=1)
+        assert intr["count"].iloc[t] == (sim < 0.6).sum()
+        assert intr.worst_similarity.iloc[t] == pytest.approx(sim.min(), rel=1e-6)
+        # amplification: ΔW's top-r directions
+        Ud, sd, Vdt = sla.svd(dW[t], full_matrices=False)
+        rank = int((sd > max(OUT, IN) * np.finfo(np.float32).eps * sd[0]).sum()) if sd[0] > 0 else 0
+        if rank == 0:
+            assert amp.status.iloc[t] == "zero" and np.isnan(amp.amplification.iloc[t])
+        elif rank < R:
+            assert amp.status.iloc[t] == "rank_deficient" and np.isnan(amp.amplification.iloc[t])
+        else:
+            proj = np.linalg.norm(Ud[:, :R].T @ W0 @ Vdt[:R].T)
+            assert amp.status.iloc[t] == "ok"
+            assert amp.projection.iloc[t] == pytest.approx(proj, rel=1e-6)
+            assert amp.amplification.iloc[t] == pytest.approx(np.linalg.norm(dW[t]) / proj, rel=1e-6)
+            base = R * np.linalg.norm(W0) / np.sqrt(OUT * IN)
+            assert amp.random_amplification.iloc[t] == pytest.approx(np.linalg.norm(dW[t]) / base, rel=1e-6)
+        assert amp.frobenius.iloc[t] == pytest.approx(np.linalg.norm(dW[t]), rel=1e-6, abs=1e-12)
+        # DoRA's magnitude and direction change, per output row
+        n0, n1 = np.linalg.norm(W0, axis=1), np.linalg.norm(W, axis=1)
+        dm[t] = np.abs(n1 - n0).mean()
+        dd[t] = (1 - (W * W0).sum(axis=1) / (n0 * n1)).mean()
+    np.testing.assert_allclose(md.magnitude_change, dm, rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(md.direction_change, dd, rtol=1e-6, atol=1e-12)
+    # ΔW = 0 (step 0) is the origin of both series, not an observation
+    with np.errstate(invalid="ignore"):
+        moved = np.abs(dW).max(axis=(1, 2)) > 0
+    keep = np.isfinite(dm) & np.isfinite(dd) & moved
+    assert md.correlation.iloc[0] == pytest.approx(np.corrcoef(dm[keep], dd[keep])[0, 1], rel=1e-6)
+    assert (md.correlation == md.correlation.iloc[0]).all()
+
+
+@pytest.mark.parametrize("defect", DEFECTS, ids=["clean", "nan_A", "inf_B", "zero_A", "rank1_B"])
+def test_asymmetry_against_dense(defect):
+    rec = _run(init="svd", **defect)
+    m = rec.modules[NAME]
+    got = analysis.asymmetry_table(rec)
+    for matrix, X in (("A", m.A), ("B", m.B)):
+        rows = got[got.matrix == matrix]
+        X = X.astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            dist = np.linalg.norm(X - X[0], axis=(1, 2))
+        dist = np.where(np.isfinite(dist), dist, np.nan)  # NaN/Inf has no distance
+        np.testing.assert_allclose(rows.distance, dist, rtol=1e-6, atol=1e-12)
+        np.testing.assert_allclose(rows.relative, dist / np.linalg.norm(X[0]), rtol=1e-6, atol=1e-12)
+        assert list(rows.status) == ["ok" if np.isfinite(d) else "nonfinite" for d in dist]
+    rows = got[got.matrix == "A"]
+    A = m.A.astype(np.float64)
+    for t in range(len(A)):
+        if not np.isfinite(A[t]).all():
+            assert rows.phi_status.iloc[t] == "nonfinite" and np.isnan(rows.phi.iloc[t])
+        elif not A[t].any():
+            assert rows.phi_status.iloc[t] == "zero" and np.isnan(rows.phi.iloc[t])
+        else:
+            assert rows.phi_status.iloc[t] == "ok"
+            assert rows.phi.iloc[t] == pytest.approx(_phi(A[t], A[0], "A", R, R), rel=1e-6)
+
+
+def test_b_starting_at_zero_has_no_relative_distance():
+    got = analysis.asymmetry_table(_run())
+    b = got[got.matrix == "B"]
+    assert (b.status == "zero_init").all() and b.relative.isna().all() and (b.init_norm == 0).all()
+
+
+def test_a_nonfinite_factor_leaves_the_other_factors_numbers_in_the_tables():
+    rec = _run(nan_at=3, inf_at=5)
+    m = rec.modules[NAME]
+    got = analysis.analyze(rec, ("stats", "spectra"), health=False).tables
+    stats, spectra = got["stats"], got["spectra"]
+    for matrix, X, bad in (("A", m.A, 3), ("B", m.B, 5)):
+        rows = stats[stats.matrix == matrix].reset_index(drop=True)
+        ok = [t for t in range(len(X)) if t != bad]
+        np.testing.assert_allclose(rows.spectral_norm[ok], [np.linalg.norm(X[t].astype(np.float64), 2) for t in ok],
+                                   rtol=1e-6, atol=1e-12)
+        assert np.isnan(rows.spectral_norm[bad])
+    dw = stats[stats.matrix == "dW"].reset_index(drop=True)
+    assert np.isnan(dw.frobenius[3]) and np.isnan(dw.frobenius[5]) and dw.status[3] == "nonfinite"
+    sp = spectra[spectra.matrix == "B"].reset_index(drop=True)
+    assert np.isfinite(sp.spectral_norm[3])  # A's NaN does not blank B
