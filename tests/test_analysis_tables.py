@@ -203,6 +203,24 @@ def test_cli_writes_tables_and_prints_findings(tmp_path, monkeypatch):
     assert len(pd.read_parquet(one)) == len(stats[stats.run == "a"])
 
 
+def test_cli_writes_the_tables_against_w0_and_notes_a_run_without_it(tmp_path, monkeypatch):
+    recs = {"a.h5": lora_run("a"), "bare.h5": lora_run("bare", w0=False)}
+    for name in recs:
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.setattr(lorascope, "open", lambda p, **k: recs[p.name])
+    out = tmp_path / "t.csv"
+    tables = "intruders,magnitude_direction,amplification,asymmetry"
+    r = CliRunner().invoke(app, ["analyze", str(tmp_path / "a.h5"), str(tmp_path / "bare.h5"), "-o", str(out),
+                                 "--tables", tables, "--intruder-k", "3", "--intruder-epsilon", "0.9", "--no-health"])
+    assert r.exit_code == 0, r.output
+    intr = pd.read_csv(tmp_path / "t.intruders.csv")
+    assert set(intr.run) == {"a"} and (intr.k == 3).all() and (intr.epsilon == 0.9).all()
+    for name in tables.split(",")[1:]:
+        assert len(pd.read_csv(tmp_path / f"t.{name}.csv")) > 0
+    assert "note: amplification: no W0 recorded (record with --set record.base_weights=true) in 2 modules of " \
+           "run 'bare'" in r.output
+
+
 @pytest.mark.parametrize("args, message", [
     (["--tables", "bogus"], "unknown table bogus"),
     (["-o", "x.txt"], "must end in .csv or .parquet"),
