@@ -200,3 +200,45 @@ def test_a_nonfinite_factor_leaves_the_other_factors_numbers_in_the_tables():
     assert np.isnan(dw.frobenius[3]) and np.isnan(dw.frobenius[5]) and dw.status[3] == "nonfinite"
     sp = spectra[spectra.matrix == "B"].reset_index(drop=True)
     assert np.isfinite(sp.spectral_norm[3])  # A's NaN does not blank B
+
+
+@pytest.mark.parametrize("norm", ["row", "column"])
+def test_dora_delta_w_is_the_change_of_the_effective_weight(norm):
+    rec = _run(nan_at=3)
+    m = rec.modules[NAME]
+    rng = np.random.default_rng(7)
+    W0 = m.W0.astype(np.float64)
+    base = np.linalg.norm(W0, axis=1 if norm == "row" else 0)
+    m.magnitude = (base * (1 + 0.05 * rng.normal(size=(len(m.A), len(base))))).astype(np.float32)
+    m.magnitude_norm = norm
+    got = analysis.analyze(rec, ("stats", "singular_values", "magnitude_direction"), health=False).tables
+    stats, sv = got["stats"], got["singular_values"]
+    dW, BA = [], m.scaling * (m.B.astype(np.float64) @ m.A.astype(np.float64))
+    for t in range(len(m.A)):  # the reader's delta_w, in float64
+        V = W0 + BA[t]
+        mag = m.magnitude[t].astype(np.float64)
+        with np.errstate(invalid="ignore"):
+            W = V * (mag / np.linalg.norm(V, axis=1))[:, None] if norm == "row" else V * (mag / np.linalg.norm(V, axis=0))
+        dW.append(W - W0)
+    dW = np.array(dW)
+    rows = stats[stats.matrix == "dW"].reset_index(drop=True)
+    ok = [t for t in range(len(dW)) if t != 3]
+    np.testing.assert_allclose(rows.frobenius[ok], np.linalg.norm(dW[ok], axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(rows["mean"][ok], dW[ok].mean(axis=(1, 2)), rtol=1e-6)
+    np.testing.assert_allclose(rows.distance_from_first[ok], np.linalg.norm(dW[ok] - dW[0], axis=(1, 2)), rtol=1e-6,
+                               atol=1e-12)
+    np.testing.assert_allclose(rows.update_size[[1, 2, 5, 6]],
+                               [np.linalg.norm(dW[t] - dW[t - 1]) for t in (1, 2, 5, 6)], rtol=1e-6)
+    assert rows.status[3] == "nonfinite" and np.isnan(rows.update_size[4])
+    last = sv[(sv.matrix == "dW") & (sv.step == sv.step.max())].sort_values("index")
+    np.testing.assert_allclose(last.value, sla.svd(dW[-1], compute_uv=False), rtol=1e-6, atol=1e-12)
+    ba = stats[stats.matrix == "BA"].reset_index(drop=True)
+    np.testing.assert_allclose(ba.frobenius[ok], np.linalg.norm(BA[ok], axis=(1, 2)), rtol=1e-6)
+    # DoRA's magnitude and direction change reads the recorded magnitude
+    md = got["magnitude_direction"].reset_index(drop=True)
+    axis = 1 if norm == "row" else 0
+    W = W0 + dW[-1]
+    n0, n1 = np.linalg.norm(W0, axis=axis), np.linalg.norm(W, axis=axis)
+    cos = (W * W0).sum(axis=axis) / (n0 * n1)
+    assert md.magnitude_change.iloc[-1] == pytest.approx(np.abs(n1 - n0).mean(), rel=1e-6)
+    assert md.direction_change.iloc[-1] == pytest.approx((1 - cos).mean(), rel=1e-6)

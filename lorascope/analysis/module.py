@@ -136,8 +136,7 @@ class ModuleAnalysis:
         o, A, B = self.options, self.A, self.B
         return {
             # singular values of A, B, ΔW and ΔW's dynamics share one pass over the pair
-            "lowrank": Job(lambda sl: _lowrank.lora_matrices(A[back(sl)], B[back(sl)], self.scaling, (A[0], B[0]),
-                                                             self.compensated), LOOKBACK),
+            "lowrank": Job(lambda sl: self._low_rank(back(sl)), LOOKBACK),
             "fits:B": Job(lambda sl: self._fit("B")),
             "fits:A": Job(lambda sl: self._fit("A")),
             "moments:B": Job(lambda sl: _stats.moments(B[sl], o.quantiles, o.quantile_samples), 0),
@@ -145,6 +144,23 @@ class ModuleAnalysis:
             "moments:A": Job(lambda sl: _stats.moments(A[sl], o.quantiles, o.quantile_samples), 0),
             "dynamics:A": Job(lambda sl: _stats.dynamics(A[back(sl)], A[0]), LOOKBACK),
         }
+
+    def _low_rank(self, sl: slice) -> dict[str, dict[str, np.ndarray]]:
+        """What the tables read off the pair at the snapshots `sl`, per matrix (A, B, dW and BA
+        where it is not ΔW): low-rank for LoRA; for DoRA ΔW = W_eff − W0 is formed (dora.py)
+        and BA is the LoRA part s·B·A."""
+        A, B = self.A, self.B
+        got = _lowrank.lora_matrices(A[sl], B[sl], self.scaling, (A[0], B[0]), self.compensated and not self.dora)
+        if self.dora:
+            from lorascope.analysis import dora as _dora
+
+            if self.pretrained is None:
+                raise RecordingError(f"the DoRA module {self.name!r} of run {self.run!r} has no W0, which its ΔW "
+                                     "needs; the file is incomplete, record the run again")
+            m, norm = self._magnitudes
+            got["BA"] = got["dW"]
+            got["dW"] = _dora.dora_update(self.pretrained, A[sl], B[sl], self.scaling, m[sl], norm, (A[0], B[0], m[0]))
+        return got
 
     def _fit(self, matrix: str):
         # Fits cost ~1 ms per snapshot: evenly spaced snapshots keep a long run's 'uniform at
@@ -229,18 +245,24 @@ class ModuleAnalysis:
     def dora(self) -> bool:
         return getattr(self.module, "magnitude", None) is not None
 
+    @cached_property
+    def _magnitudes(self) -> tuple[np.ndarray, str]:
+        """DoRA's magnitude vectors at every snapshot in memory, read once, and their norm."""
+        norm = str(getattr(self.module, "magnitude_norm", "") or "row")
+        return np.asarray(self.module.magnitude[self.index], dtype=np.float64), norm
+
     def magnitude(self, idx: np.ndarray) -> tuple[np.ndarray | None, str]:
         """DoRA's magnitude vectors (n, out or in) at the snapshots in memory `idx` and which norm
         they rescale ('row' or 'column'); (None, 'row') for LoRA."""
         if not self.dora:
             return None, "row"
-        norm = str(getattr(self.module, "magnitude_norm", "") or "row")
-        return np.asarray(self.module.magnitude[self.index[idx]], dtype=np.float64), norm
+        m, norm = self._magnitudes
+        return m[idx], norm
 
     @property
     def products(self) -> tuple[str, ...]:
         """The low-rank products the tables report: ΔW, and "BA" where it differs from ΔW."""
-        return ("dW", "BA") if self.compensated else ("dW",)
+        return ("dW", "BA") if self.compensated or self.dora else ("dW",)
 
     @cached_property
     def spectrum(self) -> dict[str, dict[str, np.ndarray]]:
