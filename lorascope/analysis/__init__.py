@@ -24,7 +24,8 @@ TABLES: Registry = Registry("analysis table", declared={
     "singular_values": "every singular value of A, B and ΔW per snapshot",
     "fits": "distribution families fitted to A and B at evenly spaced snapshots, each fit's method",
     "intruders": "intruder dimensions of W0 + ΔW against W0 per snapshot (needs W0)",
-    "magnitude_direction": "DoRA's magnitude and direction change against W0 per snapshot, their correlation (needs W0)",
+    "magnitude_direction": "DoRA's magnitude and direction change against W0 per snapshot, and their correlation "
+                           "(needs W0)",
     "amplification": "how ΔW amplifies directions of W0 per snapshot, with the random baseline (needs W0)",
     "asymmetry": "how far A and B move from their init, and how much of A's row space stays",
     "similarity": "subspace similarity φ of A and B against the final snapshot and between runs",

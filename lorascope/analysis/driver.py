@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Analysis", "analyze", "stats_table", "fits_table", "spectra_table", "singular_values_table",
-    "intruders_table", "magnitude_direction_table", "amplification_table", "asymmetry_table", "similarity_table", "histogram_table", "step_histogram_table", "health_findings",
+    "intruders_table", "magnitude_direction_table", "amplification_table", "asymmetry_table",
+    "similarity_table", "histogram_table", "step_histogram_table", "health_findings",
 ]
 
 

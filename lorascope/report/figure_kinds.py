@@ -2,4 +2,5 @@
 registry's provider): the distribution figures, the spectral ones and those against W0."""
 from __future__ import annotations
 
-from lorascope.report import module_figures, pretrained_figures, spectral_figures  # noqa: F401 - they register themselves
+# they register themselves
+from lorascope.report import module_figures, pretrained_figures, spectral_figures  # noqa: F401
