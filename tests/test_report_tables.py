@@ -165,9 +165,12 @@ def test_summary_rows_are_table_rows_and_equal_numpy(report):
         dw = lambda table: t[table][(t[table].run == run) & (t[table].matrix == "dW") & (t[table].step == last)]  # noqa: E731
         assert row["final ‖ΔW‖_F"] == dw("stats").frobenius.iloc[0]
         assert row["final effective rank of ΔW"] == dw("spectra").effective_rank.iloc[0]
-        assert row["amplification (needs W0)"] == dw("geometry").amplification.iloc[0]
+        assert row["amplification (needs W0)"] == dw("amplification").amplification.iloc[0]
         W = m.delta_w(-1).astype(np.float64)  # the independent reference
         assert row["final ‖ΔW‖_F"] == pytest.approx(np.linalg.norm(W), rel=1e-6)
+        U, _, Vt = np.linalg.svd(W)
+        proj = np.linalg.norm(U[:, :m.rank].T @ m.W0.astype(np.float64) @ Vt[:m.rank].T)
+        assert row["amplification (needs W0)"] == pytest.approx(np.linalg.norm(W) / proj, rel=1e-6)
         s = np.linalg.svd(W, compute_uv=False)[:m.rank]
         p = s / s.sum()  # Roy & Vetterli: the entropy of the normalised singular values
         assert row["final effective rank of ΔW"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-5)
