@@ -26,7 +26,8 @@ def runs():
 
 def test_every_declared_table_is_implemented_and_described():
     analysis.TABLES.load()  # raises if a declared table has no implementation
-    assert analysis.TABLES.names()[:5] == ["stats", "spectra", "singular_values", "fits", "geometry"]
+    assert analysis.TABLES.names()[:8] == ["stats", "spectra", "singular_values", "fits", "intruders",
+                                           "magnitude_direction", "amplification", "asymmetry"]
     assert {"similarity", "histograms", "step_histograms", "family_changes", "findings"} <= set(analysis.TABLES)
     assert all(analysis.TABLES.description(n) for n in analysis.TABLES.names())
 
@@ -112,14 +113,15 @@ def test_rows_keep_the_order_of_runs_then_modules(runs):
 
 
 def test_reading_only_what_the_tables_read_changes_no_number(runs, monkeypatch):
-    """Asked only for tables that read a few snapshots (fits, geometry, similarity, histograms),
+    """Asked only for tables that read a few snapshots (fits, the tables against W0, similarity,
+    histograms),
     analyze reads just those; the numbers equal those of reading every snapshot."""
     reads = []
     read = driver.read_series
     monkeypatch.setattr(driver, "read_series", lambda module, buffers=None, index=None:
                         reads.append(None if index is None else len(index)) or read(module, buffers, index))
     o = analysis.Options(fit_steps=3, max_steps=4, fit_samples=64)
-    names = ("fits", "geometry", "similarity", "histograms")
+    names = ("fits", "intruders", "magnitude_direction", "amplification", "similarity", "histograms")
     sampled = analysis.analyze(runs, names, o, health=False)
     assert reads and all(n is not None and n <= 7 for n in reads)  # of 9 snapshots
     reads.clear()
@@ -173,7 +175,8 @@ def test_a_read_time_sample_gives_the_numbers_of_a_recording_of_only_those_snaps
     rec = lora_run("long", T=40, seed=3)
     index = evenly(40, 9)
     o = analysis.Options(read_steps=9, fit_samples=64, max_steps=None)
-    names = ("stats", "spectra", "singular_values", "fits", "geometry", "similarity", "histograms")
+    names = ("stats", "spectra", "singular_values", "fits", "intruders", "magnitude_direction", "amplification",
+             "asymmetry", "similarity", "histograms")
     got = analysis.analyze(rec, names, o)
     want = analysis.analyze(_holding(rec, index), names, dataclasses.replace(o, read_steps=None))
     for name in names:

@@ -101,10 +101,6 @@ def test_float16_series_equal_their_float64_upcast():
     s16 = spectra.lora_singular_values(A16, B16, 0.5)
     for k in sv64:
         np.testing.assert_allclose(s16[k], sv64[k], rtol=1e-6, err_msg=k)
-    U, S, V = spectra.delta_w_svd(A16, B16, 0.5)
-    U64, S64, V64 = spectra.delta_w_svd(A64, B64, 0.5)
-    np.testing.assert_allclose(S, S64, rtol=1e-6)
-    np.testing.assert_allclose(U @ (S[..., None] * V.transpose(0, 2, 1)), W, atol=1e-6 * np.abs(W).max())
 
 
 @pytest.mark.parametrize("where, bad", [("A", np.nan), ("B", np.inf)])

@@ -32,7 +32,7 @@ def recording(tmp_path_factory):
 
 def test_tables_from_a_real_recording(recording):
     with lorascope.open(recording) as rec:
-        result = analysis.analyze(rec, ("stats", "spectra", "geometry"))
+        result = analysis.analyze(rec, ("stats", "spectra", "amplification"))
         name = next(iter(rec.modules))
         m = rec.modules[name]
         W_last = m.delta_w(-1).astype(np.float64)
@@ -42,7 +42,7 @@ def test_tables_from_a_real_recording(recording):
     row = stats[(stats.module == name) & (stats.matrix == "dW") & (stats.step == steps[-1])].iloc[0]
     assert row.frobenius == pytest.approx(np.linalg.norm(W_last), rel=1e-5)
     assert row.spectral_norm == pytest.approx(np.linalg.norm(W_last, 2), rel=1e-5)
-    assert len(result.tables["geometry"]) == len(steps) * stats.module.nunique()
+    assert len(result.tables["amplification"]) == len(steps) * stats.module.nunique()
     assert result.findings == []  # B moves, A moves, nothing blows up in 4 steps
 
 

@@ -55,12 +55,36 @@ def test_fits_table_flags_zero_b_and_finds_uniform_a(runs):
     assert ((changes.matrix == "B") & (changes.step == 5) & (changes.before == "zero")).sum() == 2
 
 
-def test_geometry_table_only_with_w0(runs):
-    g = analysis.geometry_table(runs[0])
+def test_fits_table_names_each_fits_method_and_ranks_only_maximum_likelihood_fits(runs):
+    df = analysis.fits_table(runs[0], analysis.Options(fit_samples=None))
+    fitted = df[df.status == "ok"]
+    assert set(fitted["method"]) <= {"mle", "bounded", "not_converged"} and "mle" in set(fitted["method"])
+    assert df[df.status != "ok"]["method"].isna().all()
+    best = fitted[fitted.best]
+    assert (best["method"] == "mle").all()
+    # the best family has the lowest BIC among the snapshot's maximum-likelihood fits
+    for (_, _, _), snap in fitted.groupby(["module", "matrix", "step"]):
+        exact = snap[snap["method"] == "mle"]
+        assert snap[snap.best].family.item() == exact.loc[exact.bic.idxmin(), "family"]
+
+
+def test_tables_against_w0_only_with_w0_and_a_note_without(runs):
+    g = analysis.amplification_table(runs[0])
     assert set(g.matrix) == {"dW"} and len(g) == 12
-    assert g[g.step == 0].w0_projection.isna().all() and (g[g.step > 0].amplification > 0).all()
+    assert (g[g.step == 0].status == "zero").all() and g[g.step == 0].amplification.isna().all()
+    assert (g[g.step > 0].amplification > 0).all()
     no_w0 = lora_run("x", w0=False)
-    assert analysis.geometry_table(no_w0).empty
+    result = analysis.analyze(no_w0, ("intruders", "magnitude_direction", "amplification", "asymmetry"),
+                              health=False)
+    from lorascope.analysis import pretrained_tables as pt
+
+    columns = {"intruders": pt.INTRUDER_COLUMNS, "magnitude_direction": pt.MAGNITUDE_DIRECTION_COLUMNS,
+               "amplification": pt.AMPLIFICATION_COLUMNS}
+    for name in ("intruders", "magnitude_direction", "amplification"):
+        assert result.tables[name].empty and list(result.tables[name].columns) == list(columns[name])
+        assert f"{name}: no W0 recorded (record with --set record.base_weights=true) in 2 modules of run 'x'" \
+            in result.notes
+    assert len(result.notes) == 3 and len(result.tables["asymmetry"]) == 2 * 2 * 6  # A and B, 2 modules
 
 
 def test_similarity_table(runs):
@@ -177,6 +201,24 @@ def test_cli_writes_tables_and_prints_findings(tmp_path, monkeypatch):
     r = CliRunner().invoke(app, ["analyze", str(tmp_path / "a.h5"), "-o", str(one), "--no-health"])
     assert r.exit_code == 0, r.output
     assert len(pd.read_parquet(one)) == len(stats[stats.run == "a"])
+
+
+def test_cli_writes_the_tables_against_w0_and_notes_a_run_without_it(tmp_path, monkeypatch):
+    recs = {"a.h5": lora_run("a"), "bare.h5": lora_run("bare", w0=False)}
+    for name in recs:
+        (tmp_path / name).write_bytes(b"")
+    monkeypatch.setattr(lorascope, "open", lambda p, **k: recs[p.name])
+    out = tmp_path / "t.csv"
+    tables = "intruders,magnitude_direction,amplification,asymmetry"
+    r = CliRunner().invoke(app, ["analyze", str(tmp_path / "a.h5"), str(tmp_path / "bare.h5"), "-o", str(out),
+                                 "--tables", tables, "--intruder-k", "3", "--intruder-epsilon", "0.9", "--no-health"])
+    assert r.exit_code == 0, r.output
+    intr = pd.read_csv(tmp_path / "t.intruders.csv")
+    assert set(intr.run) == {"a"} and (intr.k == 3).all() and (intr.epsilon == 0.9).all()
+    for name in tables.split(",")[1:]:
+        assert len(pd.read_csv(tmp_path / f"t.{name}.csv")) > 0
+    assert "note: amplification: no W0 recorded (record with --set record.base_weights=true) in 2 modules of " \
+           "run 'bare'" in r.output
 
 
 @pytest.mark.parametrize("args, message", [

@@ -63,8 +63,9 @@ def test_report_files_exist_and_are_valid(runs, tmp_path):
     assert index == out / "index.html"
     page = _parse(out / "index.html")
     images = [attrs["src"] for tag, attrs in page.tags if tag == "img"]
-    # training + per module: 2 histograms, 2 heatmaps, moments, fits, spectrum, similarity
-    assert len(images) == 1 + 2 * 8
+    # training + per module: 2 histograms, 2 heatmaps, moments, fits, spectrum, similarity,
+    # intruders, magnitude_direction, amplification, asymmetry
+    assert len(images) == 1 + 2 * 12
     for src in images:
         png = out / src
         assert png.parent == out and png.read_bytes()[:8] == PNG_MAGIC

@@ -23,14 +23,14 @@ from lorascope.report.html import FigureRef, ModuleBlock, ModuleGroup, Page, ren
 from lorascope.report.paths import default_report_name, inside, safe_name
 from lorascope.report.spectral_figures import final_similarity
 from lorascope.report.summary import normal_from, summary_rows
-from lorascope.report.view import histogram_steps, module_view, panel_steps, report_options
+from lorascope.report.view import SUMMARY_TABLES, histogram_steps, module_view, panel_steps, report_options
 from report_fakes import fake_recording
 
 
 def _view(recs, name, max_steps=8, kinds=None):
     """A module as the report sees it: the analysis tables its figures and summary read."""
     tables = {t for k in (kinds or MODULE_FIGURES.names()) for t in MODULE_FIGURES.get(k).tables}
-    tables |= {"stats", "spectra", "fits", "geometry"}
+    tables |= set(SUMMARY_TABLES)
     return module_view(recs, name, sorted(tables), report_options(max_steps, 16, panel_steps(recs)))
 
 
@@ -243,18 +243,20 @@ def test_report_survives_nan_weights(tmp_path):
     bad.modules["h.0.attn.c_attn"].B[-1, 0, 0] = np.inf
     index = build_report([good, bad], tmp_path, max_modules=1)
     html = index.read_text(encoding="utf-8")
-    assert len(list(tmp_path.glob("*.png"))) == 1 + 8
+    # the training figure, then the module's: 8 of A and B's distributions and ΔW's spectrum, 4
+    # of the update against W0 and between the factors
+    assert len(list(tmp_path.glob("*.png"))) == 1 + 8 + 4
     assert "NaN/Inf values in A" in html
 
 
 def test_report_of_runs_without_w0(tmp_path):
-    """No W0 recorded: no geometry rows, and the summary says the amplification is missing."""
+    """No W0 recorded: no amplification rows, and the summary says the amplification is missing."""
     from lorascope.report import build_report
 
     runs = [fake_recording("a", with_w0=False), fake_recording("b", seed=1, with_w0=False)]
     index = build_report(runs, tmp_path, max_modules=1, figure_kinds=["moments"])
     view = _view(runs, "h.0.attn.c_attn", kinds=["moments"])
-    assert view.tables["geometry"].empty and "amplification" in view.tables["geometry"].columns
+    assert view.tables["amplification"].empty and "amplification" in view.tables["amplification"].columns
     rows = summary_rows(view)
     assert all(np.isnan(r["amplification (needs W0)"]) and r["final ‖ΔW‖_F"] > 0 for r in rows)
     assert "amplification (needs W0)" in index.read_text(encoding="utf-8")

@@ -111,7 +111,22 @@ def test_fits_figure_draws_the_fits_table(report):
         for run, (x, y) in _lines(panels.axes[i, 1]).items():
             rows = fits[(fits.run == run) & (fits.matrix == matrix) & (fits.family == "gennorm")]
             np.testing.assert_array_equal(x, rows.step)
-            np.testing.assert_array_equal(y, rows["shape"])
+            # the line is the maximum-likelihood fits' finite β; the others are marks
+            exact = (rows["method"] == "mle") & np.isfinite(rows["shape"])
+            np.testing.assert_array_equal(y, np.where(exact, rows["shape"], np.nan))
+
+
+def test_fits_figure_marks_infinite_beta_and_fits_that_are_not_maxima():
+    from lorascope.report.module_figures import _beta_marks
+
+    x = np.array([0, 5, 10, 15])
+    beta = {"a": (x, np.array([np.inf, 3.0, 1e4, 2.0]), np.array(["mle", "mle", "bounded", "not_converged"], object))}
+    line, infinite, inexact = _beta_marks(beta)
+    np.testing.assert_array_equal(line["a"][1], [np.nan, 3.0, np.nan, np.nan])
+    np.testing.assert_array_equal(infinite["a"][0], [0])
+    assert infinite["a"][1][0] > 1e4  # above every finite β drawn
+    np.testing.assert_array_equal(inexact["a"][0], [10, 15])
+    np.testing.assert_array_equal(inexact["a"][1], [1e4, 2.0])
 
 
 def test_histogram_figures_draw_the_histogram_tables(report):
@@ -150,9 +165,12 @@ def test_summary_rows_are_table_rows_and_equal_numpy(report):
         dw = lambda table: t[table][(t[table].run == run) & (t[table].matrix == "dW") & (t[table].step == last)]  # noqa: E731
         assert row["final ‖ΔW‖_F"] == dw("stats").frobenius.iloc[0]
         assert row["final effective rank of ΔW"] == dw("spectra").effective_rank.iloc[0]
-        assert row["amplification (needs W0)"] == dw("geometry").amplification.iloc[0]
+        assert row["amplification (needs W0)"] == dw("amplification").amplification.iloc[0]
         W = m.delta_w(-1).astype(np.float64)  # the independent reference
         assert row["final ‖ΔW‖_F"] == pytest.approx(np.linalg.norm(W), rel=1e-6)
+        U, _, Vt = np.linalg.svd(W)
+        proj = np.linalg.norm(U[:, :m.rank].T @ m.W0.astype(np.float64) @ Vt[:m.rank].T)
+        assert row["amplification (needs W0)"] == pytest.approx(np.linalg.norm(W) / proj, rel=1e-6)
         s = np.linalg.svd(W, compute_uv=False)[:m.rank]
         p = s / s.sum()  # Roy & Vetterli: the entropy of the normalised singular values
         assert row["final effective rank of ΔW"] == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-5)

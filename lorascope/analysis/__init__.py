@@ -15,14 +15,19 @@ from lorascope.lazy import lazy_exports
 from lorascope.registry import Registry
 
 # Every table `analyze` builds, with the one line `lorascope analyze --help` shows. The
-# implementations register themselves in tables.py (one run's module), multirun.py (a module
-# across runs) and derived.py (from other tables); catalog.py imports all three.
+# implementations register themselves in tables.py (one run's module), pretrained_tables.py (the
+# update's geometry), multirun.py (a module across runs) and derived.py (from other tables);
+# catalog.py imports all four.
 TABLES: Registry = Registry("analysis table", declared={
     "stats": "moments, quantiles, norms, distance from the first snapshot, update size and cosine per snapshot",
     "spectra": "spectral norm, effective and stable rank, top-k energy, condition number of A, B and ΔW",
     "singular_values": "every singular value of A, B and ΔW per snapshot",
-    "fits": "distribution families fitted to A and B at evenly spaced snapshots",
-    "geometry": "ΔW against W0, when recorded: projection, amplification, DoRA's change",
+    "fits": "distribution families fitted to A and B at evenly spaced snapshots, each fit's method",
+    "intruders": "intruder dimensions of W0 + ΔW against W0 per snapshot (needs W0)",
+    "magnitude_direction": "DoRA's magnitude and direction change against W0 per snapshot, and their correlation "
+                           "(needs W0)",
+    "amplification": "how ΔW amplifies directions of W0 per snapshot, with the random baseline (needs W0)",
+    "asymmetry": "how far A and B move from their init, and how much of A's row space stays",
     "similarity": "subspace similarity φ of A and B against the final snapshot and between runs",
     "histograms": "histograms of A and B on bins shared by every run and snapshot of a module",
     "step_histograms": "histograms of A and B at chosen steps, bins shared by the runs at each step",
@@ -41,7 +46,10 @@ _EXPORTS = {
     "fits_table": "lorascope.analysis.driver",
     "spectra_table": "lorascope.analysis.driver",
     "singular_values_table": "lorascope.analysis.driver",
-    "geometry_table": "lorascope.analysis.driver",
+    "intruders_table": "lorascope.analysis.driver",
+    "magnitude_direction_table": "lorascope.analysis.driver",
+    "amplification_table": "lorascope.analysis.driver",
+    "asymmetry_table": "lorascope.analysis.driver",
     "similarity_table": "lorascope.analysis.driver",
     "histogram_table": "lorascope.analysis.driver",
     "step_histogram_table": "lorascope.analysis.driver",

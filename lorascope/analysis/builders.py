@@ -61,11 +61,13 @@ class _PerRunRows(Rows):
 @dataclass(frozen=True)
 class PerRun:
     """A table whose rows come from one run's module alone; `needs` names the module's
-    computations its rows read (started together on the thread pool)."""
+    computations its rows read (started together on the thread pool); `note(ma)` says why a
+    module has no rows (a recording without W0), gathered into one note per run."""
     build: Callable  # (ModuleAnalysis) -> list[DataFrame]
     needs: tuple[str, ...] = ()
     snapshots: Snapshots = all_snapshots
     columns: tuple[str, ...] = tuple(KEYS)
+    note: Callable | None = None  # (ModuleAnalysis) -> str | None
     compares_runs = False
     sources: tuple[str, ...] = ()
     health = False

@@ -6,7 +6,7 @@ a module once its last run was added; derived tables are built at the end."""
 from __future__ import annotations
 
 from concurrent.futures import Executor, ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 import numpy as np
@@ -24,15 +24,19 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Analysis", "analyze", "stats_table", "fits_table", "spectra_table", "singular_values_table",
-    "geometry_table", "similarity_table", "histogram_table", "step_histogram_table", "health_findings",
+    "intruders_table", "magnitude_direction_table", "amplification_table", "asymmetry_table",
+    "similarity_table", "histogram_table", "step_histogram_table", "health_findings",
 ]
 
 
 
 @dataclass
 class Analysis:
+    """The tables asked for, the health findings, and `notes`: one line per table and run for
+    modules a table could not give rows for, and why (a recording without W0)."""
     tables: dict[str, pd.DataFrame]
     findings: list[_health.Finding]
+    notes: list[str] = field(default_factory=list)
 
 
 def _as_list(recs) -> list:
@@ -115,6 +119,7 @@ def analyze(
     # each run's findings: its loss first, then its modules in order
     per_run = [_loss_findings(rec, o.thresholds) if health else [] for rec in recs]
     order = {name: i for i, name in enumerate(names)}
+    noted: dict[tuple[str, str, str], int] = {}  # (table, run, why) -> modules without rows
     try:
         done, current, gatherers = 0, None, {}
         for item, series in _prefetched(todo, reader):
@@ -130,6 +135,10 @@ def analyze(
             for t, rows in gatherers.items():
                 key = (order[current],) if streamed[t].compares_runs else (item.run, item.position)
                 frames[t].extend((key, f) for f in rows.add(ma))
+                note = getattr(streamed[t], "note", None)
+                why = note(ma) if note is not None else None
+                if why:
+                    noted[(t, ma.run, why)] = noted.get((t, ma.run, why), 0) + 1
             if health:
                 # the checks see one module; the run it came from is what tells several recordings apart
                 per_run[item.run].extend(replace(f, run=ma.run) for f in _health.check_module(ma.series(), o.thresholds))
@@ -148,7 +157,8 @@ def analyze(
     for t, spec in specs.items():
         if isinstance(spec, Derived):
             built[t] = spec.build(built, findings)
-    return Analysis({t: built[t] for t in dict.fromkeys(tables)}, findings)
+    notes = [f"{t}: {why} in {n} module{'s' if n > 1 else ''} of run {run!r}" for (t, run, why), n in noted.items()]
+    return Analysis({t: built[t] for t in dict.fromkeys(tables)}, findings, notes)
 
 
 def _finish(gatherers: dict, frames: dict, key: tuple) -> None:
@@ -228,10 +238,29 @@ def fits_table(recs, options: Options | None = None) -> pd.DataFrame:
     return _one("fits", recs, options)
 
 
-def geometry_table(recs, options: Options | None = None) -> pd.DataFrame:
-    """For modules whose W0 was recorded: ‖UᵀW0V‖_F of ΔW's top-r directions, the amplification
-    factor and DoRA's magnitude/direction change, at up to `options.max_steps` snapshots."""
-    return _one("geometry", recs, options)
+def intruders_table(recs, options: Options | None = None) -> pd.DataFrame:
+    """Intruder dimensions (Shuttleworth et al. 2024) of W0 + ΔW per snapshot, for modules whose
+    W0 was recorded: how many of the top `options.intruder_k` singular vectors have no W0 vector
+    with |cos| ≥ `options.intruder_epsilon`, and the worst similarity."""
+    return _one("intruders", recs, options)
+
+
+def magnitude_direction_table(recs, options: Options | None = None) -> pd.DataFrame:
+    """DoRA's (Liu et al. 2024) magnitude change ΔM and direction change ΔD of W_eff against W0
+    per snapshot, and their correlation over the snapshots, for modules whose W0 was recorded."""
+    return _one("magnitude_direction", recs, options)
+
+
+def amplification_table(recs, options: Options | None = None) -> pd.DataFrame:
+    """The LoRA paper's amplification ‖ΔW‖_F / ‖UᵀW0V‖_F per snapshot (U, V: ΔW's top-rank
+    directions) with the random-direction baseline, for modules whose W0 was recorded."""
+    return _one("amplification", recs, options)
+
+
+def asymmetry_table(recs, options: Options | None = None) -> pd.DataFrame:
+    """Zhu et al. 2024's asymmetry per snapshot: how far A and B are from their init (absolute
+    and relative to the init's norm) and φ of A's row space against its init."""
+    return _one("asymmetry", recs, options)
 
 
 def similarity_table(recs, options: Options | None = None) -> pd.DataFrame:

@@ -1,6 +1,6 @@
 """LoRA geometry (Hu et al. 2021, arXiv 2106.09685, §7): how much the subspaces that A and B span
-overlap between steps and runs, how ΔW relates to the frozen W0, and DoRA's (Liu et al. 2024,
-arXiv 2402.09353) split of the change of W0 + ΔW into magnitude and direction."""
+overlap between steps and runs, with their numerical ranks. How ΔW relates to the pretrained W0
+is `pretrained.py` (amplification, DoRA's magnitude and direction) and `intruders.py`."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -20,8 +20,6 @@ __all__ = [
     "subspace_similarity",
     "similarity_grid",
     "random_baseline",
-    "w0_projection",
-    "dora_change",
 ]
 
 # The subspace each factor spans on the model's side: A (r×in) acts through its rows, so its
@@ -138,41 +136,3 @@ def random_baseline(dim: int, i: int, j: int) -> float:
     if not (1 <= i <= dim and 1 <= j <= dim):
         raise UsageError(f"subspace dimensions i={i}, j={j} must lie in 1..{dim}")
     return max(i, j) / dim
-
-
-def w0_projection(W0: np.ndarray, U: np.ndarray, V: np.ndarray, dw_frobenius: np.ndarray) -> dict[str, np.ndarray]:
-    """‖UᵀW0V‖_F for ΔW's top singular directions U (T, out, k), V (T, in, k), and the LoRA paper's
-    amplification factor ‖ΔW‖_F / ‖UᵀW0V‖_F: how strongly ΔW boosts directions W0 already has
-    (both NaN where ΔW = 0, the amplification also where the projection is zero)."""
-    W0 = np.asarray(W0, dtype=np.float64)
-    U, V = np.asarray(U, dtype=np.float64), np.asarray(V, dtype=np.float64)
-    if W0.ndim != 2 or U.shape[-2] != W0.shape[0] or V.shape[-2] != W0.shape[1]:
-        raise UsageError(f"W0 {W0.shape} does not match ΔW's singular vectors U {U.shape}, V {V.shape}")
-    proj = np.linalg.norm(np.swapaxes(U, -1, -2) @ W0 @ V, axis=(-2, -1))
-    dw = np.asarray(dw_frobenius, dtype=np.float64)
-    proj = np.where(dw > 0, proj, np.nan)  # ΔW = 0 has no directions: U and V would be arbitrary
-    with np.errstate(divide="ignore", invalid="ignore"):
-        amp = np.where(proj > 0, dw / proj, np.nan)
-    return {"w0_projection": proj, "amplification": amp}
-
-
-def dora_change(W0: np.ndarray, A: np.ndarray, B: np.ndarray, scaling: float) -> dict[str, np.ndarray]:
-    """DoRA's magnitude and direction change of W' = W0 + scaling·B A against W0, per output
-    feature (the rows of the (out, in) weight, as PEFT's magnitude vector):
-    ΔM = mean_o |‖W'_o‖ − ‖W0_o‖| and ΔD = mean_o (1 − cos(W'_o, W0_o)). Uses W0·Aᵀ (out×r) and
-    A·Aᵀ (r×r), never the full W'."""
-    W0 = np.asarray(W0, dtype=np.float64)
-    A, B = as_stack(A, "A").astype(np.float64), as_stack(B, "B").astype(np.float64)
-    if W0.ndim != 2 or A.shape[2] != W0.shape[1] or B.shape[1] != W0.shape[0] or A.shape[1] != B.shape[2]:
-        raise UsageError(f"W0 {W0.shape}, A {A.shape[1:]} and B {B.shape[1:]} do not fit together as W0 + B·A")
-    s = float(scaling)
-    n0 = (W0**2).sum(axis=1)                                   # (out,)
-    cross = s * np.einsum("tor,tor->to", B, W0 @ A.transpose(0, 2, 1))  # W0_o · ΔW_o
-    own = s * s * np.einsum("tor,trq,toq->to", B, A @ A.transpose(0, 2, 1), B)  # ‖ΔW_o‖²
-    n1 = np.maximum(n0 + 2 * cross + own, 0.0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        cos = np.clip((n0 + cross) / np.sqrt(n0 * n1), -1.0, 1.0)
-    live = n0 > 0  # a zero row of W0 has no direction to change
-    dm = np.abs(np.sqrt(n1) - np.sqrt(n0)).mean(axis=1)
-    dd = np.where(live, 1.0 - cos, np.nan)
-    return {"dora_magnitude": dm, "dora_direction": np.nanmean(dd, axis=1) if live.any() else np.full(len(A), np.nan)}

@@ -13,6 +13,7 @@ from lorascope.analysis import health as _health
 from lorascope.analysis import lowrank as _lowrank
 from lorascope.analysis import spectra as _spectra
 from lorascope.analysis import stats as _stats
+from lorascope.analysis import update as _update
 from lorascope.analysis.batch import Scratch
 from lorascope.analysis.jobs import LOOKBACK, Job, back, join
 from lorascope.analysis.options import Options
@@ -98,6 +99,10 @@ class ModuleAnalysis:
         attrs = getattr(module, "attrs", {}) or {}
         self.a_trainable = bool(attrs.get("a_trainable", True))
         self.b_trainable = bool(attrs.get("b_trainable", True))
+        self.kind = str(getattr(module, "kind", ""))
+        # ΔW is the update from the pretrained weight: s(B_t A_t − B_0 A_0) where the init
+        # rewrote the base (update.py), and the adapter's own product is then matrix "BA"
+        self.compensated = _update.compensated(self.kind, getattr(module, "init", ""))
 
     def held(self, picks: np.ndarray) -> np.ndarray:
         """Where in memory the sample's snapshots `picks` (positions in the sample) are."""
@@ -131,8 +136,7 @@ class ModuleAnalysis:
         o, A, B = self.options, self.A, self.B
         return {
             # singular values of A, B, ΔW and ΔW's dynamics share one pass over the pair
-            "lowrank": Job(lambda sl: _lowrank.lora_series(A[back(sl)], B[back(sl)], self.scaling, (A[0], B[0])),
-                           LOOKBACK),
+            "lowrank": Job(lambda sl: self._low_rank(back(sl)), LOOKBACK),
             "fits:B": Job(lambda sl: self._fit("B")),
             "fits:A": Job(lambda sl: self._fit("A")),
             "moments:B": Job(lambda sl: _stats.moments(B[sl], o.quantiles, o.quantile_samples), 0),
@@ -140,6 +144,23 @@ class ModuleAnalysis:
             "moments:A": Job(lambda sl: _stats.moments(A[sl], o.quantiles, o.quantile_samples), 0),
             "dynamics:A": Job(lambda sl: _stats.dynamics(A[back(sl)], A[0]), LOOKBACK),
         }
+
+    def _low_rank(self, sl: slice) -> dict[str, dict[str, np.ndarray]]:
+        """What the tables read off the pair at the snapshots `sl`, per matrix (A, B, dW and BA
+        where it is not ΔW): low-rank for LoRA; for DoRA ΔW = W_eff − W0 is formed (dora.py)
+        and BA is the LoRA part s·B·A."""
+        A, B = self.A, self.B
+        got = _lowrank.lora_matrices(A[sl], B[sl], self.scaling, (A[0], B[0]), self.compensated and not self.dora)
+        if self.dora:
+            from lorascope.analysis import dora as _dora
+
+            if self.pretrained is None:
+                raise RecordingError(f"the DoRA module {self.name!r} of run {self.run!r} has no W0, which its ΔW "
+                                     "needs; the file is incomplete, record the run again")
+            m, norm = self._magnitudes
+            got["BA"] = got["dW"]
+            got["dW"] = _dora.dora_update(self.pretrained, A[sl], B[sl], self.scaling, m[sl], norm, (A[0], B[0], m[0]))
+        return got
 
     def _fit(self, matrix: str):
         # Fits cost ~1 ms per snapshot: evenly spaced snapshots keep a long run's 'uniform at
@@ -182,11 +203,66 @@ class ModuleAnalysis:
 
     @cached_property
     def dynamics(self) -> dict[str, dict[str, np.ndarray]]:
-        return {"A": self.result("dynamics:A"), "B": self.result("dynamics:B"), "dW": self.result("lowrank")[1]}
+        """Per matrix: A's and B's moments-free dynamics; ΔW's (and "BA"'s) mean, Frobenius norm
+        and dynamics from the low-rank pass."""
+        low = {m: {k: v for k, v in d.items() if k != "singular_values"}
+               for m, d in self.result("lowrank").items() if m not in ("A", "B")}
+        return {"A": self.result("dynamics:A"), "B": self.result("dynamics:B"), **low}
 
     @cached_property
     def singular_values(self) -> dict[str, np.ndarray]:
-        return self.result("lowrank")[0]
+        """Singular values (T, k) of A, B and ΔW, and of the adapter's product "BA" where it
+        is not ΔW (an init that rewrote the base)."""
+        return {m: d["singular_values"] for m, d in self.result("lowrank").items()}
+
+    # --- the pretrained weight, for the tables of the update's geometry against it ---
+
+    @cached_property
+    def pretrained(self) -> np.ndarray | None:
+        """W_pretrained (out, in) in float64, or None when the recording holds no W0."""
+        W0 = getattr(self.module, "W0", None)
+        if W0 is None:
+            return None
+        return _update.pretrained_weight(W0, self.kind, self.compensated, self.scaling, self.A[0], self.B[0])
+
+    @cached_property
+    def pretrained_svd(self):
+        """W_pretrained's thin SVD, computed once per module for every snapshot and table."""
+        from lorascope.analysis import intruders as _intruders
+
+        return _intruders.pretrained_svd(self.pretrained)
+
+    def update_factors(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """ΔW at the snapshots in memory `idx` as float64 factors P (n, out, q), Q (n, q, in)."""
+        return _lowrank.update_factors(self.A[idx], self.B[idx], self.scaling, (self.A[0], self.B[0]),
+                                       self.compensated)
+
+    def lora_factors(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The adapter's product s·B·A at `idx` as float64 factors (s·B, A)."""
+        return _lowrank.update_factors(self.A[idx], self.B[idx], self.scaling)
+
+    @property
+    def dora(self) -> bool:
+        return getattr(self.module, "magnitude", None) is not None
+
+    @cached_property
+    def _magnitudes(self) -> tuple[np.ndarray, str]:
+        """DoRA's magnitude vectors at every snapshot in memory, read once, and their norm."""
+        norm = str(getattr(self.module, "magnitude_norm", "") or "row")
+        return np.asarray(self.module.magnitude[self.index], dtype=np.float64), norm
+
+    def magnitude(self, idx: np.ndarray) -> tuple[np.ndarray | None, str]:
+        """DoRA's magnitude vectors (n, out or in) at the snapshots in memory `idx` and which norm
+        they rescale ('row' or 'column'); (None, 'row') for LoRA."""
+        if not self.dora:
+            return None, "row"
+        m, norm = self._magnitudes
+        return m[idx], norm
+
+    @property
+    def products(self) -> tuple[str, ...]:
+        """The low-rank products the tables report: ΔW, and "BA" where it differs from ΔW."""
+        return ("dW", "BA") if self.compensated or self.dora else ("dW",)
 
     @cached_property
     def spectrum(self) -> dict[str, dict[str, np.ndarray]]:

@@ -28,21 +28,24 @@ MATRICES = ("A", "B")
 
 @dataclass
 class _Final:
-    """A run's last finite snapshot of A or B: its subspace and where it came from."""
-    basis: np.ndarray  # (d, r)
+    """A run's last finite snapshot of A or B: its subspace (with its numerical rank) and where it
+    came from."""
+    subspace: _geo.Subspaces  # one snapshot: basis (d, r), rank ()
     step: int
     layer: int | None
     role: str
-    zero: bool
 
 
 class _SimilarityRows(Rows):
     """The LoRA paper's subspace similarity φ (§7; right-singular vectors of A, left-singular of
     B) for i = j = 1 and i = j = rank: each snapshot against its run's last snapshot (`reference`
     'final'), and every pair of runs at their last snapshots ('run'), each row with the random
-    baseline max(i, j)/d. An all-zero matrix (B at init, a B that never trains) spans no
-    subspace: its φ is NaN with `status` 'zero', or 'zero_reference' where the snapshot it is
-    compared with is the zero one; no other snapshot stands in for a zero reference."""
+    baseline max(i, j)/d. Only a factor's numerically non-null directions count
+    (`geometry.subspaces`: rank with tolerance max(m, n)·eps·σ_max, eps the recorded
+    precision's): where i exceeds a snapshot's numerical rank or j the reference's, φ is NaN with
+    `status` 'rank_deficient', since the basis beyond the rank is an arbitrary completion; an
+    all-zero matrix (B at init, a B that never trains) is 'zero', or 'zero_reference' where the
+    snapshot it is compared with is the zero one (`geometry.similarity_status`)."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -60,19 +63,16 @@ class _SimilarityRows(Rows):
             ok = np.isfinite(X).all(axis=(1, 2))
             if not ok[-1]:
                 continue  # the last snapshot is the reference; without it there is nothing to compare
-            # the SVD of a zero matrix returns some basis, so φ against it would be a made-up number
-            zero = ~X[ok].any(axis=(1, 2))
-            status = np.where(zero, "zero", "zero_reference" if zero[-1] else "ok")
-            U = _geo.subspace_basis(X[ok], matrix)
+            S = _geo.subspaces(X[ok], matrix)
             last = int(steps[ok][-1])
-            self.finals[(ma.run, matrix)] = _Final(U[-1], last, ma.layer, ma.role, bool(zero[-1]))
-            for i in sorted({1, U.shape[-1]}):
+            self.finals[(ma.run, matrix)] = _Final(S[-1], last, ma.layer, ma.role)
+            for i in sorted({1, S.basis.shape[-1]}):
+                phi, status = _geo.similarity(S, S[-1], i, i)
                 rows.append(pd.DataFrame({
                     "run": ma.run, "module": ma.name, "layer": ma.layer, "role": ma.role,
                     "matrix": matrix, "step": steps[ok], "reference": "final",
-                    "other_run": ma.run, "other_step": last, "i": i, "j": i,
-                    "phi": np.where(status == "ok", _geo.subspace_similarity(U, U[-1], i, i), np.nan),
-                    "baseline": _geo.random_baseline(U.shape[-2], i, i), "status": status,
+                    "other_run": ma.run, "other_step": last, "i": i, "j": i, "phi": phi,
+                    "baseline": _geo.random_baseline(S.basis.shape[-2], i, i), "status": status,
                 }))
         self.name = ma.name
         return rows
@@ -83,16 +83,16 @@ class _SimilarityRows(Rows):
             for run_b in self.runs[a + 1:]:
                 for matrix in MATRICES:
                     one, two = self.finals.get((run_a, matrix)), self.finals.get((run_b, matrix))
-                    if one is None or two is None or one.basis.shape[0] != two.basis.shape[0]:
+                    if one is None or two is None or one.subspace.basis.shape[0] != two.subspace.basis.shape[0]:
                         continue
-                    status = "zero" if one.zero else "zero_reference" if two.zero else "ok"
-                    for i, j in sorted({(1, 1), (one.basis.shape[1], two.basis.shape[1])}):
-                        phi = _geo.subspace_similarity(one.basis, two.basis, i, j) if status == "ok" else np.nan
+                    d, r1, r2 = one.subspace.basis.shape[0], one.subspace.basis.shape[1], two.subspace.basis.shape[1]
+                    for i, j in sorted({(1, 1), (r1, r2)}):
+                        phi, status = _geo.similarity(one.subspace, two.subspace, i, j)
                         rows.append(pd.DataFrame({
                             "run": [run_a], "module": self.name, "layer": one.layer, "role": one.role,
                             "matrix": matrix, "step": one.step, "reference": "run", "other_run": run_b,
-                            "other_step": two.step, "i": i, "j": j, "phi": phi,
-                            "baseline": _geo.random_baseline(one.basis.shape[0], i, j), "status": status,
+                            "other_step": two.step, "i": i, "j": j, "phi": float(phi),
+                            "baseline": _geo.random_baseline(d, i, j), "status": status.item(),
                         }))
         return rows
 

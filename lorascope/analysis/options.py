@@ -19,7 +19,7 @@ class Options:
     norms, dynamics, spectra) covers every entry of every snapshot read; the superlinear parts use
     subsets, and the tables say which: quantiles a fixed subset of `quantile_samples` entries
     (column `quantile_n`), fits `fit_samples` entries (column `n`) at up to `fit_steps` evenly
-    spaced snapshots (columns `fitted_steps` of `recorded_steps`), geometry, similarity and
+    spaced snapshots (columns `fitted_steps` of `recorded_steps`), the tables against W0, similarity and
     histograms up to `max_steps` snapshots.
 
     A quick look (a report, `lorascope info`) reads fewer snapshots: with `read_steps` every
@@ -33,8 +33,10 @@ class Options:
     fit_steps: int | None = 50         # snapshots fitted, evenly spaced with the first and last (None: all)
     families: tuple[str, ...] | None = None
     criterion: str = "bic"  # with thousands of values AIC lets nested families (t, gennorm) win by noise
-    max_steps: int | None = 100        # snapshots used by the SVD-heavy geometry, similarity, histograms (None: all)
-    geometry_steps: int | None = None  # snapshots the geometry uses, if fewer than max_steps (it multiplies by W0)
+    max_steps: int | None = 100        # snapshots used by the tables against W0, similarity, histograms (None: all)
+    geometry_steps: int | None = None  # snapshots the tables against W0 use, if fewer than max_steps
+    intruder_k: int = 10               # intruders: top singular vectors of W_eff examined (the paper's 10)
+    intruder_epsilon: float = 0.5      # intruders: largest |cos| with W0's vectors below which one intrudes
     bins: int = 64                     # histogram bins, shared by every run (and step) of a module
     histogram_steps: tuple[int, ...] = ()  # steps of `step_histograms` (each run's nearest snapshot; (): first run's ends)
     read_steps: int | None = None      # snapshots read per module, evenly spaced (None: all)
@@ -52,5 +54,9 @@ class Options:
             raise UsageError(f"the number of histogram bins must be at least 1, got {self.bins}")
         if self.read_steps is not None and self.read_steps < 2:
             raise UsageError(f"read_steps must be at least 2 (the first and the last snapshot), got {self.read_steps}")
+        if self.intruder_k < 1:
+            raise UsageError(f"intruder_k must be at least 1, got {self.intruder_k}")
+        if not 0 < self.intruder_epsilon <= 1:
+            raise UsageError(f"intruder_epsilon must lie in (0, 1], got {self.intruder_epsilon}")
         if self.criterion not in ("aic", "bic"):
             raise UsageError(f"criterion must be 'aic' or 'bic', got {self.criterion!r}")

@@ -13,7 +13,6 @@ __all__ = [
     "delta_w_singular_values",
     "lora_singular_values",
     "update_singular_values",
-    "delta_w_svd",
     "qr_cores",
     "effective_rank",
     "stable_rank",
@@ -196,18 +195,6 @@ def update_singular_values(A: np.ndarray, B: np.ndarray, scaling: float,
 def _unit_scale(x: np.ndarray) -> np.ndarray:
     m = np.abs(x).max(axis=(1, 2)) if x.size else np.zeros(len(x))
     return np.where(m > 0, m, 1.0)
-
-
-def delta_w_svd(A: np.ndarray, B: np.ndarray, scaling: float):
-    """Thin SVD of every ΔW_t = scaling·B_t A_t without forming it: U (T, out, r), S (T, r),
-    V (T, in, r) with ΔW_t = U_t diag(S_t) V_tᵀ. Raises for NaN/Inf, which has no subspace."""
-    A, B = lora_pair(A, B)
-    a, b = A.astype(np.float64), B.astype(np.float64)
-    if not (np.isfinite(a).all() and np.isfinite(b).all()):
-        raise UsageError("A or B holds NaN/Inf; ΔW has no singular subspace at those steps, select finite steps")
-    QB, core, QA = qr_cores(a, b, "full")
-    Uc, S, Vct = np.linalg.svd(core)
-    return QB @ Uc, S * abs(float(scaling)), np.sign(scaling) * (QA @ Vct.transpose(0, 2, 1))
 
 
 def effective_rank(s: np.ndarray) -> np.ndarray:

@@ -11,19 +11,13 @@ import numpy as np
 import pandas as pd
 
 from lorascope.analysis import TABLES
-from lorascope.analysis import geometry as _geo
 from lorascope.analysis import spectra as _spectra
 from lorascope.analysis import stats as _stats
 from lorascope.analysis.builders import PerRun, evenly_spaced
 from lorascope.analysis.module import HEALTH_NEEDS, ModuleAnalysis
-from lorascope.analysis.options import KEYS
 from lorascope.analysis.selection import evenly
 
-__all__ = ["stats_rows", "spectra_rows", "singular_value_rows", "fit_rows", "geometry_rows", "GEOMETRY_COLUMNS"]
-
-GEOMETRY = ("w0_projection", "amplification", "dora_magnitude", "dora_direction")
-# a recording without W0 has no geometry rows, and still these columns
-GEOMETRY_COLUMNS = (*KEYS, *GEOMETRY)
+__all__ = ["stats_rows", "spectra_rows", "singular_value_rows", "fit_rows"]
 
 def stats_rows(ma: ModuleAnalysis) -> list[pd.DataFrame]:
     """Moments, quantiles, norms, distance from the first snapshot, update size and cosine of
@@ -39,14 +33,16 @@ def stats_rows(ma: ModuleAnalysis) -> list[pd.DataFrame]:
         frames.extend(_gradient_frames(ma))
         frames.extend(_state_frames(ma))
     # ΔW's entries are never formed: its mean and norms come from the factors, the shape
-    # statistics (skew, quantiles) would need the out×in product and are left out.
-    dw = dict(ma.dynamics["dW"])
-    bad = ~np.isfinite(dw["frobenius"])
-    frames.append(ma.frame("dW", {
-        "mean": dw.pop("mean"), "frobenius": dw.pop("frobenius"),
-        "spectral_norm": ma.spectrum["dW"]["spectral_norm"], **dw,
-        "status": np.where(bad, "nonfinite", np.where(ma.spectrum["dW"]["spectral_norm"] == 0, "zero", "ok")),
-    }))
+    # statistics (skew, quantiles) would need the out×in product and are left out. ΔW is the
+    # update from the pretrained weight; "BA" (the adapter's product) where the two differ.
+    for m in ma.products:
+        dw = dict(ma.dynamics[m])
+        spectral = ma.spectrum[m]["spectral_norm"]
+        bad = ~np.isfinite(dw["frobenius"])
+        frames.append(ma.frame(m, {
+            "mean": dw.pop("mean"), "frobenius": dw.pop("frobenius"), "spectral_norm": spectral, **dw,
+            "status": np.where(bad, "nonfinite", np.where(spectral == 0, "zero", "ok")),
+        }))
     return [_with_micro_step(f) for f in frames]
 
 
@@ -145,12 +141,13 @@ def _state_frames(ma: ModuleAnalysis) -> list[pd.DataFrame]:
 
 def spectra_rows(ma: ModuleAnalysis) -> list[pd.DataFrame]:
     """Spectral norm, smallest singular value, effective and stable rank, top-k energy share and
-    condition number of A, B and ΔW."""
-    return [ma.frame(m, dict(ma.spectrum[m])) for m in ("A", "B", "dW")]
+    condition number of A, B and ΔW (and "BA", the adapter's product, where it is not ΔW)."""
+    return [ma.frame(m, dict(ma.spectrum[m])) for m in ("A", "B", *ma.products)]
 
 
 def singular_value_rows(ma: ModuleAnalysis) -> list[pd.DataFrame]:
-    """Every singular value of A, B and ΔW, long form (`index` 1 = largest)."""
+    """Every singular value of A, B and ΔW (and "BA" where it is not ΔW), long form (`index`
+    1 = largest)."""
     frames = []
     for m, s in ma.singular_values.items():
         T, k = s.shape
@@ -160,7 +157,9 @@ def singular_value_rows(ma: ModuleAnalysis) -> list[pd.DataFrame]:
 
 
 def fit_rows(ma: ModuleAnalysis) -> list[pd.DataFrame]:
-    """One row per family per fitted snapshot of A and B (see `Options.fit_steps`)."""
+    """One row per family per fitted snapshot of A and B (see `Options.fit_steps`); `method` says
+    how the fit ended ('mle' a maximum of the likelihood, 'bounded' stopped at a bound of its
+    shape, 'not_converged'), and the best family is ranked among the 'mle' fits only."""
     frames = []
     for m in ("A", "B"):
         idx, r = ma.result(f"fits:{m}")
@@ -169,7 +168,8 @@ def fit_rows(ma: ModuleAnalysis) -> list[pd.DataFrame]:
         # made the fits rows a tenth of a report's analysis time
         per = {fam: {"loc": vals["loc"], "scale": vals["scale"],
                      "shape": vals.get("df", vals.get("beta", np.full(len(idx), np.nan))),
-                     "ks": vals["ks"], "loglik": vals["loglik"], "aic": vals["aic"], "bic": vals["bic"]}
+                     "ks": vals["ks"], "loglik": vals["loglik"], "aic": vals["aic"], "bic": vals["bic"],
+                     "method": vals["method"]}
                for fam, vals in r.families.items()}
         stacked = {c: np.concatenate([per[fam][c] for fam in families]) for c in per[families[0]]}
         k = len(families)
@@ -181,31 +181,7 @@ def fit_rows(ma: ModuleAnalysis) -> list[pd.DataFrame]:
     return frames
 
 
-def geometry_rows(ma: ModuleAnalysis) -> list[pd.DataFrame]:
-    """ΔW against W0 (when recorded) at up to `geometry_steps` (else `max_steps`) snapshots."""
-    W0 = getattr(ma.module, "W0", None)
-    if W0 is None:
-        return []
-    W0 = np.asarray(W0, dtype=np.float64)
-    idx = ma.evenly(_geometry_steps(ma.options))
-    A, B = ma.A[idx].astype(np.float64), ma.B[idx].astype(np.float64)
-    ok = np.isfinite(A).all(axis=(1, 2)) & np.isfinite(B).all(axis=(1, 2))
-    cols = {k: np.full(len(idx), np.nan) for k in GEOMETRY}
-    if ok.any():
-        U, S, V = _spectra.delta_w_svd(A[ok], B[ok], ma.scaling)
-        proj = _geo.w0_projection(W0, U, V, np.sqrt((S**2).sum(axis=1)))
-        dora = _geo.dora_change(W0, A[ok], B[ok], ma.scaling)
-        for k, v in {**proj, **dora}.items():
-            cols[k][ok] = v
-    return [ma.frame("dW", cols, idx)]
-
-
-def _geometry_steps(o) -> int | None:
-    return o.max_steps if o.geometry_steps is None else o.geometry_steps
-
-
 TABLES.register("stats")(PerRun(stats_rows, HEALTH_NEEDS))
 TABLES.register("spectra")(PerRun(spectra_rows, ("lowrank",)))
 TABLES.register("singular_values")(PerRun(singular_value_rows, ("lowrank",)))
 TABLES.register("fits")(PerRun(fit_rows, ("fits",), evenly_spaced(lambda o: o.fit_steps)))
-TABLES.register("geometry")(PerRun(geometry_rows, (), evenly_spaced(_geometry_steps), GEOMETRY_COLUMNS))

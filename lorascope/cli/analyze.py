@@ -89,7 +89,9 @@ def analyze(
     workers: Annotated[int, typer.Option(help="Threads working on one module at a time; each computation is cut along its snapshots among them.")] = 2,
     prefetch: Annotated[bool, typer.Option(help="Read the next module while analysing this one (memory: two modules' series instead of one); for a recording not in the OS cache (cold 48 x 2,000: 98 s -> 47 s).")] = False,
     criterion: Annotated[str, typer.Option(help="How the best family is chosen: bic or aic.")] = "bic",
-    max_steps: Annotated[int, typer.Option(help="Snapshots used by similarity, geometry and histograms (0: all).")] = 100,
+    max_steps: Annotated[int, typer.Option(help="Snapshots used by similarity, histograms and the tables against W0 (0: all).")] = 100,
+    intruder_k: Annotated[int, typer.Option(help="intruders: top singular vectors of W0 + ΔW examined.")] = 10,
+    intruder_epsilon: Annotated[float, typer.Option(help="intruders: a vector intrudes when its largest |cos| with W0's singular vectors is below this.")] = 0.5,
     bins: Annotated[int, typer.Option(help="Histogram bins (shared by every run and step of a module).")] = 64,
     health: Annotated[bool, typer.Option(help="Run the health checks and print what they find.")] = True,
 ) -> None:
@@ -114,7 +116,8 @@ def analyze(
         raise UsageError(f"--bins takes a count of at least 1, got {bins}")
     options = Options(fit_samples=fit_samples or None, fit_steps=fit_steps or None,
                       quantile_samples=quantile_samples or None, criterion=criterion, max_steps=max_steps or None,
-                      bins=bins, workers=workers, prefetch=prefetch)
+                      bins=bins, workers=workers, prefetch=prefetch, intruder_k=intruder_k,
+                      intruder_epsilon=intruder_epsilon)
     check_output_folder(output.parent)  # after the flags: a typo in one leaves no folder behind
     recs = [lorascope.open(p) for p in recordings]
     try:
@@ -130,5 +133,7 @@ def analyze(
     for name in names:
         write_table(result.tables[name], paths[name])
         typer.echo(f"{name}: {len(result.tables[name])} rows -> {paths[name]}")
+    for note in result.notes:  # modules a table has no rows for, and why
+        typer.echo(f"note: {note}", err=True)
     for finding in result.findings:
         typer.echo(str(finding), err=True)  # "error: ..." or "warning: ..."

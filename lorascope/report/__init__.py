@@ -14,7 +14,8 @@ __all__ = ["MODULE_FIGURES", "DEFAULT_MAX_STEPS", "DEFAULT_MAX_MODULES", "build_
 DEFAULT_MAX_STEPS = 120
 DEFAULT_MAX_MODULES = 24
 
-# The figures drawn for each module; implemented in module_figures.py and spectral_figures.py.
+# The figures drawn for each module; implemented in module_figures.py, spectral_figures.py and
+# pretrained_figures.py.
 MODULE_FIGURES: Registry = Registry("report figure kind", declared={
     "histograms": "A and B at the first, a few early and the last step, runs overlaid",
     "heatmap": "the distribution of A and B over steps, one panel per run",
@@ -22,6 +23,10 @@ MODULE_FIGURES: Registry = Registry("report figure kind", declared={
     "fits": "the best-fitting distribution family and the generalised-normal shape over steps",
     "spectrum": "ΔW's singular values, effective rank and norm over steps",
     "similarity": "subspace similarity of A and B between runs at the final step",
+    "intruders": "intruder dimensions of W0 + ΔW over steps (needs W0)",
+    "magnitude_direction": "DoRA's magnitude and direction change against W0 over steps (needs W0)",
+    "amplification": "how ΔW amplifies directions of W0 over steps (needs W0)",
+    "asymmetry": "how far A and B move from their init, and A's row space kept",
 }, provider="lorascope.report.figure_kinds")
 
 __getattr__, __dir__ = lazy_exports(__name__, {"build_report": "lorascope.report.build"})

@@ -22,6 +22,7 @@ __all__ = [
     "plot_histogram_heatmap",
     "plot_series",
     "plot_family_timeline",
+    "plot_marks",
     "plot_singular_spectrum",
     "plot_similarity_matrix",
     "run_legend",
@@ -128,6 +129,28 @@ def plot_series(
     ax.set_ylabel(plain_text(ylabel, 40))
     _title(ax, title)
     ax.grid(alpha=0.25)
+
+
+def plot_marks(
+    ax: Axes,
+    points: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    colors: Mapping[str, str],
+    *,
+    marker: str,
+    note: str,
+    filled: bool = True,
+) -> None:
+    """Points a line cannot show as it is (a value at infinity drawn at the axis' ceiling, a fit
+    that is not a maximum of the likelihood), one marker style per kind, in the runs' colours, and
+    one line of text naming them when there are any."""
+    shown = False
+    for run, (x, y) in points.items():
+        if len(x):
+            ax.scatter(x, y, marker=marker, s=22, linewidths=1.0, zorder=3,
+                       facecolors=colors[run] if filled else "none", edgecolors=colors[run])
+            shown = True
+    if shown:
+        ax.text(0.02, 0.03, plain_text(note, 60), transform=ax.transAxes, fontsize=7, va="bottom", ha="left")
 
 
 def _log_y(ax: Axes) -> None:

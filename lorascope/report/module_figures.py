@@ -142,9 +142,29 @@ def moments(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef]:
 _BETA_TICKS = (0.5, 1.0, 2.0, 5.0, 10.0, 50.0)
 
 
+def _beta_marks(beta: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]):
+    """The generalised normal's β split for drawing: finite β of maximum-likelihood fits as a
+    line, β = ∞ (the uniform limit) at a ceiling above every finite value, and fits that are not
+    maxima of the likelihood ('bounded', 'not_converged': not ranked) as hollow marks."""
+    finite = [y[np.isfinite(y)] for _, y, _ in beta.values()]
+    top = max([float(v.max()) for v in finite if len(v)] + [_BETA_TICKS[-1]])
+    ceiling = 2.0 * top
+    line, infinite, inexact = {}, {}, {}
+    for run, (x, y, method) in beta.items():
+        mle = method == "mle"
+        line[run] = (x, np.where(mle & np.isfinite(y), y, np.nan))
+        inf = mle & np.isposinf(y)
+        infinite[run] = (x[inf], np.full(int(inf.sum()), ceiling))
+        other = ~mle & np.isfinite(y)
+        inexact[run] = (x[other], y[other])
+    return line, infinite, inexact
+
+
 def fits(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef]:
-    """The best-fitting distribution family of A and B over steps (BIC), and the generalised
-    normal's shape β (1 Laplace, 2 normal, large → uniform), runs overlaid: the `fits` table."""
+    """The best-fitting distribution family of A and B over steps (BIC, among maximum-likelihood
+    fits only), and the generalised normal's shape β (1 Laplace, 2 normal, large → uniform, β = ∞
+    its uniform limit marked at the top; fits that are not maxima hollow), runs overlaid: the
+    `fits` table."""
     families = list(dict.fromkeys(view.tables["fits"]["family"]))
     panels = ctx.canvas.grid(len(MATRICES), 2, panel=(4.2, 2.6), legend=True, margins=(1.1, 0.6),
                              share_x=True)
@@ -159,21 +179,28 @@ def fits(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef]:
             first = rows[rows["family"] == families[0]]
             best[run] = (first["step"].to_numpy(), [str(b) for b in first["best_family"]])
             gennorm = rows[rows["family"] == "gennorm"]
-            beta[run] = (gennorm["step"].to_numpy(), gennorm["shape"].to_numpy(dtype=float))
+            beta[run] = (gennorm["step"].to_numpy(), gennorm["shape"].to_numpy(dtype=float),
+                         gennorm["method"].to_numpy(dtype=object))
         labels = families + sorted({b for _, bs in best.values() for b in bs} - set(families))
         figures.plot_family_timeline(panels.axes[i, 0], best, labels, ctx.colors,
                                      title=f"{matrix}: best-fitting family")
         ax = panels.axes[i, 1]
-        figures.plot_series(ax, beta, ctx.colors, ylabel="generalised-normal β",
+        line, infinite, inexact = _beta_marks(beta)
+        figures.plot_series(ax, line, ctx.colors, ylabel="generalised-normal β",
                             title=f"{matrix}: shape β (2 = normal)", logy=True)
+        figures.plot_marks(ax, infinite, ctx.colors, marker="^", note="▲ β = ∞ (uniform limit)")
+        figures.plot_marks(ax, inexact, ctx.colors, marker="o", filled=False,
+                           note="○ not a maximum of the likelihood (not ranked)")
         ax.axhline(2.0, color="grey", linewidth=0.8, linestyle="--")
         if ax.get_yscale() == "log":  # the shapes people know: Laplace 1, normal 2
             ax.set_yticks(_BETA_TICKS, [f"{t:g}" for t in _BETA_TICKS])
     panels.figure.suptitle(figures.plain_text(f"{view.name} · distribution fits", 90))
     return [save_figure(ctx, panels, f"{slug}-fits.png",
-                        "Best-fitting family (by BIC, on a fixed subset of entries) and the "
-                        "generalised-normal shape β over steps: β = 1 is Laplace, 2 normal, large "
-                        "values approach uniform.")]
+                        "Best-fitting family (by BIC among maximum-likelihood fits, on a fixed subset "
+                        "of entries) and the generalised-normal shape β over steps: β = 1 is Laplace, "
+                        "2 normal, large values approach uniform; ▲ marks β = ∞ (the uniform limit), "
+                        "hollow marks fits stopped at a bound or not converged (the table's method "
+                        "column), which are never ranked.")]
 
 
 MODULE_FIGURES.register("histograms")(FigureKind(histograms, ("step_histograms",)))

@@ -42,7 +42,7 @@ def spectrum(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef]
     figures.plot_series(axes[n], ranks, ctx.colors, ylabel="effective rank of ΔW",
                         title="effective rank (entropy)")
     figures.plot_series(axes[n + 1], norms, ctx.colors, ylabel="‖ΔW‖_F", title="Frobenius norm of ΔW")
-    panels.figure.suptitle(figures.plain_text(f"{view.name} · spectrum of ΔW = scaling·B·A", 90))
+    panels.figure.suptitle(figures.plain_text(f"{view.name} · spectrum of ΔW (the update from W0)", 90))
     return [save_figure(ctx, panels, f"{slug}-spectrum.png",
                         "Singular values of ΔW over steps per run (σ₁ darkest), its effective rank "
                         "and its Frobenius norm, runs overlaid.")]

@@ -44,6 +44,6 @@ def summary_rows(view: ModuleView) -> list[dict]:
             "B normal from step": _normal_from(view, run, "B"),
             "final ‖ΔW‖_F": _last(view, "stats", run, "frobenius"),
             "final effective rank of ΔW": _last(view, "spectra", run, "effective_rank"),
-            "amplification (needs W0)": _last(view, "geometry", run, "amplification"),
+            "amplification (needs W0)": _last(view, "amplification", run, "amplification"),
         })
     return rows

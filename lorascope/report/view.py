@@ -13,7 +13,8 @@ import pandas as pd
 from lorascope.analysis import Options, analyze
 from lorascope.analysis.selection import role
 
-__all__ = ["FIT_STEPS", "FIT_SAMPLES", "SUMMARY_TABLES", "report_options", "histogram_steps", "panel_steps",
+__all__ = ["FIT_STEPS", "FIT_SAMPLES", "GEOMETRY_STEPS", "SUMMARY_TABLES", "report_options", "histogram_steps",
+           "panel_steps",
            "ModuleView", "module_view"]
 
 # Fits cost ~3 ms per snapshot at 2048 values: a report fits at most this many snapshots per run
@@ -21,18 +22,21 @@ __all__ = ["FIT_STEPS", "FIT_SAMPLES", "SUMMARY_TABLES", "report_options", "hist
 # time is the weights', not the draw's).
 FIT_STEPS = 32
 FIT_SAMPLES = 2048
+# Snapshots the tables against W0 (intruders, amplification, magnitude_direction) use per run:
+# each multiplies by W0, and a curve over steps needs no more points than the fits'.
+GEOMETRY_STEPS = 32
 # The tables the summary table reads, computed whatever figures are drawn.
-SUMMARY_TABLES = ("stats", "spectra", "fits", "geometry")
+SUMMARY_TABLES = ("stats", "spectra", "fits", "amplification")
 
 
 def report_options(max_steps: int, bins: int, histogram_steps: Sequence[int]) -> Options:
     """The analysis a report runs: at most `max_steps` snapshots read per run and module, all of
-    them used by the histograms and similarity, geometry only at the first and the last (the
-    summary shows the last), no quantiles and no gradient rows (nothing draws them), and one
-    thread (a report may already draw in several processes)."""
-    return Options(quantiles=(), fit_steps=FIT_STEPS, fit_samples=FIT_SAMPLES, max_steps=None, geometry_steps=2,
-                   bins=bins, histogram_steps=tuple(histogram_steps), read_steps=max_steps, other_series=False,
-                   workers=1)
+    them used by the histograms and similarity, the tables against W0 at `GEOMETRY_STEPS` of
+    them, no quantiles and no gradient rows (nothing draws them), and one thread (a report may
+    already draw in several processes)."""
+    return Options(quantiles=(), fit_steps=FIT_STEPS, fit_samples=FIT_SAMPLES, max_steps=None,
+                   geometry_steps=GEOMETRY_STEPS, bins=bins, histogram_steps=tuple(histogram_steps),
+                   read_steps=max_steps, other_series=False, workers=1)
 
 
 def histogram_steps(steps: np.ndarray, early: int = 3) -> list[int]:
