@@ -6,6 +6,7 @@ import pytest
 
 from lorascope.analysis import health
 from lorascope.analysis.health import ModuleSeries, Thresholds
+from lorascope.analysis.health import series as series_stats
 
 STEPS = np.arange(0, 60, 10)
 
@@ -239,3 +240,94 @@ def test_finding_names_its_run():
     assert str(f) == "error: h.0.attn B of run adamw at step 10: B is still exactly zero"
     loss = health.Finding("error", None, None, 5, "the loss is nan", run="came")
     assert str(loss) == "error: run came at step 5: the loss is nan"
+
+
+# --- the series statistics, against independent references ---------------------------------
+
+def test_robust_z_is_scipys_normal_scaled_mad():
+    from scipy.stats import median_abs_deviation
+
+    x = np.random.default_rng(2).standard_t(3, size=200)
+    want = (x - np.median(x)) / median_abs_deviation(x, scale="normal")
+    np.testing.assert_allclose(series_stats.robust_z(x, floor=1e-12), want, rtol=1e-4)
+    # a constant series has no spread: the floor is its scale
+    np.testing.assert_array_equal(series_stats.robust_z(np.r_[np.ones(9), 3.0], floor=0.5), np.r_[np.zeros(9), 4.0])
+
+
+def test_running_median_is_pandas_rolling_median():
+    import pandas as pd
+
+    x = np.random.default_rng(3).normal(size=50)
+    want = pd.Series(x).rolling(7).median().to_numpy()[6:]
+    np.testing.assert_allclose(series_stats.running_median(x, 7), want)
+
+
+def test_growth_exponent_of_a_power_law():
+    steps = np.array([0, 1, 2, 3, 5, 8, 13, 21, 34, 55, 89])
+    ref, p = series_stats.growth_exponents(steps, np.r_[0.0, steps[1:] ** 2.5])
+    # the reference of step s is the last snapshot at or before s/2, from step 1 on
+    assert ref.tolist() == [0, 0, 1, 1, 2, 3, 4, 5, 6, 7, 8]  # 5 → 2, 8 → 3, 13 → 5, ..., 89 → 34
+    np.testing.assert_allclose(p[2:], 2.5)
+    assert np.isnan(p[:2]).all()  # step 0 and 1: no reference at step ≥ 1 at or before half their steps
+
+
+def test_outlying_rises_sees_a_jump_but_not_a_trend():
+    trend = 1 - np.exp(-np.arange(40) / 8)  # fast early rises, then slow ones
+    rise, z = series_stats.outlying_rises(trend)
+    np.testing.assert_allclose(rise, np.diff(trend))
+    assert np.abs(z).max() < 3
+    jumped = trend + 0.3 * (np.arange(40) >= 25)
+    rise, z = series_stats.outlying_rises(jumped)
+    assert np.argmax(z) == 24 and z[24] > 100 and np.sort(np.abs(z))[-2] < 3
+
+
+def test_logging_cadence():
+    steps = np.arange(1, 31)
+    every5 = np.where(steps % 5 == 0, 2.0, np.nan)
+    assert steps[series_stats.logging_cadence(steps, every5)].tolist() == [5, 10, 15, 20, 25, 30]
+    every5[steps == 20] = np.nan  # a log that came as NaN is still a step on the cadence
+    assert 20 in steps[series_stats.logging_cadence(steps, every5)]
+    assert series_stats.logging_cadence(steps, np.ones(30)).all()
+    one = np.where(steps == 25, 2.0, np.nan)  # a single log: no cadence to be due on
+    assert steps[series_stats.logging_cadence(steps, one)].tolist() == [25]
+    assert series_stats.logging_cadence(steps, np.full(30, np.nan)).all()  # a column given only NaN
+
+
+# --- the loss checks on synthetic series ----------------------------------------------------
+
+def loss_curve(n=60, start=3.8, end=2.4, noise=0.15, seed=0):
+    rng = np.random.default_rng(seed)
+    return np.arange(1, n + 1), np.geomspace(start, end, n) + noise * rng.normal(size=n)
+
+
+def test_a_loss_that_grows_several_fold_diverges():
+    steps, _ = loss_curve()
+    loss = np.geomspace(3.8, 15.8, 60) * (1 + 0.05 * np.random.default_rng(1).normal(size=60))  # the CAME 1e-2 run's ends
+    (found,) = health.check_loss(steps, loss)
+    level = np.array([np.median(loss[i:i + 6]) for i in range(55)])  # by hand: windows of 6 of 60 values
+    i = int(np.flatnonzero(level > 2 * level[0])[0])
+    assert (found.severity, found.step) == ("warning", steps[i + 5]) and "the loss diverges" in found.message
+    assert f"{level[i] / level[0]:.1f}× its start {level[0]:.4g}" in found.message
+    assert health.check_loss(steps, loss, thresholds=Thresholds(divergence_factor=5)) == []
+
+
+def test_healthy_and_noisy_losses_do_not_diverge():
+    assert health.check_loss(*loss_curve()) == []
+    # a classification loss at chance jumps between batches of 8 (0.2 … 1.4): no divergence
+    rng = np.random.default_rng(4)
+    noisy = -np.log(rng.uniform(0.25, 0.82, size=40))
+    assert noisy.max() / np.median(noisy[:5]) > 2 and health.check_loss(np.arange(1, 41), noisy) == []
+    # a loss that is not positive has no scale to be a multiple of
+    assert health.check_loss(np.arange(1, 41), np.linspace(-1, 5, 40)) == []
+
+
+def test_nan_between_sparse_loss_logs_is_no_nan_loss():
+    steps = np.arange(1, 61)
+    loss = np.where(steps % 10 == 0, 2.0, np.nan)  # Hugging Face's logging_steps=10
+    assert health.check_loss(steps, loss) == []
+    loss[steps == 40] = np.nan
+    loss[steps == 50] = np.nan  # the logs at 40 and 50 came as NaN (logging_nan_inf_filter off)
+    (error,) = health.check_loss(steps, loss)
+    assert (error.severity, error.step) == ("error", 40) and "(2 steps in all)" in error.message
+    loss[steps == 43] = np.inf  # an infinite value is always a logged one
+    assert health.check_loss(steps, loss)[0].step == 40 and "(3 steps in all)" in health.check_loss(steps, loss)[0].message
