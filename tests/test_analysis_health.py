@@ -305,18 +305,29 @@ def test_a_loss_that_grows_several_fold_diverges():
     loss = np.geomspace(3.8, 15.8, 60) * (1 + 0.05 * np.random.default_rng(1).normal(size=60))  # the CAME 1e-2 run's ends
     (found,) = health.check_loss(steps, loss)
     level = np.array([np.median(loss[i:i + 6]) for i in range(55)])  # by hand: windows of 6 of 60 values
-    i = int(np.flatnonzero(level > 2 * level[0])[0])
+    start = np.median(loss[:3])
+    i = int(np.flatnonzero(level > 2 * start)[0])
     assert (found.severity, found.step) == ("warning", steps[i + 5]) and "the loss diverges" in found.message
-    assert f"{level[i] / level[0]:.1f}× its start {level[0]:.4g}" in found.message
+    assert f"{level[i] / start:.1f}× its start {start:.4g}" in found.message
+    assert f"ends at {level[-1]:.4g}" in found.message
     assert health.check_loss(steps, loss, thresholds=Thresholds(divergence_factor=5)) == []
+
+
+def test_a_loss_that_diverges_within_its_first_window_is_measured_from_its_start():
+    # the real CAME lr 1e-2 run's first 27 losses: 5.0, then 76 at step 7, then ~11-12
+    loss = np.array([5.02, 2.91, 13.0, 23.19, 32.14, 15.88, 76.1, 38.64, 26.17, 18.0, 15.63, 13.12, 13.67, 13.0,
+                     14.38, 13.84, 14.01, 12.76, 11.93, 12.53, 11.39, 12.45, 12.32, 12.07, 11.24, 10.35, 11.38])
+    (found,) = health.check_loss(np.arange(1, 28), loss)
+    assert "its start 5.02" in found.message and found.step == 5  # median(5.0, 2.9, 13, 23, 32) = 13 > 10.04
 
 
 def test_healthy_and_noisy_losses_do_not_diverge():
     assert health.check_loss(*loss_curve()) == []
-    # a classification loss at chance jumps between batches of 8 (0.2 … 1.4): no divergence
+    # a classification loss starts at chance (about log 2 for every example while the head is
+    # untrained) and then jumps between batches (0.2 … 1.4): no divergence
     rng = np.random.default_rng(4)
-    noisy = -np.log(rng.uniform(0.25, 0.82, size=40))
-    assert noisy.max() / np.median(noisy[:5]) > 2 and health.check_loss(np.arange(1, 41), noisy) == []
+    noisy = np.r_[np.log(2) + 0.02 * rng.normal(size=3), -np.log(rng.uniform(0.25, 0.82, size=37))]
+    assert noisy.max() / noisy.min() > 5 and health.check_loss(np.arange(1, 41), noisy) == []
     # a loss that is not positive has no scale to be a multiple of
     assert health.check_loss(np.arange(1, 41), np.linspace(-1, 5, 40)) == []
 

@@ -109,12 +109,18 @@ def _fp16_skips(s: LossSeries, th: Thresholds) -> list[Finding]:
                     "not a failure")]
 
 
+START = 3  # logged losses whose median is the loss at the start
+
+
 @LOSS_CHECKS.register("loss_divergence")
 def _divergence(s: LossSeries, th: Thresholds) -> list[Finding]:
     """A loss that grew several-fold: the running median of the finite losses (over a tenth of
-    them, at least 5) rising past `divergence_factor` times the median of the first window. The
-    medians make a few noisy batches (a classification loss jumps between batches) no
-    divergence. A loss whose start is not positive has no scale to be a multiple of: not
+    them, at least 5) rising past `divergence_factor` times the loss at the start. The medians
+    make a few noisy batches no divergence. The start is the median of the first three logged
+    losses: the model before its updates have moved it far (B = 0 makes the first one the
+    pretrained model's loss), and no single unusual batch. A longer start window would measure a
+    run that diverges within it (CAME at lr 1e-2 climbs from 5.0 to 32 in four steps) from a level
+    it had already lost. A loss whose start is not positive has no scale to be a multiple of: not
     checked. Needs two windows of finite losses."""
     finite = np.isfinite(s.loss)
     steps, loss = np.asarray(s.steps)[finite], np.asarray(s.loss, dtype=np.float64)[finite]
@@ -122,18 +128,18 @@ def _divergence(s: LossSeries, th: Thresholds) -> list[Finding]:
     if len(loss) < 2 * window:
         return []
     level = running_median(loss, window)  # level[i]: the median of loss[i:i + window]
-    start = level[0]
+    start = float(np.median(loss[:START]))
     if start <= 0:
         return []
     i = first(level > th.divergence_factor * start)
     if i is None:
         return []
+    span = lambda k: f"steps {int(steps[k])}–{int(steps[k + window - 1])}"  # noqa: E731
     peak = int(np.argmax(level))
     return [Finding("warning", None, None, int(steps[i + window - 1]),
-                    f"the loss diverges: its median over steps {int(steps[i])}–{int(steps[i + window - 1])} is "
-                    f"{level[i]:.4g}, {level[i] / start:.1f}× its start {start:.4g} (steps {int(steps[0])}–"
-                    f"{int(steps[window - 1])}), rising to {level[peak]:.4g}; lower the learning rate or enable "
-                    "gradient clipping")]
+                    f"the loss diverges: its median over {span(i)} is {level[i]:.4g}, {level[i] / start:.1f}× its "
+                    f"start {start:.4g}; it peaks at {level[peak]:.4g} ({span(peak)}) and ends at {level[-1]:.4g}; "
+                    "lower the learning rate or enable gradient clipping")]
 
 
 def check_loss(steps: np.ndarray, loss: np.ndarray, skipped: np.ndarray | None = None,
