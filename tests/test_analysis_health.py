@@ -56,8 +56,10 @@ def test_nonfinite_weights():
 
 def test_rank_collapse():
     s = series(dW__effective_rank=[np.nan, 6, 4, 1.5, 1.2, 1.1])
-    assert names(health.check_module(s, checks=("rank_collapse",))) == [("dW", 30)]
-    assert health.check_module(series(dW__effective_rank=[np.nan, 6, 4, 3, 2.5, 2.1]), checks=("rank_collapse",)) == []
+    (found,) = health.check_module(s, checks=("rank_collapse",))
+    assert names([found]) == [("dW", 40)] and "fell to 1.20 (rank 8)" in found.message
+    # a rank-8 update that concentrates in two or three directions is LoRA as usual (the default run ends near 2.8)
+    assert health.check_module(series(dW__effective_rank=[np.nan, 6, 4, 3, 2.5, 1.6]), checks=("rank_collapse",)) == []
 
 
 def test_norm_blowup_of_a_matrix_that_starts_non_zero():

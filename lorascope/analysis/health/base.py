@@ -33,7 +33,9 @@ class Thresholds:
     # The first steps build ΔW from a handful of updates: its spectrum and norm still settle, so
     # the spike and growth checks start after them.
     settling_steps: int = 10
-    rank_collapse_fraction: float = 0.25  # ΔW's effective rank below this fraction of the rank
+    # ΔW's effective rank below this: it has collapsed onto about one direction (a fraction of the
+    # rank would flag large ranks for being large: LoRA updates concentrate in a few directions)
+    rank_collapse_below: float = 1.5
     # A spike: a rise of ΔW's top-direction energy share between two snapshots that is an outlier
     # (robust z-score) against the series' own step-to-step rises, and large in itself.
     spike_z: float = 10.0

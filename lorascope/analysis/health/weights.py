@@ -60,18 +60,21 @@ def _a_static(s: ModuleSeries, th: Thresholds) -> list[Finding]:
 
 @CHECKS.register("rank_collapse")
 def _rank_collapse(s: ModuleSeries, th: Thresholds) -> list[Finding]:
+    """ΔW collapsed onto about one direction: its effective rank (Roy & Vetterli, between 1 and
+    the rank) below `rank_collapse_below`. Not a fraction of the rank: a healthy update
+    concentrates in a few directions whatever the rank (the default rank-8 run ends near 2.8),
+    so that a fraction flags a rank-32 adapter for being large; one direction is a collapse
+    at any rank."""
     er = s.get("dW", "effective_rank")
     if er is None or s.rank < 2:
         return []
-    limit = th.rank_collapse_fraction * s.rank
     with np.errstate(invalid="ignore"):
-        i = first(np.asarray(er) < limit)  # NaN (ΔW = 0) never counts as a collapse
+        i = first(np.asarray(er) < th.rank_collapse_below)  # NaN (ΔW = 0) never counts as a collapse
     if i is None:
         return []
     return [Finding("warning", s.module, "dW", int(s.steps[i]),
-                    f"effective rank of ΔW fell to {er[i]:.2f}, below {th.rank_collapse_fraction:g} of rank "
-                    f"{s.rank}: the adapter uses few of its directions; a smaller rank would do, or the "
-                    "learning rate of B is too high")]
+                    f"effective rank of ΔW fell to {er[i]:.2f} (rank {s.rank}): the update has collapsed onto about "
+                    "one direction; the learning rate of B may be too high")]
 
 
 @CHECKS.register("spectral_spike")
