@@ -344,3 +344,22 @@ def test_nan_between_sparse_loss_logs_is_no_nan_loss():
     assert (error.severity, error.step) == ("error", 40) and "(2 steps in all)" in error.message
     loss[steps == 43] = np.inf  # an infinite value is always a logged one
     assert health.check_loss(steps, loss)[0].step == 40 and "(3 steps in all)" in health.check_loss(steps, loss)[0].message
+
+
+def test_each_finding_names_its_check():
+    s = series(B__max_abs=np.zeros(6), dW__effective_rank=[np.nan, 6, 4, 1.2, 1.1, 1.0])
+    assert [f.check for f in health.check_module(s)] == ["b_still_zero", "rank_collapse"]
+    assert [f.check for f in health.check_loss(np.arange(1, 6), [3, 2, np.nan, 2, 1])] == ["nonfinite_loss"]
+    assert set(health.CHECKS.names()) | set(health.LOSS_CHECKS.names()) == {
+        "nonfinite_weights", "b_still_zero", "a_not_moving", "rank_collapse", "spectral_spike", "norm_blowup",
+        "nonfinite_loss", "fp16_skips", "loss_divergence"}  # each documented in docs/health.md
+
+
+def test_every_check_is_documented():
+    from pathlib import Path
+
+    doc = (Path(__file__).parents[1] / "docs" / "health.md").read_text()
+    for name in (*health.CHECKS.names(), *health.LOSS_CHECKS.names()):
+        assert f"| `{name}` |" in doc, name
+    for name in Thresholds.__dataclass_fields__:
+        assert f"`{name} = {getattr(Thresholds(), name):g}`" in doc, name

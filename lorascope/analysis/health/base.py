@@ -17,6 +17,7 @@ class Finding:
     step: int | None     # the first step at which it holds
     message: str
     run: str | None = None  # the run it belongs to; None where only one run is in view
+    check: str | None = None  # the registered check that found it (docs/health.md)
 
     def __str__(self) -> str:
         where = " ".join(x for x in (self.module, self.matrix) if x)

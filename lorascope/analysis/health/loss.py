@@ -2,7 +2,7 @@
 `LOSS_CHECKS`: a NaN/Inf loss, fp16-overflow skips that persist, and a loss that diverges."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Callable
 
@@ -152,7 +152,7 @@ def check_loss(steps: np.ndarray, loss: np.ndarray, skipped: np.ndarray | None =
                         None if loss_scale is None else np.asarray(loss_scale, dtype=np.float64))
     found: list[Finding] = []
     for name in LOSS_CHECKS.names():
-        found.extend(LOSS_CHECKS.get(name)(series, th))
+        found.extend(replace(f, check=name) for f in LOSS_CHECKS.get(name)(series, th))
     return found
 
 

@@ -3,6 +3,7 @@ leaves zero, an A that never moves, a collapsed rank, a spectral spike and a blo
 is a pure function of the module's metric series (`ModuleSeries`) and the `Thresholds`."""
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Callable
 
 import numpy as np
@@ -150,5 +151,5 @@ def check_module(series: ModuleSeries, thresholds: Thresholds | None = None,
     th = thresholds or Thresholds()
     found: list[Finding] = []
     for name in checks or CHECKS.names():
-        found.extend(CHECKS.get(name)(series, th))
+        found.extend(replace(f, check=name) for f in CHECKS.get(name)(series, th))
     return found
