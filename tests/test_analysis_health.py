@@ -290,6 +290,9 @@ def test_logging_cadence():
     every5[steps == 20] = np.nan  # a log that came as NaN is still a step on the cadence
     assert 20 in steps[series_stats.logging_cadence(steps, every5)]
     assert series_stats.logging_cadence(steps, np.ones(30)).all()
+    # an evaluation before training adds a row at step 0 that logged no loss
+    before = series_stats.logging_cadence(np.arange(0, 31), np.r_[np.nan, np.ones(30)])
+    assert not before[0] and before[1:].all()
     one = np.where(steps == 25, 2.0, np.nan)  # a single log: no cadence to be due on
     assert steps[series_stats.logging_cadence(steps, one)].tolist() == [25]
     assert series_stats.logging_cadence(steps, np.full(30, np.nan)).all()  # a column given only NaN

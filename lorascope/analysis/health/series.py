@@ -84,7 +84,9 @@ def logging_cadence(steps: np.ndarray, values: np.ndarray) -> np.ndarray:
     the steps on their cadence. A trainer that logs every k steps (Hugging Face's
     `logging_steps`) leaves NaN between its logs: those steps were not logged, while a NaN at a
     step on the cadence was. The cadence is the most common gap between logged steps (the
-    smallest on a tie), counted from the first; a column with a single value has none (NaN
+    smallest on a tie), counted from the first, whose step is the first that was due (a row
+    before it, such as an evaluation before training, logged other values); a column with a
+    single value has none (NaN
     elsewhere is absence), a column present with no value at all was given only NaN (a column
     never given a value is not stored: docs/format.md)."""
     steps = np.asarray(steps, dtype=np.int64)
@@ -96,4 +98,4 @@ def logging_cadence(steps: np.ndarray, values: np.ndarray) -> np.ndarray:
         return logged
     gaps, counts = np.unique(np.diff(at), return_counts=True)
     every = max(int(gaps[np.argmax(counts)]), 1)
-    return logged | ((steps - at[0]) % every == 0)
+    return logged | ((steps >= at[0]) & ((steps - at[0]) % every == 0))
