@@ -132,7 +132,7 @@ def test_a_spike_is_an_outlier_against_the_series_history():
     spiked[35:] = 0.97  # from step 35 one direction holds 97% of the energy
     (found,) = health.check_module(long_series(steps, dW__energy_top1=spiked), checks=("spectral_spike",))
     assert (found.matrix, found.step) == ("dW", 35)
-    assert f"to 97.0% of ΔW's energy since step 34" in found.message
+    assert "to 97.0% of ΔW's energy since step 34" in found.message
     # its healthy twin, and the same jump inside the first settling steps (ΔW is a few updates)
     assert health.check_module(long_series(steps, dW__energy_top1=healthy), checks=("spectral_spike",)) == []
     early = healthy.copy()
