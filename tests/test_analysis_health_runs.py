@@ -149,3 +149,33 @@ def test_a_norm_blowup_of_b(folder, healthy):
     found = findings(record(folder / "blowup.h5", after_step=run_away))
     grown = [f for f in found if f.matrix == "B" and "faster than bounded steps" in f.message]
     assert len(grown) == 8 and all(f.severity == "warning" and PLANT_AT < f.step <= STEPS for f in grown)
+
+
+def test_a_hugging_face_run_logging_every_few_steps_has_no_nan_loss(tiny_gpt2, tmp_path):
+    # The Trainer logs the loss at its logging_steps only: the steps between hold NaN in the file.
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    from lorascope.record import LorascopeCallback
+
+    class Tokens(torch.utils.data.Dataset):
+        ids = torch.randint(0, 128, (24, 12), generator=torch.Generator().manual_seed(0))
+
+        def __len__(self) -> int:
+            return len(self.ids)
+
+        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+            return {"input_ids": self.ids[i], "labels": self.ids[i]}
+
+    model = peft.get_peft_model(tiny_gpt2.train(), peft.LoraConfig(
+        r=4, lora_alpha=8, target_modules=["c_attn", "c_fc"], fan_in_fan_out=True))
+    path = tmp_path / "hf.h5"
+    args = transformers.TrainingArguments(
+        output_dir=str(tmp_path / "out"), max_steps=12, per_device_train_batch_size=2, learning_rate=1e-3,
+        logging_steps=4, save_strategy="no", report_to=[], use_cpu=True, dataloader_num_workers=0,
+        disable_tqdm=True)
+    transformers.Trainer(model=model, args=args, train_dataset=Tokens(),
+                         callbacks=[LorascopeCallback(path, RecordConfig(every=1))]).train()
+    with lorascope.open(path) as rec:
+        loss = rec.scalar_columns["loss"]
+        assert np.isfinite(loss).sum() == 3 and np.isnan(loss).sum() == 9  # logged at steps 4, 8, 12
+    assert [f for f in findings(path) if f.module is None] == []
