@@ -68,11 +68,12 @@ def test_findings_table_has_a_row_per_finding():
     got = analysis.analyze(rec, ("findings",), health=False)  # the table asks for the checks itself
     table = got.tables["findings"]
     assert len(table) == len(got.findings) >= 2
-    assert list(table.columns) == ["run", "module", "matrix", "step", "severity", "message"]
+    assert list(table.columns) == ["run", "module", "matrix", "step", "severity", "check", "message"]
     for row, f in zip(table.itertuples(index=False), got.findings):
-        assert (row.run, row.severity, row.message) == (f.run, f.severity, f.message)
+        assert (row.run, row.severity, row.check, row.message) == (f.run, f.severity, f.check, f.message)
         empty = [None if pd.isna(v) else v for v in (row.module, row.matrix, row.step)]
         assert empty == [f.module, f.matrix, f.step]  # a run-level finding has none of the three
+    assert set(table.check) == {"b_still_zero", "nonfinite_loss"}  # what was planted, by name
     loss = table[table.module.isna()].iloc[0]
     assert loss.step == 3 and "the loss is nan" in loss.message  # scalars row 2 is step 3
 

@@ -12,7 +12,7 @@ from lorascope.analysis.options import KEYS
 __all__ = ["best_family_changes", "findings_frame", "FAMILY_CHANGE_COLUMNS", "FINDING_COLUMNS"]
 
 FAMILY_CHANGE_COLUMNS = (*KEYS, "before", "after")
-FINDING_COLUMNS = ("run", "module", "matrix", "step", "severity", "message")
+FINDING_COLUMNS = ("run", "module", "matrix", "step", "severity", "check", "message")
 
 
 def best_family_changes(fits: pd.DataFrame) -> pd.DataFrame:
@@ -32,7 +32,8 @@ def best_family_changes(fits: pd.DataFrame) -> pd.DataFrame:
 
 def findings_frame(findings: list[Finding]) -> pd.DataFrame:
     """One row per health finding, in the order they were found (each run's loss first, then its
-    modules); `module`, `matrix` and `step` are empty for run-level findings."""
+    modules); `module`, `matrix` and `step` are empty for run-level findings; `check` names the
+    registered check (docs/health.md)."""
     frame = pd.DataFrame([{k: getattr(f, k) for k in FINDING_COLUMNS} for f in findings],
                          columns=list(FINDING_COLUMNS))
     frame["step"] = frame["step"].astype("Int64")
