@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import math
 import os
 import platform
 import socket
@@ -30,6 +31,8 @@ from lorascope.errors import RecordingError, UsageError
 from lorascope.record.capture import TORCH_DTYPES, Channel
 from lorascope.lora.pairs import LoraPair, discover, require_pairs, select_pairs, warn_not_recorded
 from lorascope.record.estimate import SizeEstimate, estimate_size
+from lorascope.record.gather import gather_for, is_sharded
+from lorascope.record.sharded_norms import RowSlot, ShardedUpdateNorms, keep_slot
 from lorascope.h5.format import STANDARD_SCALARS, STORAGE_DTYPES, format_version
 from lorascope.h5.resume import replace, resume_seed, temporary_path
 from lorascope.record.schedule import build_schedule
@@ -116,10 +119,13 @@ def _check_writable(path: Path) -> None:
 
 class Recorder:
     """Records the LoRA pairs of ``model`` into ``path``. Under torchrun, ranks other than 0 get
-    a ``NullRecorder`` that accepts the same calls and writes nothing."""
+    a ``NullRecorder`` that accepts the same calls and writes nothing, unless the model is
+    sharded (FSDP, ZeRO-3): then every rank needs a Recorder, whose calls join the gathers of
+    the recorded tensors (see ``gather``), and only rank 0 writes."""
 
     def __new__(cls, *args: Any, **kwargs: Any):
-        if process_rank() != 0:
+        model = args[1] if len(args) > 1 else kwargs.get("model")
+        if process_rank() != 0 and not is_sharded(model):
             return NullRecorder()
         return super().__new__(cls)
 
@@ -131,8 +137,14 @@ class Recorder:
         self.resume = resume
         self.config = cfg = config or RecordConfig()
         _check_options(cfg)
-        found = discover(model)
+        # --- sharding: how the recorded tensors are read whole (gather.py); a no-op unsharded
+        self._gather = gather_for(model)
+        if resume and self._gather.sharded:
+            raise UsageError("resuming the recording of a sharded model is not supported; start a new recording")
+        with self._gather.discovery():
+            found = discover(model)
         self.pairs: dict[str, LoraPair] = select_pairs(require_pairs(found), cfg.modules)
+        self._gather.bind(self.pairs)
         self.not_recorded, self.peft = found.not_recorded, found.peft
         warn_not_recorded(self.not_recorded)
         self.schedule = build_schedule(cfg, total_steps)
@@ -142,12 +154,15 @@ class Recorder:
         self.device = next(iter(self.pairs.values())).A.device
         self.environment = environment or default_environment(self.device)
         self.update_norms = _norm_place(update_norms, self.device)
+        if self._gather.sharded:  # each rank's part of every norm, summed at snapshots
+            self.update_norms = "sharded"
         # A0, B0, A1, B1, ...: the order of every flat buffer
         self._params = [t for p in self.pairs.values() for t in (p.A, p.B)]
         # how each parameter-shaped tensor becomes its recorded matrix (None: it is one already)
         self._as_matrix = [p.matrix for p in self.pairs.values() for _ in (p.A, p.B)]
         self._dora = [p for p in self.pairs.values() if p.magnitude is not None]
         self._writer: WriterThread | None = None
+        self._opened = False  # the file's layout is settled (on ranks that do not write, too)
         self._early: list[Any] = []  # messages captured before the file exists
         self._held: list[Any] | None = None  # messages of the optimizer step being captured
         self._optimizer = None
@@ -186,7 +201,9 @@ class Recorder:
         rows up to that step and continues after it."""
         if self._started:
             raise UsageError("Recorder.start() was already called; call it once, before training")
-        _check_writable(self.path)
+        writes = self._gather.writes  # False: a rank of a sharded run that only joins the gathers
+        if writes:
+            _check_writable(self.path)
         self._optimizer = optimizer
         cfg, slots = self.config, self.config.queue_size
         shapes = [s for p in self.pairs.values() for s in (p.a_shape, p.b_shape)]
@@ -195,15 +212,16 @@ class Recorder:
         # also an exact one for the update norms, and the writer rounds it to the storage dtype.
         # One copy per step on the training thread, whatever the schedule or storage.
         copied = torch.float32 if self.update_norms == "host" else storage
-        self._weights = Channel(shapes, copied, self.device, slots)
-        self._grads = Channel(shapes, storage, self.device, slots) if cfg.grads else None
-        self._magnitudes = (Channel([(p.magnitude.numel(),) for p in self._dora], torch.float32,
-                                    self.device, slots) if self._dora else None)
+        self._weights = Channel(shapes, copied, self.device, slots) if writes else None
+        self._grads = Channel(shapes, storage, self.device, slots) if cfg.grads and writes else None
+        self._magnitudes = (Channel([(math.prod(self._gather.shape(p.magnitude)),) for p in self._dora],
+                                    torch.float32, self.device, slots) if self._dora and writes else None)
         if self.update_norms == "device":
             self._device_norms = DeviceUpdateNorms(self._params)
             self._updates = Channel([(len(self.pairs), 4)], torch.float32, self.device, 2 * slots)
-        with torch.no_grad():
-            self._grad_prev = [torch.zeros_like(t) for t in self._params] if cfg.grads else []
+        elif self.update_norms == "sharded":
+            self._sharded_norms = ShardedUpdateNorms(self._gather, self._params)
+        self._grad_prev: list[torch.Tensor] = []  # the accumulated gradients last seen, whole
         self._grad_prev_zero = True
         self._state_keys: list[tuple[LoraPair, torch.Tensor, str]] = []
         self._state: Channel | None = None
@@ -248,16 +266,20 @@ class Recorder:
         the growth of the accumulated .grad since the last call, divided by the loss scale."""
         self._require_started()
         self._micro = int(micro_step)
-        if self._grads is None or (self._step + 1) not in self.schedule:
+        if not self.config.grads or (self._step + 1) not in self.schedule:
             return
         with torch.no_grad():
-            grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in self._params]
+            grads = self._gather.grads(self._params)
+            if grads is None:  # a rank of a sharded run: it joined the gather, rank 0 records
+                return
             if self._grad_prev_zero:
                 own = [g.detach().clone() for g in grads]
             else:
                 own = torch._foreach_sub(grads, self._grad_prev)
             if loss_scale != 1.0:
                 torch._foreach_div_(own, float(loss_scale))
+            if not self._grad_prev:
+                self._grad_prev = [torch.empty_like(g) for g in grads]
             torch._foreach_copy_(self._grad_prev, grads)
             self._grad_prev_zero = False
             slot, event = self._grads.capture(self._matrices(own), self._alive)
@@ -289,6 +311,10 @@ class Recorder:
         scheduled = self._step in self.schedule
         if self.update_norms == "device":
             self._send_update_norms()
+        elif self.update_norms == "sharded":
+            self._sharded_norms.update(self._step, self._params)
+            if scheduled:
+                self._send_sharded_norms()
         elif not scheduled:
             self._send_weights(self._step, "update")
         values = dict(scalars or {})
@@ -298,7 +324,7 @@ class Recorder:
             for name, lr in group_lrs(optimizer).items():
                 values.setdefault(name, lr)
         self._send(Scalars(self._step, values))
-        if self._writer is None and not self._closed:
+        if not self._opened and not self._closed:
             self._open_file(self._probe_state(optimizer))
         if scheduled:
             self._snapshot(self._step, norms="update")
@@ -336,10 +362,14 @@ class Recorder:
         self._hooks.clear()
         atexit.unregister(self._close_at_exit)
         try:
-            # the final weights matter most: keep them even when the schedule skipped them
-            if status == "complete" and self._step > self._last_snapshot and self._alive():
+            if status == "complete" and self.update_norms == "sharded":
+                self._send_sharded_norms()  # the steps since the last snapshot
+            # the final weights matter most: keep them even when the schedule skipped them (a
+            # sharded run gathers them whatever rank 0's writer does: the other ranks join)
+            if (status == "complete" and self._step > self._last_snapshot
+                    and (self._alive() or self._gather.sharded)):
                 self._snapshot(self._step)
-            if self._writer is None:
+            if not self._opened:
                 self._open_file({})  # optimizer state was asked for but no step ever ran
         finally:
             self._closed = True
@@ -373,6 +403,8 @@ class Recorder:
             raise UsageError("the Recorder is closed; open a new one to record another run")
 
     def _send(self, msg: Any) -> None:
+        if not self._gather.writes:
+            return
         if self._held is not None:  # inside on_optimizer_step: sent when its copies are made
             self._held.append(msg)
         elif self._writer is None:
@@ -387,14 +419,16 @@ class Recorder:
     def _snapshot(self, step: int, norms: str = "") -> None:
         """Captures the weights; ``norms`` ("baseline"/"update") also makes this copy the
         writer's update-norm reference where that path is on."""
-        if self._magnitudes is not None:  # sent first: the snapshot's commit then covers it
-            with torch.no_grad():
-                mslot, mevent = self._magnitudes.capture(
-                    [p.magnitude.detach().reshape(-1) for p in self._dora], self._alive)
-            self._send(Magnitudes(mslot, mevent, self._magnitudes.ring.release))
-        weights = self._matrices([t.detach() for t in self._params])
-        slot, event = self._weights.capture(weights, self._alive)
         self._last_snapshot = step
+        magnitudes = self._gather.weights([p.magnitude for p in self._dora]) if self._dora else None
+        weights = self._gather.weights(self._params)
+        if weights is None:  # a rank of a sharded run: it joined the gathers, rank 0 records
+            return
+        if magnitudes is not None:  # sent first: the snapshot's commit then covers it
+            with torch.no_grad():
+                mslot, mevent = self._magnitudes.capture([m.reshape(-1) for m in magnitudes], self._alive)
+            self._send(Magnitudes(mslot, mevent, self._magnitudes.ring.release))
+        slot, event = self._weights.capture(self._matrices(weights), self._alive)
         role = norms if self.update_norms == "host" else ""
         self._send(Snapshot(step, self._micro, time.perf_counter() - self._t0, slot, event,
                             self._weights.ring.release, role))
@@ -413,6 +447,11 @@ class Recorder:
             slot, event = self._updates.capture([norms], self._alive)
         self._send(Updates(self._step, slot, event, self._updates.ring.release))
 
+    def _send_sharded_norms(self) -> None:
+        """The sharded path: the rows kept on every rank since the last snapshot, summed."""
+        for step, row in self._sharded_norms.reduce():
+            self._send(Updates(step, RowSlot([row]), None, keep_slot))
+
     def _probe_state(self, optimizer) -> dict[int, dict[str, list[tuple[str, tuple[int, ...]]]]]:
         """Which optimizer-state tensors exist for A and B. They only exist after the first
         step, and SWMR forbids adding datasets later, so the file waits for this."""
@@ -423,34 +462,35 @@ class Recorder:
                 "record.optimizer_state needs the optimizer: pass it to Recorder.start(optimizer) "
                 "or to on_optimizer_step(..., optimizer=optimizer)"
             )
-        layout: dict[int, dict[str, list[tuple[str, tuple[int, ...]]]]] = {}
-        self._state_keys = []
-        for i, pair in enumerate(self.pairs.values()):
-            layout[i] = {}
-            for matrix, param in (("A", pair.A), ("B", pair.B)):
-                state = optimizer.state.get(param, {})
-                # 0-d entries (the step count) are already in /state_snapshots/step
-                keys = sorted(k for k, v in state.items()
-                              if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0)
-                if keys:
-                    layout[i][matrix] = [(k, tuple(_state_view(pair, param, state[k]).shape))
-                                         for k in keys]
-                    self._state_keys.extend((pair, param, k) for k in keys)
+        found = [(i, matrix, pair, param, key) for i, pair in enumerate(self.pairs.values())
+                 for matrix, param in (("A", pair.A), ("B", pair.B))
+                 for key in self._gather.state_keys(optimizer, param)]
+        self._state_keys = [(pair, param, key) for _, _, pair, param, key in found]
+        # the stored shapes, read from the whole tensors (once; a gather when sharded)
+        whole = self._gather.state(optimizer, [(param, key) for _, _, _, param, key in found])
+        layout: dict[int, dict[str, list[tuple[str, tuple[int, ...]]]]] = {i: {} for i in range(len(self.pairs))}
+        for (i, matrix, pair, param, key), tensor in zip(found, whole or []):
+            shape = tuple(_state_view(pair, self._gather.shape(param), tensor).shape)
+            layout[i].setdefault(matrix, []).append((key, shape))
         shapes = [s for m in layout.values() for entries in m.values() for _, s in entries]
-        self._state = Channel(shapes, torch.float32, self.device, self.config.queue_size) if shapes else None
+        self._state = (Channel(shapes, torch.float32, self.device, self.config.queue_size)
+                       if shapes and self._gather.writes else None)
         return layout
 
     def _capture_state(self, optimizer) -> None:
-        if self._state is None or optimizer is None:
+        if not self._state_keys or optimizer is None:
             return
         try:
-            tensors = [_state_view(pair, param, optimizer.state[param][key].detach())
-                       for pair, param, key in self._state_keys]
+            whole = self._gather.state(optimizer, [(param, key) for _, param, key in self._state_keys])
         except KeyError as exc:
             raise RecordingError(
                 f"the optimizer's state lost the entry {exc} it had after the first step; record "
                 "this optimizer with record.optimizer_state off"
             ) from None
+        if whole is None:  # a rank of a sharded run: it joined the gather, rank 0 records
+            return
+        tensors = [_state_view(pair, self._gather.shape(param), t)
+                   for (pair, param, _), t in zip(self._state_keys, whole)]
         with torch.no_grad():
             slot, event = self._state.capture(tensors, self._alive)
         self._send(State(self._step, slot, event, self._state.ring.release))
@@ -468,8 +508,10 @@ class Recorder:
         }
         w0 = None
         if self.config.base_weights or pair.magnitude is not None:  # DoRA's ΔW needs W0
-            w0 = pair.base_weight().detach().to("cpu", torch.float32).numpy()
-        magnitude = 0 if pair.magnitude is None else pair.magnitude.numel()
+            # once, one module at a time; under sharding a gather that every rank joins
+            weight = self._gather.base_weight(pair)
+            w0 = weight.numpy() if weight is not None else None
+        magnitude = 0 if pair.magnitude is None else math.prod(self._gather.shape(pair.magnitude))
         return ModuleSpec(pair.name, attrs, pair.a_shape, pair.b_shape, w0=w0, state=state,
                           magnitude=magnitude)
 
@@ -497,6 +539,9 @@ class Recorder:
             columns += [name for name in lr_names(self._optimizer) if name not in columns]
         modules = [self._module_spec(i, p, state_layout.get(i, {}))
                    for i, p in enumerate(self.pairs.values())]
+        self._opened = True
+        if not self._gather.writes:  # it joined the gathers of W0; rank 0 writes the file
+            return
         layout = FileLayout(root, modules, cfg.dtype, cfg.compression, cfg.grads,
                             cfg.optimizer_state, tuple(columns))
         if resume_step is None:
@@ -528,10 +573,10 @@ class Recorder:
             pass
 
 
-def _state_view(pair: LoraPair, param: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
-    """An optimizer-state tensor shaped like its parameter, seen as the recorded matrix; other
-    shapes (Adafactor's factored rows and columns) as they are."""
-    return pair.as_matrix(tensor) if tensor.shape == param.shape else tensor
+def _state_view(pair: LoraPair, param_shape: tuple[int, ...], tensor: torch.Tensor) -> torch.Tensor:
+    """An optimizer-state tensor shaped like its parameter (``param_shape``, whole), seen as the
+    recorded matrix; other shapes (Adafactor's factored rows and columns) as they are."""
+    return pair.as_matrix(tensor) if tuple(tensor.shape) == tuple(param_shape) else tensor
 
 
 class NullRecorder:
