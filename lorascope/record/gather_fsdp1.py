@@ -6,8 +6,13 @@ FSDP1 cannot gather part of a flat parameter, so a snapshot unshards, one unit a
 unit that holds a recorded tensor (``summon_full_params(unit, recurse=False, with_grads=...)``):
 where LoRA shares a unit with its frozen base (a unit per decoder block), that moves the block's
 base weights too, as a forward pass does. Wrap the LoRA layers in units of their own (PEFT's
-``fsdp_auto_wrap_policy``) and a snapshot moves LoRA only. Optimizer state comes from
-``FSDP.optim_state_dict``, which gathers the state of every trained parameter."""
+``fsdp_auto_wrap_policy``) and a snapshot moves LoRA only.
+
+Optimizer state has no such call: the optimizer holds, per parameter, a 1-D moment over that
+parameter's part of the local slice, and the parts of ranks 0, 1, ... in order are the whole
+parameter, flattened (a flat parameter is cut into equal consecutive slices). So the moments are
+gathered to rank 0 and joined in rank order. (``FSDP.optim_state_dict`` would do it for every
+trained parameter, but with torch 2.13 on gloo it returned ``exp_avg`` equal to ``exp_avg_sq``.)"""
 from __future__ import annotations
 
 import contextlib
@@ -18,7 +23,7 @@ import torch.distributed as dist
 
 from lorascope.errors import UsageError
 from lorascope.lora.pairs import LoraPair, clean_module_name
-from lorascope.record.gather import GATHERS, Gather, GatherKind, StateEntry, loaded
+from lorascope.record.gather import GATHERS, Gather, GatherKind, StateEntry, loaded, state_tensor_keys
 
 __all__ = ["Fsdp1Gather"]
 
@@ -46,6 +51,10 @@ class Fsdp1Gather(Gather):
                 "which keeps the LoRA parameters visible; or shard with FSDP2's fully_shard instead"
             )
         self.root = self.units[0] if isinstance(model, fsdp) else model
+        # FSDP1 settles which unit is the root at its first use: summoning an inner unit first
+        # would make that one the root and break the next forward. The outermost unit goes first.
+        with fsdp.summon_full_params(self.units[0], recurse=False, writeback=False):
+            pass
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         # the unit that holds each parameter: the innermost one, since a later unit in pre-order
         # is nested inside the earlier ones
@@ -54,7 +63,6 @@ class Fsdp1Gather(Gather):
             for p in unit.parameters():
                 self._owner[id(p)] = unit
         self._modules = {clean_module_name(n): m for n, m in model.named_modules()}
-        self._names = {id(p): n for n, p in self.root.named_parameters()}  # FSDP's clean names
         self._shapes: dict[int, tuple[int, ...]] = {}
 
     @property
@@ -102,17 +110,20 @@ class Fsdp1Gather(Gather):
         return out if self.writes else None  # type: ignore[return-value]
 
     def state_keys(self, optimizer: Any, param: torch.Tensor) -> list[str]:
-        state = self._optim_state(optimizer).get(self._names.get(id(param), ""), {})
-        return sorted(k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0)
+        # a rank that holds no element of ``param`` has no state for it: the union of all ranks'
+        keys: list[list[str] | None] = [None] * self.world
+        dist.all_gather_object(keys, state_tensor_keys(optimizer.state.get(param, {})))
+        return sorted(set().union(*keys))
 
     def state(self, optimizer: Any, entries: Sequence[StateEntry]) -> list[torch.Tensor] | None:
-        state = self._optim_state(optimizer)
-        full = [state[self._names[id(p)]][key].view(self.shape(p)) for p, key in entries]
-        return full if self.writes else None
-
-    def _optim_state(self, optimizer: Any) -> dict[str, dict[str, Any]]:
-        # a full state dict on every rank (FSDP's default): of every trained parameter, by name
-        return self.FSDP.optim_state_dict(self.root, optimizer)["state"]
+        parts = []
+        for p, key in entries:
+            state = optimizer.state.get(p, {})
+            if key not in state and p.numel() > 0:
+                raise KeyError(key)
+            parts.append(state[key].detach().reshape(-1) if key in state else p.detach().new_empty(0))
+        whole = _gather_joined(parts, self.rank, self.world)
+        return [w.view(self.shape(p)) for w, (p, _) in zip(whole, entries)] if whole is not None else None
 
     def base_weight(self, pair: LoraPair) -> torch.Tensor | None:
         module = self._modules[pair.name]
@@ -131,6 +142,26 @@ class Fsdp1Gather(Gather):
     def reduce(self, tensor: torch.Tensor) -> torch.Tensor | None:
         dist.reduce(tensor, dst=0, op=dist.ReduceOp.SUM)
         return tensor if self.writes else None
+
+
+def _gather_joined(parts: list[torch.Tensor], rank: int, world: int) -> list[torch.Tensor] | None:
+    """1-D tensors of varying length on every rank → on rank 0, each one's parts joined in rank
+    order (None elsewhere). Two collectives: the lengths, then the parts padded to one size."""
+    if not parts:
+        return [] if rank == 0 else None
+    sample = parts[0]
+    counts = torch.tensor([t.numel() for t in parts], dtype=torch.int64, device=sample.device)
+    all_counts = [torch.empty_like(counts) for _ in range(world)]
+    dist.all_gather(all_counts, counts)
+    totals = [int(c.sum()) for c in all_counts]
+    flat = torch.zeros(max(totals), dtype=torch.float32, device=sample.device)
+    flat[:totals[rank]] = torch.cat([t.float() for t in parts])
+    stacked = torch.empty(world, max(totals), dtype=flat.dtype, device=flat.device) if rank == 0 else None
+    dist.gather(flat, gather_list=list(stacked.unbind(0)) if stacked is not None else None, dst=0)
+    if stacked is None:
+        return None
+    pieces = [stacked[r].split(all_counts[r].tolist() + [max(totals) - totals[r]])[:len(parts)] for r in range(world)]
+    return [torch.cat([pieces[r][i] for r in range(world)]) for i in range(len(parts))]
 
 
 GATHERS.register("fsdp1")(GatherKind(

@@ -120,7 +120,8 @@ def run(cfg: RunConfig, *, resume: bool = False, log: Callable[[str], None] = pr
     dist_info, device = init_distributed(resolve_device(cfg.device))
     # FSDP2 turns the parameters into shards: every rank then records (joining the gathers),
     # and reading the adapters whole is a collective
-    sharded = dist_info.enabled and PARALLEL.get(cfg.parallel).shards_parameters
+    parallel = PARALLEL.get(cfg.parallel)  # an unknown name fails here, listing the known ones
+    sharded = dist_info.enabled and parallel.shards_parameters
     if sharded and resume:
         raise UsageError(f"--resume is not supported with parallel = {cfg.parallel}; start a new run")
     if dist_info.is_main:
