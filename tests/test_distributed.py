@@ -18,7 +18,9 @@ ROOT = Path(__file__).resolve().parents[1]
 # over its half of the batch averages to the one-process loss exactly (up to rounding).
 ARGS = ["record", "--model", "tiny-llama", "--task", "causal_lm", "--steps", "3", "--batch-size", "4",
         "--grad-accum", "2", "--set", "data.max_examples=64", "--set", "data.max_length=32",
-        "--set", "generate_samples=0", "--set", "eval_batches=1", "--layers", ":"]
+        "--set", "generate_samples=0", "--set", "eval_batches=1", "--layers", ":",
+        # the SVD init keeps an offset beside the base: W0 is then computed from sharded weights
+        "--set", "lora.init=svd"]
 # what FSDP2 must also gather: per-micro-step gradients, AdamW's moments, W0
 FULL = ["--set", "record.grads=true", "--set", "record.optimizer_state=true", "--set", "record.base_weights=true"]
 

@@ -16,7 +16,7 @@ trained parameter, but with torch 2.13 on gloo it returned ``exp_avg`` equal to 
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
@@ -26,6 +26,9 @@ from lorascope.lora.pairs import LoraPair, clean_module_name
 from lorascope.record.gather import GATHERS, Gather, GatherKind, StateEntry, loaded, state_tensor_keys
 
 __all__ = ["Fsdp1Gather"]
+
+_LINEAR_ONLY = ("under FSDP1 lorascope records plain LoRA on linear layers only: shard with FSDP2 (fully_shard) "
+                "to record this model")
 
 
 def _fsdp_class() -> type | None:
@@ -69,16 +72,22 @@ class Fsdp1Gather(Gather):
     def writes(self) -> bool:
         return self.rank == 0
 
+    @contextlib.contextmanager
+    def discovery(self) -> Iterator[None]:
+        """Linear LoRA layers know their sizes; other kinds read them from the parameters'
+        shapes, which are 1-D slices here."""
+        try:
+            yield
+        except IndexError:
+            raise UsageError(_LINEAR_ONLY) from None
+
     def bind(self, pairs: dict[str, LoraPair]) -> None:
         """The parameters' own shapes are their local slices (1-D); the pairs know the full ones,
         as long as a parameter is the recorded matrix itself."""
         odd = [p for p in pairs.values() if p.matrix is not None or p.magnitude is not None]
         if odd:
-            raise UsageError(
-                f"under FSDP1 lorascope records LoRA on linear layers only, not {odd[0].kind} "
-                f"({odd[0].name}{', DoRA' if odd[0].magnitude is not None else ''}); shard with FSDP2 "
-                "(fully_shard) to record it"
-            )
+            raise UsageError(f"{_LINEAR_ONLY}, not {odd[0].kind}{' with DoRA' if odd[0].magnitude is not None else ''} "
+                             f"({odd[0].name})")
         for pair in pairs.values():
             self._shapes[id(pair.A)], self._shapes[id(pair.B)] = pair.a_shape, pair.b_shape
 

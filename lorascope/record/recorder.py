@@ -369,8 +369,10 @@ class Recorder:
             if (status == "complete" and self._step > self._last_snapshot
                     and (self._alive() or self._gather.sharded)):
                 self._snapshot(self._step)
-            if not self._opened:
-                self._open_file({})  # optimizer state was asked for but no step ever ran
+            # optimizer state was asked for but no step ever ran; a sharded run that failed then
+            # writes no file: creating it gathers W0, and a dead rank would never join
+            if not self._opened and (status == "complete" or not self._gather.sharded):
+                self._open_file({})
         finally:
             self._closed = True
             if self._writer is not None:
