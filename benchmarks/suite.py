@@ -1,6 +1,7 @@
 """The whole benchmark suite behind ``python -m benchmarks``: recording overhead against TensorBoard
-and wandb, training throughput against PEFT + Trainer, analysis throughput, report time and the
-recording size, each at a chosen scale, summarised in one table.
+and wandb, training throughput against PEFT + Trainer, analysis throughput, report time, the
+recording size and the command line's start-up time, each at a chosen scale, summarised in one
+table.
 
 The analysis and report benchmarks belong to their owners' scripts: ``analysis_speed.run``
 is called in this process (it returns its numbers); ``report_time.py`` only prints, so it runs
@@ -39,6 +40,7 @@ class Scale:
     report_args: tuple[str, ...]
     size_snapshots: tuple[int, int]
     size_dtypes: tuple[str, ...]
+    startup_repeats: int = 7  # fresh interpreters per command line timed
 
 
 SCALES: dict[str, Scale] = {
@@ -47,7 +49,7 @@ SCALES: dict[str, Scale] = {
                    {"layers": 1, "snapshots": 12, "loop_snapshots": 1},
                    ("--layers", "1", "--snapshots", "12", "--repeat", "1", "--variants", "default"),
                    ("--runs", "2", "--steps", "3", "--compare-modules", "1", "--repeats", "1"),
-                   (2, 3), ("float32",)),
+                   (2, 3), ("float32",), startup_repeats=1),
     # a few minutes on GPT-2 small
     "quick": Scale(("gpt2-small",), 4, 3, 4, 3, 2,
                    {"layers": 1, "snapshots": 100, "loop_snapshots": 2},
@@ -58,7 +60,7 @@ SCALES: dict[str, Scale] = {
     "full": Scale(("gpt2-small", "smollm2-135m"), 10, 5, 8, 5, 2,
                   {"layers": 12, "snapshots": 2000, "loop_snapshots": 3},
                   ("--layers", "12", "--snapshots", "2000", "--repeat", "2"), ("--runs", "6", "--steps", "100"),
-                  (3, 11), ("float32", "float16", "bfloat16")),
+                  (3, 11), ("float32", "float16", "bfloat16"), startup_repeats=15),
 }
 
 
@@ -243,6 +245,17 @@ def _report(scale: Scale, log: Callable[[str], None]) -> Outcome:
              f"{numbers['report_s']:.1f} s ({numbers['pngs']:.0f} PNGs)"),
         _row(f"report time, {runs} runs", "fresh figures / reused figures", f"{numbers['fresh_over_reused']:.2f}"),
     ], text.strip())
+
+
+@SUITE.register("startup")
+def _startup(scale: Scale, log: Callable[[str], None]) -> Outcome:
+    from benchmarks.startup import TARGETS, cpu_seconds, run_startup, startup_rows
+
+    samples = run_startup(repeats=scale.startup_repeats, log=log)
+    rows = [_row(f"start-up, {label}", f"seconds, median of {len(s.step_seconds)} fresh processes",
+                 f"{median(s.step_seconds):.2f} s (CPU {median(cpu_seconds(s)):.2f} s)", TARGETS.get(label, ""))
+            for label, s in samples.items()]
+    return Outcome("startup", rows, format_table(startup_rows(samples)))
 
 
 def run_suite(scale: Scale, names: list[str] | None = None,

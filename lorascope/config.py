@@ -6,15 +6,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import tomllib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from lorascope.errors import UsageError
 
 __all__ = [
+    "AMP_MODES",
     "ModelConfig",
     "LoraConfig",
     "DataConfig",
@@ -24,11 +24,17 @@ __all__ = [
     "load_config",
     "read_config_data",
     "apply_overrides",
+    "parse_settings",
+    "build_config",
     "config_to_dict",
     "config_from_dict",
     "Range",
     "RANGES",
 ]
+
+
+# Mixed precision: auto (bf16 where the GPU has it, else fp16 on CUDA, off on CPU), off, fp16, bf16.
+AMP_MODES = ("auto", "off", "fp16", "bf16")
 
 
 @dataclass
@@ -224,8 +230,8 @@ def validate(cfg: RunConfig) -> None:
         raise UsageError(
             f"optim.min_lr must be between 0 and optim.lr ({cfg.optim.lr}); got {cfg.optim.min_lr}"
         )
-    if cfg.amp not in ("auto", "off", "fp16", "bf16"):
-        raise UsageError(f"amp must be one of auto, off, fp16, bf16 (got {cfg.amp!r})")
+    if cfg.amp not in AMP_MODES:
+        raise UsageError(f"amp must be one of {', '.join(AMP_MODES)} (got {cfg.amp!r})")
     if cfg.record.dtype not in ("float32", "float16", "bfloat16"):
         raise UsageError(
             f"record.dtype must be float32, float16 or bfloat16 (got {cfg.record.dtype!r})"
@@ -322,6 +328,8 @@ def read_config_data(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise UsageError(f"config file {path} does not exist; give the path of a .toml or .json file")
+    import tomllib  # here, not at the top: compiling its regexes costs every `--help` 10-25 ms
+
     text = path.read_text(encoding="utf-8")
     try:
         data = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
@@ -350,3 +358,24 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
             raise UsageError(f"unknown setting {dotted!r}; valid names here are: {', '.join(node)}")
         node[parts[-1]] = value
     return config_from_dict(data)
+
+
+def parse_settings(items: Iterable[str]) -> dict[str, str]:
+    """``["optim.lr=3e-4", "lora.rank=4"]`` -> ``{"optim.lr": "3e-4", "lora.rank": "4"}``; the
+    values stay text, turned into each field's type when applied."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UsageError(f"a setting takes key=value, such as --set optim.weight_decay=0.1 (got {item!r})")
+        pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def build_config(base: RunConfig, settings: Iterable[str] = (), fields: dict[str, Any] | None = None) -> RunConfig:
+    """The config a command line describes: ``base`` (a file's, or the defaults), then the
+    ``key=value`` settings, then ``fields`` (dotted keys, as flags give them; None means the
+    flag was not given), each later one winning."""
+    overrides: dict[str, Any] = parse_settings(settings)
+    overrides.update({key: value for key, value in (fields or {}).items() if value is not None})
+    return apply_overrides(base, overrides) if overrides else base

@@ -5,6 +5,7 @@ needs the package's registries (``--help``) never pays for the implementation.""
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import Any, Callable
 
 __all__ = ["lazy_exports"]
@@ -18,9 +19,12 @@ def lazy_exports(package: str, where: dict[str, str]) -> tuple[Callable[[str], A
         module = where.get(name)
         if module is None:
             raise AttributeError(f"module {package!r} has no attribute {name!r}")
-        return getattr(importlib.import_module(module), name)
+        value = getattr(importlib.import_module(module), name)
+        # kept on the package, so the next lookup is an ordinary attribute
+        setattr(sys.modules[package], name, value)
+        return value
 
     def __dir__() -> list[str]:
-        return sorted(where)
+        return sorted(set(where) | set(vars(sys.modules[package])))
 
     return __getattr__, __dir__

@@ -153,6 +153,27 @@ def test_recording_size_is_the_raw_bytes_plus_little():
     assert size_rows([result])[0]["storage"] == "float32"
 
 
+def test_startup_times_fresh_interpreters_of_this_checkout(tmp_path):
+    from benchmarks.startup import ROOT, cpu_seconds, make_recording, run_startup, startup_rows
+
+    samples = run_startup(ROOT, repeats=2, cases=["python -c pass", "lorascope --help"])
+    assert list(samples) == ["python -c pass", "lorascope --help"]
+    assert all(len(s.step_seconds) == 2 and min(s.step_seconds) > 0 for s in samples.values())
+    assert all(0 < cpu for s in samples.values() for cpu in cpu_seconds(s))
+    rows = {row["command"]: row for row in startup_rows(samples)}
+    assert rows["lorascope --help"]["target"] == "< 0.3 s" and rows["python -c pass"]["target"] == ""
+    with lorascope.open(make_recording(tmp_path, snapshots=3)) as rec:
+        assert list(rec.steps) == [0, 1, 2, 3] and len(rec.modules) == 8 and rec.status == "complete"
+
+
+def test_a_failing_command_line_is_an_error_not_a_time(monkeypatch):
+    from benchmarks import startup
+
+    monkeypatch.setitem(startup.CASES, "broken", ["-c", "raise SystemExit(3)"])
+    with pytest.raises(RuntimeError, match="exit 3"):
+        startup.run_startup(repeats=1, cases=["broken"])
+
+
 # --- the entry point --------------------------------------------------------------------------
 
 REPORT_OUTPUT = """2 recordings, 3 steps, 14 modules each: 5.1 MiB, written in 8.2 s

@@ -4,7 +4,15 @@ import json
 
 import pytest
 
-from lorascope.config import RunConfig, apply_overrides, config_from_dict, config_to_dict, load_config
+from lorascope.config import (
+    RunConfig,
+    apply_overrides,
+    build_config,
+    config_from_dict,
+    config_to_dict,
+    load_config,
+    parse_settings,
+)
 from lorascope.errors import UsageError
 
 
@@ -61,3 +69,22 @@ def test_default_run_name_and_output():
     cfg = RunConfig()
     assert cfg.output_path().parent.name == "recordings"
     assert cfg.output_path().name == cfg.run_name() + ".h5"
+
+
+def test_settings_are_key_value_pairs():
+    assert parse_settings(["optim.lr=3e-4", " lora.rank = 4 ", "name=a=b"]) == {
+        "optim.lr": "3e-4", "lora.rank": "4", "name": "a=b"}
+    for bad in ("novalue", "=3"):
+        with pytest.raises(UsageError, match="key=value"):
+            parse_settings([bad])
+
+
+def test_build_config_layers_base_settings_then_fields():
+    base = RunConfig(seed=5)
+    cfg = build_config(base, ["lora.rank=4", "optim.lr=1e-3"], {"lora.rank": 16, "optim.steps": None})
+    assert cfg.seed == 5 and cfg.optim.lr == 1e-3
+    assert cfg.lora.rank == 16  # a flag wins over a --set pair
+    assert cfg.optim.steps == base.optim.steps  # None: the flag was not given
+    assert build_config(base) is base
+    with pytest.raises(UsageError, match="unknown setting"):
+        build_config(base, ["lora.rnak=4"])

@@ -216,5 +216,5 @@ def test_svd_refuses_tied_weights(tiny_gpt2):
 
 def test_init_descriptions_are_one_line():
     for name in INITS.names():
-        description = INITS.get(name).description
+        description = INITS.description(name)
         assert description and "\n" not in description

@@ -21,7 +21,9 @@ _fork = multiprocessing.get_context("fork")
 class Worker:
     def __init__(self, path: Path, flush_every: int = 1, max_steps: int = 1_000_000) -> None:
         self.ready = _fork.Event()
-        self.last_step = _fork.Value("q", 0)
+        # no lock: a worker killed while holding a Value's lock would leave the test waiting on it
+        # forever (seen in the suite); one writer, one reader of an aligned int64 needs none
+        self.last_step = _fork.Value("q", 0, lock=False)
         self.proc = _fork.Process(target=run, args=(str(path), flush_every, max_steps, self.ready, self.last_step))
         self.proc.start()
         if not self.ready.wait(timeout=60):

@@ -14,7 +14,7 @@ from lorascope.errors import UsageError
 from lorascope.record import Recorder
 from lorascope.record.capture import FlatLayout
 from lorascope.lora.pairs import find_lora_pairs
-from lorascope.record.updates import DeviceUpdateNorms, HostUpdateNorms
+from lorascope.record.updates import DeviceUpdateNorms, HostUpdateNorms, NormsOnDevice, NormsOnHost, norm_place
 from tests.record_helpers import lora_params, tiny_lora_gpt2, train
 
 
@@ -117,3 +117,11 @@ def test_resume_without_a_new_snapshot_still_has_a_baseline(tmp_path):
 def test_an_unknown_place_is_refused_with_the_choices(tmp_path):
     with pytest.raises(UsageError, match="auto, host, device"):
         Recorder(tmp_path / "x.h5", tiny_lora_gpt2(), RecordConfig(), update_norms="gpu")
+
+
+def test_auto_place_follows_the_device_and_sets_the_copy_dtype():
+    assert isinstance(norm_place("auto", torch.device("cpu")), NormsOnHost)
+    assert isinstance(norm_place("auto", torch.device("cuda", 0)), NormsOnDevice)  # nothing touches the GPU yet
+    # host: one float32 copy serves the snapshot and the norms; device: copies in the storage dtype
+    assert norm_place("host", torch.device("cpu")).weights_dtype(torch.bfloat16) == torch.float32
+    assert norm_place("device", torch.device("cpu")).weights_dtype(torch.bfloat16) == torch.bfloat16

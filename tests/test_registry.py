@@ -72,3 +72,42 @@ def test_an_undeclared_implementation_is_refused():
     reg: Registry[int] = Registry("thing", {"a": ""}, provider="unused")
     with pytest.raises(ValueError, match="not declared"):
         reg.register("b")
+
+
+# The training side's registries declare their names in light front doors and implement them in
+# heavy modules; loading each provider checks that the two lists agree (an implementation of an
+# undeclared name is refused when it registers).
+def _training_registries():
+    from lorascope.data import SOURCES, TASKS
+    from lorascope.lora import INITS
+    from lorascope.models import MODELS
+    from lorascope.train import OPTIMIZERS, SCHEDULES
+
+    return [INITS, OPTIMIZERS, SCHEDULES, MODELS, SOURCES, TASKS]
+
+
+@pytest.mark.parametrize("registry", _training_registries(), ids=lambda r: r.kind)
+def test_every_declared_name_is_implemented_by_its_provider(registry):
+    registry.load()  # raises when the provider misses a declared name
+    for name in registry.names():
+        assert registry.get(name) is not None
+        assert registry.description(name) and "\n" not in registry.description(name)
+
+
+def test_the_front_doors_are_light_and_keep_every_public_name():
+    code = (
+        "import sys, importlib\n"
+        "for p in ('lorascope.lora', 'lorascope.models', 'lorascope.data', 'lorascope.train', 'lorascope.record'):\n"
+        "    importlib.import_module(p)\n"
+        "print(sorted({m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'datasets', 'numpy', 'h5py'}))\n"
+    )
+    import subprocess
+
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+    import importlib
+
+    for package in ("lorascope.lora", "lorascope.models", "lorascope.data", "lorascope.record"):
+        module = importlib.import_module(package)
+        for name in module.__all__:
+            assert getattr(module, name) is not None, f"{package}.{name}"

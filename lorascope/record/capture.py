@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from lorascope.errors import RecordingError
+from lorascope.record.messages import Capture
 
 __all__ = ["FlatLayout", "Slot", "HostRing", "Channel", "TORCH_DTYPES"]
 
@@ -129,3 +130,9 @@ class Channel:
             done.record(self._stream)
         self._staging_free = done
         return slot, done
+
+    def take(self, kind: str, step: int, tensors: Sequence[torch.Tensor], alive: Callable[[], bool],
+             **fields) -> Capture:
+        """Copies ``tensors`` (see ``capture``) and wraps the copy as the writer's message."""
+        slot, event = self.capture(tensors, alive)
+        return Capture(kind, step, slot, event, self.ring.release, **fields)

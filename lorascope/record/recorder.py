@@ -32,15 +32,14 @@ from lorascope.record.capture import TORCH_DTYPES, Channel
 from lorascope.lora.pairs import LoraPair, discover, require_pairs, select_pairs, warn_not_recorded
 from lorascope.record.estimate import SizeEstimate, estimate_size
 from lorascope.record.gather import gather_for, is_sharded
-from lorascope.record.sharded_norms import RowSlot, ShardedUpdateNorms, keep_slot
+from lorascope.record.sharded_norms import NormsOnShards
 from lorascope.h5.format import STANDARD_SCALARS, STORAGE_DTYPES, format_version
 from lorascope.h5.resume import replace, resume_seed, temporary_path
+from lorascope.record.messages import Commit, Scalars
 from lorascope.record.schedule import build_schedule
-from lorascope.record.updates import DeviceUpdateNorms
+from lorascope.record.updates import norm_place
 from lorascope.h5.file import FileLayout, ModuleSpec, RecordingFile
-from lorascope.record.writer import (
-    Commit, Grads, Magnitudes, Scalars, Snapshot, State, Updates, Weights, WriterThread,
-)
+from lorascope.record.writer import WriterThread
 
 __all__ = ["Recorder", "NullRecorder", "process_rank", "default_environment", "group_lrs",
            "lr_names"]
@@ -94,18 +93,6 @@ def _check_options(cfg: RecordConfig) -> None:
         raise UsageError(f"record.queue_size must be at least 2 (got {cfg.queue_size})")
 
 
-# Where the always-on update norms are computed (see updates.py), by the parameters' device:
-# on the writer thread from host copies (CPU: the training thread only copies), or on the device
-# (a GPU's fused kernels beat moving every step's weights to the host).
-UPDATE_NORM_PLACES = {"auto": None, "host": "host", "device": "device"}
-
-
-def _norm_place(choice: str, device: torch.device) -> str:
-    if choice not in UPDATE_NORM_PLACES:
-        raise UsageError(f"update_norms must be one of {', '.join(UPDATE_NORM_PLACES)} (got {choice!r})")
-    return UPDATE_NORM_PLACES[choice] or ("host" if device.type == "cpu" else "device")
-
-
 def _check_writable(path: Path) -> None:
     """Refuses an output path that cannot be written, before any training time is spent."""
     parent = path.parent if str(path.parent) else Path(".")
@@ -153,9 +140,12 @@ class Recorder:
         self.run_config = run_config or {}
         self.device = next(iter(self.pairs.values())).A.device
         self.environment = environment or default_environment(self.device)
-        self.update_norms = _norm_place(update_norms, self.device)
-        if self._gather.sharded:  # each rank's part of every norm, summed at snapshots
-            self.update_norms = "sharded"
+        # where the always-on update norms are computed: a strategy (see updates.py); a sharded
+        # model's from each rank's shards, summed once per snapshot (sharded_norms.py)
+        self._norms = norm_place(update_norms, self.device)
+        if self._gather.sharded:
+            self._norms = NormsOnShards(self._gather)
+        self.update_norms = self._norms.name
         # A0, B0, A1, B1, ...: the order of every flat buffer
         self._params = [t for p in self.pairs.values() for t in (p.A, p.B)]
         # how each parameter-shaped tensor becomes its recorded matrix (None: it is one already)
@@ -208,19 +198,12 @@ class Recorder:
         cfg, slots = self.config, self.config.queue_size
         shapes = [s for p in self.pairs.values() for s in (p.a_shape, p.b_shape)]
         storage = TORCH_DTYPES[cfg.dtype]
-        # On the host path the weights are always copied in float32: the copy that is stored is
-        # also an exact one for the update norms, and the writer rounds it to the storage dtype.
-        # One copy per step on the training thread, whatever the schedule or storage.
-        copied = torch.float32 if self.update_norms == "host" else storage
-        self._weights = Channel(shapes, copied, self.device, slots) if writes else None
+        # a rank that only joins the gathers keeps no host buffers: it never holds a whole tensor
+        self._weights = Channel(shapes, self._norms.weights_dtype(storage), self.device, slots) if writes else None
+        self._norms.start(self._params, self._weights, slots, self._matrices)
         self._grads = Channel(shapes, storage, self.device, slots) if cfg.grads and writes else None
         self._magnitudes = (Channel([(math.prod(self._gather.shape(p.magnitude)),) for p in self._dora],
                                     torch.float32, self.device, slots) if self._dora and writes else None)
-        if self.update_norms == "device":
-            self._device_norms = DeviceUpdateNorms(self._params)
-            self._updates = Channel([(len(self.pairs), 4)], torch.float32, self.device, 2 * slots)
-        elif self.update_norms == "sharded":
-            self._sharded_norms = ShardedUpdateNorms(self._gather, self._params)
         self._grad_prev: list[torch.Tensor] = []  # the accumulated gradients last seen, whole
         self._grad_prev_zero = True
         self._state_keys: list[tuple[LoraPair, torch.Tensor, str]] = []
@@ -234,8 +217,8 @@ class Recorder:
                             resume_step=self._step)
             if self._last_snapshot < self._step:
                 self._snapshot(self._step, norms="baseline")
-            elif self.update_norms == "host":
-                self._send_weights(self._step, "baseline")
+            else:  # the file's last snapshot is this step: the norms' series starts without one
+                self._send(self._norms.baseline(self._step, self._alive))
         else:
             self._snapshot(self._step, norms="baseline")
             if not cfg.optimizer_state:
@@ -282,9 +265,9 @@ class Recorder:
                 self._grad_prev = [torch.empty_like(g) for g in grads]
             torch._foreach_copy_(self._grad_prev, grads)
             self._grad_prev_zero = False
-            slot, event = self._grads.capture(self._matrices(own), self._alive)
-        self._send(Grads(self._step + 1, self._micro, float(loss_scale), slot, event,
-                         self._grads.ring.release))
+            msg = self._grads.take("grads", self._step + 1, self._matrices(own), self._alive,
+                                   micro_step=self._micro, loss_scale=float(loss_scale))
+        self._send(msg)
 
     def on_optimizer_step(self, step: int, scalars: dict[str, float] | None = None,
                           optimizer: torch.optim.Optimizer | None = None) -> None:
@@ -309,14 +292,7 @@ class Recorder:
         self._step = int(step)
         self._grad_prev_zero = True  # the next micro-step starts a new accumulation cycle
         scheduled = self._step in self.schedule
-        if self.update_norms == "device":
-            self._send_update_norms()
-        elif self.update_norms == "sharded":
-            self._sharded_norms.update(self._step, self._params)
-            if scheduled:
-                self._send_sharded_norms()
-        elif not scheduled:
-            self._send_weights(self._step, "update")
+        self._send(self._norms.update(self._step, scheduled, self._alive))
         values = dict(scalars or {})
         if optimizer is not None:
             # read here only what the caller did not say: after a scheduler's step the optimizer
@@ -362,8 +338,8 @@ class Recorder:
         self._hooks.clear()
         atexit.unregister(self._close_at_exit)
         try:
-            if status == "complete" and self.update_norms == "sharded":
-                self._send_sharded_norms()  # the steps since the last snapshot
+            if status == "complete":  # norms a strategy still holds (sharded: since the last snapshot)
+                self._send(self._norms.finish(self._alive))
             # the final weights matter most: keep them even when the schedule skipped them (a
             # sharded run gathers them whatever rank 0's writer does: the other ranks join)
             if (status == "complete" and self._step > self._last_snapshot
@@ -405,7 +381,12 @@ class Recorder:
             raise UsageError("the Recorder is closed; open a new one to record another run")
 
     def _send(self, msg: Any) -> None:
-        if not self._gather.writes:
+        if msg is None or not self._gather.writes:  # nothing to send, or a rank that does not write
+            return
+        if isinstance(msg, list):  # a strategy's several messages (sharded norms: one per step)
+            for one in msg:
+                self._send(one)
+            return
             return
         if self._held is not None:  # inside on_optimizer_step: sent when its copies are made
             self._held.append(msg)
@@ -428,31 +409,12 @@ class Recorder:
             return
         if magnitudes is not None:  # sent first: the snapshot's commit then covers it
             with torch.no_grad():
-                mslot, mevent = self._magnitudes.capture([m.reshape(-1) for m in magnitudes], self._alive)
-            self._send(Magnitudes(mslot, mevent, self._magnitudes.ring.release))
-        slot, event = self._weights.capture(self._matrices(weights), self._alive)
-        role = norms if self.update_norms == "host" else ""
-        self._send(Snapshot(step, self._micro, time.perf_counter() - self._t0, slot, event,
-                            self._weights.ring.release, role))
-
-    def _send_weights(self, step: int, norms: str) -> None:
-        """A float32 copy of the weights for the writer's update norms only (host path)."""
-        with torch.no_grad():
-            weights = self._matrices([t.detach() for t in self._params])
-            slot, event = self._weights.capture(weights, self._alive)
-        self._send(Weights(step, slot, event, self._weights.ring.release, norms))
-
-    def _send_update_norms(self) -> None:
-        """The device path: norms computed here, a (modules, 4) row copied off."""
-        norms = self._device_norms.update(self._params)
-        with torch.no_grad():
-            slot, event = self._updates.capture([norms], self._alive)
-        self._send(Updates(self._step, slot, event, self._updates.ring.release))
-
-    def _send_sharded_norms(self) -> None:
-        """The sharded path: the rows kept on every rank since the last snapshot, summed."""
-        for step, row in self._sharded_norms.reduce():
-            self._send(Updates(step, RowSlot([row]), None, keep_slot))
+                self._send(self._magnitudes.take("magnitudes", step, [m.reshape(-1) for m in magnitudes],
+                                                 self._alive))
+        msg = self._weights.take("weights", step, self._matrices(weights), self._alive,
+                                 micro_step=self._micro, norms=self._norms.snapshot_role(norms))
+        msg.time = time.perf_counter() - self._t0  # once the copy is made, as the file's times mean
+        self._send(msg)
 
     def _probe_state(self, optimizer) -> dict[int, dict[str, list[tuple[str, tuple[int, ...]]]]]:
         """Which optimizer-state tensors exist for A and B. They only exist after the first
@@ -494,8 +456,7 @@ class Recorder:
         tensors = [_state_view(pair, self._gather.shape(param), t)
                    for (pair, param, _), t in zip(self._state_keys, whole)]
         with torch.no_grad():
-            slot, event = self._state.capture(tensors, self._alive)
-        self._send(State(self._step, slot, event, self._state.ring.release))
+            self._send(self._state.take("state", self._step, tensors, self._alive))
 
     def _module_spec(self, index: int, pair: LoraPair, state: dict) -> ModuleSpec:
         attrs = {

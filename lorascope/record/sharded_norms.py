@@ -6,24 +6,30 @@ every ΔA, ΔB, A and B, a (modules, 4) row computed on its device; at a snapsho
 end of a complete run) one ``reduce`` sums the rows of all steps since the last one onto rank 0,
 which takes the square roots and hands one row per step to the writer. The rows of the steps
 after the last snapshot of a run that crashes are lost with it, as its scalars after the last
-commit are."""
+commit are.
+
+``NormsOnShards`` is the Recorder's strategy for this (beside ``updates.NormsOnHost`` and
+``NormsOnDevice``, with the same methods): snapshots carry nothing for the norms, and the summed
+rows reach the writer as ``norms`` captures, several at once."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
+from lorascope.record.capture import Channel
 from lorascope.record.gather import Gather
+from lorascope.record.messages import Capture
 from lorascope.record.updates import norm_rows
 
-__all__ = ["ShardedUpdateNorms", "RowSlot", "keep_slot"]
+__all__ = ["ShardedUpdateNorms", "NormsOnShards", "RowSlot", "keep_slot"]
 
 
 @dataclass
 class RowSlot:
-    """A reduced (modules, 4) row in the shape of a capture slot, for the writer's ``Updates``."""
+    """A reduced (modules, 4) row in the shape of a capture slot, for a ``norms`` capture."""
 
     arrays: list[np.ndarray] = field(default_factory=list)
 
@@ -65,3 +71,38 @@ class ShardedUpdateNorms:
             return []
         norms = squares.sqrt().float().cpu().numpy()
         return list(zip(steps, norms))
+
+
+class NormsOnShards:
+    """The update-norm strategy of a sharded run (see ``updates.norm_place`` for the others):
+    every rank keeps its shards' rows each step, and a snapshot step (or the end of a complete
+    run) sums them once and sends rank 0's writer one ``norms`` capture per step."""
+
+    name = "sharded"
+
+    def __init__(self, gather: Gather) -> None:
+        self._gather = gather
+
+    def weights_dtype(self, storage: torch.dtype) -> torch.dtype:
+        return storage  # snapshots carry nothing for the norms
+
+    def start(self, params: Sequence[torch.Tensor], weights: Channel | None, slots: int,
+              as_matrices: Callable[[list[torch.Tensor]], list[torch.Tensor]]) -> None:
+        # norms of the parameters' shards: a matrix view has the same Frobenius norm
+        self._params = list(params)
+        self._norms = ShardedUpdateNorms(self._gather, self._params)  # the series starts here
+
+    def snapshot_role(self, role: str) -> str:
+        return ""
+
+    def baseline(self, step: int, alive: Callable[[], bool]) -> None:
+        return None  # start() kept each rank's shards
+
+    def update(self, step: int, snapshotted: bool, alive: Callable[[], bool]) -> list[Capture] | None:
+        """Local arithmetic every step; at a snapshot step one collective and the summed rows."""
+        self._norms.update(step, self._params)
+        return self.finish(alive) if snapshotted else None
+
+    def finish(self, alive: Callable[[], bool]) -> list[Capture]:
+        """The rows kept since the last snapshot, summed over ranks (a collective); [] off rank 0."""
+        return [Capture("norms", step, RowSlot([row]), None, keep_slot) for step, row in self._norms.reduce()]

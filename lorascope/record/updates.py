@@ -13,15 +13,24 @@ Frobenius norm per matrix, in the matrices' own dtype):
   weights to the host every step.
 
 Both take tensors in pair order (A0, B0, A1, B1, ...) and return rows in the order of
-``format.UPDATE_COLUMNS``."""
+``format.UPDATE_COLUMNS``.
+
+Which of the two a Recorder uses is a small strategy object, ``NormsOnHost`` or ``NormsOnDevice``
+(``norm_place`` picks one): it says in which dtype the weights are copied, and which messages
+start the series and carry each step's update."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
 
-__all__ = ["HostUpdateNorms", "DeviceUpdateNorms", "norm_rows"]
+from lorascope.errors import UsageError
+from lorascope.record.capture import Channel
+from lorascope.record.messages import Capture
+
+__all__ = ["HostUpdateNorms", "DeviceUpdateNorms", "norm_rows", "NormsOnHost", "NormsOnDevice",
+           "UPDATE_NORM_PLACES", "norm_place"]
 
 
 def norm_rows(deltas: Sequence[torch.Tensor], weights: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -82,3 +91,88 @@ class DeviceUpdateNorms:
             weights = torch._foreach_norm(params)
             torch._foreach_copy_(self._prev, params)
             return norm_rows(deltas, weights)
+
+
+# --- where a Recorder computes them ----------------------------------------------------------
+
+class NormsOnHost:
+    """The writer thread computes the norms (``HostUpdateNorms``) from float32 host copies of the
+    weights: the snapshot of a step the schedule records, otherwise a copy made for the norms
+    alone. The training thread pays one copy per step and nothing else. The writer rounds a
+    float32 snapshot to the storage dtype, the same rounding the copy itself would do."""
+
+    name = "host"
+
+    def weights_dtype(self, storage: torch.dtype) -> torch.dtype:
+        return torch.float32  # the stored copy doubles as an exact one for the norms
+
+    def start(self, params: Sequence[torch.Tensor], weights: Channel, slots: int,
+              as_matrices: Callable[[list[torch.Tensor]], list[torch.Tensor]]) -> None:
+        """``as_matrices`` turns the parameters into the matrices the weights channel holds."""
+        self._params, self._weights, self._as_matrices = list(params), weights, as_matrices
+
+    def snapshot_role(self, role: str) -> str:
+        return role  # a snapshot's copy starts the series or ends a step's update
+
+    def baseline(self, step: int, alive: Callable[[], bool]) -> Capture | None:
+        """Starts the series at the current weights when no snapshot does (resuming at a step
+        the file already holds)."""
+        return self._copy(step, "baseline", alive)
+
+    def update(self, step: int, snapshotted: bool, alive: Callable[[], bool]) -> Capture | None:
+        """The update of optimizer step ``step``; None when that step's snapshot carries it."""
+        return None if snapshotted else self._copy(step, "update", alive)
+
+    def finish(self, alive: Callable[[], bool]) -> None:
+        return None  # every step's norms were sent as it ended
+
+    def _copy(self, step: int, role: str, alive: Callable[[], bool]) -> Capture:
+        with torch.no_grad():
+            return self._weights.take("weights", step, self._as_matrices([t.detach() for t in self._params]),
+                                      alive, store=False, norms=role)
+
+
+class NormsOnDevice:
+    """The training thread computes the norms on the parameters' device (``DeviceUpdateNorms``,
+    which keeps the previous weights there) and hands a (pairs, 4) row to the writer; snapshots
+    stay in the storage dtype and carry nothing for the norms."""
+
+    name = "device"
+
+    def weights_dtype(self, storage: torch.dtype) -> torch.dtype:
+        return storage
+
+    def start(self, params: Sequence[torch.Tensor], weights: Channel, slots: int,
+              as_matrices: Callable[[list[torch.Tensor]], list[torch.Tensor]]) -> None:
+        # norms are taken of the parameters themselves: a matrix view (a transpose, a reshape)
+        # has the same Frobenius norm
+        self._params = list(params)
+        self._norms = DeviceUpdateNorms(self._params)  # the series starts at these weights
+        device = self._params[0].device
+        self._rows = Channel([(len(self._params) // 2, 4)], torch.float32, device, 2 * slots)
+
+    def snapshot_role(self, role: str) -> str:
+        return ""
+
+    def baseline(self, step: int, alive: Callable[[], bool]) -> Capture | None:
+        return None  # start() kept the weights on the device
+
+    def update(self, step: int, snapshotted: bool, alive: Callable[[], bool]) -> Capture:
+        norms = self._norms.update(self._params)
+        with torch.no_grad():
+            return self._rows.take("norms", step, [norms], alive)
+
+    def finish(self, alive: Callable[[], bool]) -> None:
+        return None  # every step's norms were sent as it ended
+
+
+# "auto": by the parameters' device: on CPU the host path (the training thread only copies),
+# on a GPU the device path (its fused kernels beat moving every step's weights to the host).
+UPDATE_NORM_PLACES: dict[str, type | None] = {"auto": None, "host": NormsOnHost, "device": NormsOnDevice}
+
+
+def norm_place(choice: str, device: torch.device) -> NormsOnHost | NormsOnDevice:
+    if choice not in UPDATE_NORM_PLACES:
+        raise UsageError(f"update_norms must be one of {', '.join(UPDATE_NORM_PLACES)} (got {choice!r})")
+    place = UPDATE_NORM_PLACES[choice] or (NormsOnHost if device.type == "cpu" else NormsOnDevice)
+    return place()

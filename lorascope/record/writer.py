@@ -1,108 +1,21 @@
-"""The background writer: the training thread's messages (captured host buffers, scalars,
-commits) go through a bounded queue to one daemon thread that owns the ``RecordingFile``, so the
-training thread never waits on disk."""
+"""The background writer: the training thread's messages (``messages.py``: captured host
+buffers, scalars, commits) go through a bounded queue to one daemon thread that owns the
+``RecordingFile``, so the training thread never waits on disk."""
 from __future__ import annotations
 
 import queue
 import threading
 import time
-from dataclasses import dataclass, replace
-from typing import Any, Callable
+from dataclasses import replace
+from typing import Any
 
 from lorascope.errors import RecordingError
 from lorascope.h5.file import RecordingFile
 from lorascope.record.capture import TORCH_DTYPES, FlatLayout, HostRing
+from lorascope.record.messages import Capture, Close, Commit, Scalars
 from lorascope.record.updates import HostUpdateNorms
 
-__all__ = [
-    "WriterThread", "Snapshot", "Grads", "State", "Updates", "Weights", "Scalars", "Commit", "NORM_ROLES",
-    "Magnitudes",
-]
-
-
-# What a host copy of the weights does for the update norms (computed on the writer thread,
-# see updates.py): nothing, start the series, or end the update of its step.
-NORM_ROLES = ("", "baseline", "update")
-
-
-# Messages from the training thread. slot/event/release come from capture.Channel.
-@dataclass
-class Snapshot:
-    step: int
-    micro_step: int
-    time: float
-    slot: Any
-    event: Any
-    release: Callable
-    norms: str = ""  # one of NORM_ROLES; such a slot is float32 (an exact copy of the weights)
-
-
-@dataclass
-class Grads:
-    step: int
-    micro_step: int
-    loss_scale: float
-    slot: Any
-    event: Any
-    release: Callable
-
-
-@dataclass
-class State:
-    step: int
-    slot: Any
-    event: Any
-    release: Callable
-
-
-@dataclass
-class Magnitudes:
-    """DoRA's magnitude vectors (float32) for the snapshot sent right after this message."""
-
-    slot: Any
-    event: Any
-    release: Callable
-
-
-@dataclass
-class Updates:
-    step: int
-    slot: Any  # one (modules, 4) float32 view
-    event: Any
-    release: Callable
-
-
-@dataclass
-class Weights:
-    """A float32 host copy of the weights after optimizer step ``step`` that is not stored:
-    it only carries the update norms of a step that the schedule does not snapshot."""
-
-    step: int
-    slot: Any
-    event: Any
-    release: Callable
-    norms: str = "update"  # "baseline" or "update"
-
-
-@dataclass
-class Scalars:
-    step: int
-    values: dict[str, float]
-    optimizer_step: bool = True  # counts toward flush_every_steps
-
-
-@dataclass
-class Commit:
-    """Makes everything sent so far visible now, whatever the flush interval; sets ``done``
-    (a threading.Event) once it is on disk."""
-
-    done: Any = None
-
-
-@dataclass
-class _Close:
-    status: str
-
+__all__ = ["WriterThread"]
 
 
 class WriterThread:
@@ -119,14 +32,12 @@ class WriterThread:
         self.error: BaseException | None = None
         self._norms = HostUpdateNorms()
         self._rounded: HostRing | None = None  # the storage-dtype buffer of a float32 snapshot
-        self._handlers = {
-            Snapshot: self._on_snapshot,
-            Weights: self._track_norms,
-            Grads: lambda m: file.write_grads(m.step, m.micro_step, m.loss_scale, m.slot.arrays),
-            State: lambda m: file.write_state(m.step, m.slot.arrays),
-            Magnitudes: lambda m: file.write_magnitudes(m.slot.arrays),
-            Updates: lambda m: file.add_update_norms(m.step, m.slot.arrays[0]),
-            Scalars: self._on_scalars,
+        self._captures = {  # by Capture.kind
+            "weights": self._on_weights,
+            "grads": lambda m: file.write_grads(m.step, m.micro_step, m.loss_scale, m.slot.arrays),
+            "state": lambda m: file.write_state(m.step, m.slot.arrays),
+            "norms": lambda m: file.add_update_norms(m.step, m.slot.arrays[0]),
+            "magnitudes": lambda m: file.write_magnitudes(m.slot.arrays),
         }
         self._steps_since_commit = 0
         self._thread = threading.Thread(target=self._run, name="lorascope-writer", daemon=True)
@@ -157,15 +68,21 @@ class WriterThread:
     def close(self, status: str) -> None:
         """Drains the queue, commits, writes the final status and closes the file."""
         if self._thread.is_alive():
-            self._queue.put(_Close(status))
+            self._queue.put(Close(status))
             self._thread.join()
         else:  # the thread died and closed the file after its error
             self.file.close_after_error()
 
-    def _on_snapshot(self, msg: Snapshot) -> None:
+    def _on_weights(self, msg: Capture) -> None:
+        if msg.store:
+            self._write_snapshot(msg)
+        if msg.norms:
+            self._track_norms(msg)
+
+    def _write_snapshot(self, msg: Capture) -> None:
         storage = TORCH_DTYPES[self.file.layout.storage_dtype]
         if msg.slot.tensor.dtype == storage:
-            self._write_snapshot(msg)
+            self._write(msg)
         else:  # a float32 copy (it serves the update norms too): rounded here, not in training
             if self._rounded is None:
                 shapes = [tuple(v.shape) for v in msg.slot.views]
@@ -173,16 +90,14 @@ class WriterThread:
             slot = self._rounded.acquire(self.alive)
             try:
                 slot.tensor.copy_(msg.slot.tensor)
-                self._write_snapshot(replace(msg, slot=slot))
+                self._write(replace(msg, slot=slot))
             finally:
                 self._rounded.release(slot)
-        if msg.norms:
-            self._track_norms(msg)
 
-    def _write_snapshot(self, msg: Snapshot) -> None:
+    def _write(self, msg: Capture) -> None:
         self.file.write_snapshot(msg.step, msg.micro_step, msg.time, msg.slot.arrays)
 
-    def _track_norms(self, msg: Snapshot | Weights) -> None:
+    def _track_norms(self, msg: Capture) -> None:
         if msg.norms == "baseline":
             self._norms.baseline(msg.slot.tensor, msg.slot.views)
         elif msg.norms == "update":
@@ -203,7 +118,7 @@ class WriterThread:
                     msg = self._queue.get(timeout=min(timeout, 3600.0))
                 except queue.Empty:
                     msg = None
-                if isinstance(msg, _Close):
+                if isinstance(msg, Close):
                     self.file.close(msg.status)
                     return
                 if isinstance(msg, Commit):
@@ -213,15 +128,15 @@ class WriterThread:
                     if msg.done is not None:
                         msg.done.set()
                     continue
-                if msg is not None:
-                    release = getattr(msg, "release", None)
+                if isinstance(msg, Capture):
                     try:
-                        if getattr(msg, "event", None) is not None:
+                        if msg.event is not None:
                             msg.event.synchronize()
-                        self._handlers[type(msg)](msg)
+                        self._captures[msg.kind](msg)
                     finally:
-                        if release is not None:
-                            release(msg.slot)
+                        msg.release(msg.slot)
+                elif isinstance(msg, Scalars):
+                    self._on_scalars(msg)
                 due_time = time.monotonic() - last_commit >= self._flush_seconds
                 if self._steps_since_commit >= self._flush_steps or due_time:
                     self.file.commit()
@@ -239,6 +154,5 @@ class WriterThread:
                 msg = self._queue.get_nowait()
             except queue.Empty:
                 return
-            release = getattr(msg, "release", None)
-            if release is not None:
-                release(msg.slot)
+            if isinstance(msg, Capture):
+                msg.release(msg.slot)

@@ -1,4 +1,5 @@
-"""Optimizers by name, and the parameter groups they train.
+"""Optimizers by name (the implementations of ``lorascope.train.OPTIMIZERS``), and the parameter
+groups they train.
 
 A model with LoRA layers is trained in up to three groups, each carrying a ``"name"`` so that the
 recorder can log a learning rate per group: ``"A"``, ``"B"`` (LoRA+ gives it ``ratio * lr``) and
@@ -19,7 +20,7 @@ from torch import nn
 from lorascope.config import OptimConfig
 from lorascope.errors import UsageError
 from lorascope.lora.pairs import lora_pairs
-from lorascope.registry import Registry
+from lorascope.train import OPTIMIZERS
 from lorascope.train.schedules import (
     SCHEDULES,
     WARMUP_SCHEDULES,
@@ -45,8 +46,6 @@ __all__ = [
 
 ParamGroups = list[dict[str, Any]]
 OptimizerFactory = Callable[[ParamGroups, OptimConfig], torch.optim.Optimizer]
-
-OPTIMIZERS: Registry[OptimizerFactory] = Registry("optimizer")
 
 # came_pytorch's own defaults; OptimConfig.betas holds AdamW's two betas unless a user gives three.
 CAME_BETAS = (0.9, 0.999, 0.9999)

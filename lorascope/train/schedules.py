@@ -1,4 +1,5 @@
-"""Learning-rate schedules by name, and the learning rate each parameter group will use next.
+"""Learning-rate schedules by name (the implementations of ``lorascope.train.SCHEDULES``), and the
+learning rate each parameter group will use next.
 
 Every schedule is a torch ``LRScheduler`` built by ``build_schedule(optimizer, cfg, total_steps)``
 and stepped once per optimizer step. The warmup schedules are pure factor functions of the step
@@ -21,7 +22,7 @@ from torch.optim.lr_scheduler import (
 
 from lorascope.config import OptimConfig
 from lorascope.errors import UsageError
-from lorascope.registry import Registry
+from lorascope.train import SCHEDULES
 
 __all__ = [
     "SCHEDULES",
@@ -34,8 +35,6 @@ __all__ = [
 ]
 
 ScheduleFactory = Callable[[torch.optim.Optimizer, OptimConfig, int], LRScheduler]
-
-SCHEDULES: Registry[ScheduleFactory] = Registry("schedule")
 
 # The schedules that use optim.warmup_steps (validation needs warmup_steps < steps for them).
 WARMUP_SCHEDULES = ("linear", "warmup_cosine")
