@@ -35,7 +35,7 @@ __all__ = ["write_recording", "drop_cached", "VARIANTS"]
 
 GPT2 = {"attn.c_attn": (2304, 768), "attn.c_proj": (768, 768), "mlp.c_fc": (3072, 768), "mlp.c_proj": (768, 3072)}
 LAYOUT_TAG = "recorder-writer-v1"  # bump when the way the file is written changes
-# What each variant changes in tables.Options.
+# What each variant changes in analysis.Options.
 VARIANTS = {"default": {}, "prefetch": {"prefetch": True}, "one-thread": {"workers": 1}}
 
 
@@ -120,14 +120,14 @@ def _peak_rss() -> int:
 def _child(path: Path, variant: str) -> dict:
     """One timed run in this (fresh) process: stats + health over every module."""
     import lorascope
-    from lorascope.analysis import tables
+    from lorascope import analysis
 
     with lorascope.open(path) as rec:  # imports and the file's index first: the baseline
         largest = max((m.A.shape[0] * (int(np.prod(m.A.shape[1:])) + int(np.prod(m.B.shape[1:]))) * 4
                        for m in rec.modules.values()), default=0)
         base = _peak_rss()
         c0, t0 = os.times(), time.perf_counter()
-        tables.analyze(rec, ("stats",), tables.Options(**VARIANTS[variant]), health=True)
+        analysis.analyze(rec, ("stats",), analysis.Options(**VARIANTS[variant]), health=True)
         wall, c1 = time.perf_counter() - t0, os.times()
     return {"variant": variant, "wall_s": wall, "user_s": c1.user - c0.user, "sys_s": c1.system - c0.system,
             "peak_above_baseline": _peak_rss() - base, "largest_module": largest}

@@ -33,7 +33,8 @@ import pandas as pd  # noqa: E402
 from scipy import stats as ss  # noqa: E402
 
 from lorascope.analysis import fits as F  # noqa: E402
-from lorascope.analysis import tables  # noqa: E402
+from lorascope import analysis  # noqa: E402
+from lorascope.analysis.selection import evenly  # noqa: E402
 
 GPT2 = {"attn.c_attn": (2304, 768), "attn.c_proj": (768, 768), "mlp.c_fc": (3072, 768), "mlp.c_proj": (768, 3072)}
 TABLES = ("stats", "spectra", "fits")
@@ -178,10 +179,10 @@ class Result:
 
 
 def run(layers: int = 4, snapshots: int = 200, rank: int = 16, loop_snapshots: int = 3,
-        options: tables.Options | None = None, log=print) -> Result:
+        options: analysis.Options | None = None, log=print) -> Result:
     """Times the batched analysis against the per-matrix loop on a synthetic GPT-2-shaped run of
     `layers` blocks (4 modules each) × `snapshots`, one module in memory at a time."""
-    options = options or tables.Options()
+    options = options or analysis.Options()
     T, r = snapshots, rank
     rng = np.random.default_rng(0)
     steps = np.arange(T, dtype=np.int64)
@@ -189,7 +190,7 @@ def run(layers: int = 4, snapshots: int = 200, rank: int = 16, loop_snapshots: i
     loop_n = 0
     worst = {"stats": 0.0, "fits": 0.0, "fit_shortfall": -np.inf}
     n_mod = layers * len(GPT2)
-    fit_idx = tables._evenly(T, options.fit_steps)
+    fit_idx = evenly(T, options.fit_steps)
     log(f"{n_mod} modules × {T} snapshots, rank {r}; fits on {options.fit_samples} entries at {len(fit_idx)} "
         f"snapshots, quantiles on {options.quantile_samples} entries, {options.workers} threads; "
         f"loop timed on {loop_snapshots} snapshots per module")
@@ -199,10 +200,10 @@ def run(layers: int = 4, snapshots: int = 200, rank: int = 16, loop_snapshots: i
             A, B = synthetic(T, out_f, in_f, r, rng)
             run_ = Run("bench", steps, {name: Module(A, B, 2.0, layer)})
             t0 = time.perf_counter()
-            fast = tables.analyze(run_, TABLES, options, health=True).tables
+            fast = analysis.analyze(run_, TABLES, options, health=True).tables
             fast_s += time.perf_counter() - t0
             t0 = time.perf_counter()
-            tables.analyze(run_, ("stats",), options, health=True)
+            analysis.analyze(run_, ("stats",), options, health=True)
             default_s += time.perf_counter() - t0
 
             t_idx = np.unique(np.linspace(2, T - 1, loop_snapshots).round().astype(int))
@@ -239,14 +240,14 @@ def main() -> None:
     ap.add_argument("--snapshots", type=int, default=None)
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--loop-snapshots", type=int, default=3, help="snapshots per module timed in the loop")
-    ap.add_argument("--fit-samples", type=int, default=tables.Options.fit_samples)
-    ap.add_argument("--fit-steps", type=int, default=tables.Options.fit_steps)
-    ap.add_argument("--quantile-samples", type=int, default=tables.Options.quantile_samples)
-    ap.add_argument("--workers", type=int, default=tables.Options.workers)
+    ap.add_argument("--fit-samples", type=int, default=analysis.Options.fit_samples)
+    ap.add_argument("--fit-steps", type=int, default=analysis.Options.fit_steps)
+    ap.add_argument("--quantile-samples", type=int, default=analysis.Options.quantile_samples)
+    ap.add_argument("--workers", type=int, default=analysis.Options.workers)
     args = ap.parse_args()
     layers = args.layers or (12 if args.full else 4)
     T = args.snapshots or (2000 if args.full else 200)
-    options = tables.Options(fit_samples=args.fit_samples or None, fit_steps=args.fit_steps or None,
+    options = analysis.Options(fit_samples=args.fit_samples or None, fit_steps=args.fit_steps or None,
                              quantile_samples=args.quantile_samples or None, workers=args.workers)
     res = run(layers, T, args.rank, args.loop_snapshots, options, log=lambda m: print(m, flush=True))
     print()

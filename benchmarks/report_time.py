@@ -2,6 +2,7 @@
 
     OMP_NUM_THREADS=1 python benchmarks/report_time.py                 # 6 runs, 100 snapshots
     OMP_NUM_THREADS=1 python benchmarks/report_time.py --steps 1000    # a longer recording
+    OMP_NUM_THREADS=1 python benchmarks/report_time.py --against /tmp/old-checkout   # before/after
 
 Six recordings are written by the real Recorder from a 2-block Llama with SmolLM2-135M's shapes
 (hidden 576, MLP 1536, rank 8 on the 7 attention and MLP projections of each block: 14 modules).
@@ -15,12 +16,20 @@ seconds; the report does not care how they moved. Printed:
    their ratio. The machine is shared and noisy, so only the ratio of runs measured side by side
    means much.
 
+3. with --against a checkout of another lorascope tree (an older commit, e.g. from `git
+   archive`), the full report of both trees on the same recordings, each in a fresh process,
+   interleaved (this, that, that, this, ...) --repeats times: seconds and CPU seconds of each
+   and their ratios.
+
 `benchmarks/suite.py` parses the lines starting "full report:" and the "fresh/reused =" ratio.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -89,6 +98,43 @@ def _timed(recordings, out: Path, canvas_class, **kwargs) -> float:
         build_module.Canvas = Canvas
 
 
+# The full report in a fresh process of whatever lorascope its PYTHONPATH holds: wall and CPU seconds.
+_TIMED_REPORT = """
+import json, os, sys, time
+from lorascope.report import build_report
+c0, t0 = os.times(), time.perf_counter()
+build_report(sys.argv[2:], sys.argv[1])
+c1 = os.times()
+print(json.dumps({"wall": time.perf_counter() - t0, "cpu": c1.user - c0.user + c1.system - c0.system}))
+"""
+
+
+def _report_in(tree: Path, paths: list[Path], out: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(tree), "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, "-c", _TIMED_REPORT, str(out), *map(str, paths)],
+                          capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise RuntimeError(f"the report of {tree} failed:\n{done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare_trees(paths: list[Path], folder: Path, other: Path, repeats: int) -> None:
+    """The full report of this tree and of `other` on the same recordings, interleaved."""
+    here = Path(__file__).resolve().parents[1]
+    trees = {"this": here, "that": Path(other).resolve()}
+    times: dict[str, list[dict]] = {name: [] for name in trees}
+    for k in range(repeats):
+        for name in (("this", "that") if k % 2 == 0 else ("that", "this")):
+            times[name].append(_report_in(trees[name], paths, folder / f"{name}{k}"))
+            print(f"  {name} ({trees[name]}): {times[name][-1]['wall']:.1f} s, CPU {times[name][-1]['cpu']:.1f} s",
+                  flush=True)
+    med = {name: {key: statistics.median(t[key] for t in ts) for key in ("wall", "cpu")} for name, ts in times.items()}
+    print(f"against {trees['that']}, median of {repeats}: this tree {med['this']['wall']:.1f} s "
+          f"(CPU {med['this']['cpu']:.1f} s), that tree {med['that']['wall']:.1f} s (CPU {med['that']['cpu']:.1f} s); "
+          f"that/this = {med['that']['wall'] / med['this']['wall']:.2f}x wall, "
+          f"{med['that']['cpu'] / med['this']['cpu']:.2f}x CPU")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=100)
@@ -97,6 +143,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--workers", type=int, default=1,
                         help="processes drawing modules in the full report")
+    parser.add_argument("--against", type=Path, default=None,
+                        help="another lorascope tree: time both trees' full report on the same recordings instead")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,6 +158,9 @@ def main() -> None:
         size = sum(p.stat().st_size for p in paths) / 2**20
         print(f"{args.runs} recordings, {args.steps} steps, 14 modules each: {size:.1f} MiB, "
               f"written in {time.perf_counter() - start:.1f} s")
+        if args.against is not None:
+            compare_trees(paths, folder, args.against, args.repeats)
+            return
 
         workers = args.workers
         seconds = _timed(paths, folder / "full", Canvas, workers=workers)

@@ -50,6 +50,11 @@ class FakeRecording:
     status: str = "complete"
     format_version: int = 1
 
+    @property
+    def scalar_columns(self) -> dict[str, np.ndarray]:
+        """The scalars as numpy columns, as `Recording.scalar_columns`."""
+        return {c: self.scalars[c].to_numpy() for c in self.scalars.columns}
+
     def index_of(self, step: int) -> int:
         return int(np.argmin(np.abs(self.steps - step)))
 

@@ -60,7 +60,7 @@ def test_cli_on_a_real_recording(recording, tmp_path):
 def test_series_read_into_reused_buffers_change_no_number(tmp_path, monkeypatch, dtype):
     """`analyze` reads every module into the same buffers (c_attn's B is 3x c_proj's, so the
     views change shape and overwrite each other); the tables must equal those of fresh arrays."""
-    from lorascope.analysis import tables
+    from lorascope.analysis import batch, driver
     from lorascope.record.recorder import Recorder
 
     path = tmp_path / f"{dtype}.h5"
@@ -72,12 +72,12 @@ def test_series_read_into_reused_buffers_change_no_number(tmp_path, monkeypatch,
     with lorascope.open(path) as rec:
         shapes = {m.B.shape for m in rec.modules.values()}
         assert len(shapes) > 1  # the reuse is exercised across differently shaped modules
-        got = analysis.analyze(rec, ("stats", "spectra", "fits"), tables.Options(fit_samples=64))
-        read = tables.read_series
-        monkeypatch.setattr(tables, "read_series", lambda module, *buffers: read(module))
-        want = analysis.analyze(rec, ("stats", "spectra", "fits"), tables.Options(fit_samples=64))
+        got = analysis.analyze(rec, ("stats", "spectra", "fits"), analysis.Options(fit_samples=64))
+        read = driver.read_series
+        monkeypatch.setattr(driver, "read_series", lambda module, *buffers: read(module))
+        want = analysis.analyze(rec, ("stats", "spectra", "fits"), analysis.Options(fit_samples=64))
         first = next(iter(rec.modules.values()))
-        buffers = tables.Scratch()
+        buffers = batch.Scratch()
         A, B = read(first, buffers)
         assert A.dtype == np.float32 and np.array_equal(A, first.A[:]) and np.array_equal(B, first.B[:])
     for name in ("stats", "spectra", "fits"):
@@ -171,14 +171,12 @@ def test_gradient_rows_are_keyed_by_micro_step(accumulated):
     # every other row is per optimizer step and unique without a micro-step
     rest = stats[~stats.matrix.isin(["grad_A", "grad_B"])]
     assert rest.micro_step.isna().all() and not rest.duplicated(["module", "matrix", "step"]).any()
-    assert list(stats.columns[:7]) == [*analysis.tables.KEYS, "micro_step"]
+    assert list(stats.columns[:7]) == [*analysis.KEYS, "micro_step"]
 
 
 def test_vector_state_gets_moments_but_no_spectral_norm():
     """Adafactor-style factored state (1-D per snapshot) next to a full-shaped entry and one of
     an unrelated shape, which is skipped."""
-    from lorascope.analysis import tables
-
     run = lora_run(T=3, rank=2, shape=(6, 5), modules=("h.0.attn",))
     module = run.modules["h.0.attn"]
     rng = np.random.default_rng(0)
@@ -196,4 +194,4 @@ def test_vector_state_gets_moments_but_no_spectral_norm():
     full = stats[stats.matrix == "state_A.exp_avg"]
     assert full.spectral_norm.notna().all() and len(full) == 2
     assert "state_A.odd" not in set(stats.matrix)
-    assert tables.KEYS == list(stats.columns[:6])
+    assert analysis.KEYS == list(stats.columns[:6])

@@ -97,8 +97,8 @@ def test_ill_conditioned_delta_w_takes_the_qr_core_and_factors_the_svd(monkeypat
 
     A, B, s = _ill_conditioned_pair(np.random.default_rng(5))
     cores, svds = [], []
-    real_cores, real_svd = spectra._cores, np.linalg.svd
-    monkeypatch.setattr(spectra, "_cores", lambda a, b, mode: cores.append(len(a)) or real_cores(a, b, mode))
+    real_cores, real_svd = spectra.qr_cores, np.linalg.svd
+    monkeypatch.setattr(spectra, "qr_cores", lambda a, b, mode: cores.append(len(a)) or real_cores(a, b, mode))
     monkeypatch.setattr(np.linalg, "svd", lambda x, *a, **k: svds.append(np.shape(x)) or real_svd(x, *a, **k))
     got = spectra.lora_singular_values(A, B, -0.5) if route == "spectra" else lowrank.lora_series(A, B, -0.5)[0]
     monkeypatch.setattr(np.linalg, "svd", real_svd)

@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 import lorascope
 from lorascope import analysis
-from lorascope.analysis import tables
+from lorascope.analysis import batch, driver, jobs
 from lorascope.cli import app
 from lorascope.errors import UsageError
 
@@ -22,7 +22,7 @@ def runs():
 
 def test_stats_table_shape_and_values(runs):
     df = analysis.stats_table(runs[0])
-    assert list(df.columns[:6]) == tables.KEYS
+    assert list(df.columns[:6]) == analysis.KEYS
     assert len(df) == 2 * 3 * 6  # modules × (A, B, dW) × steps
     row = df[(df.module == "transformer.h.0.attn.c_attn") & (df.matrix == "A") & (df.step == 10)].iloc[0]
     A = runs[0].modules["transformer.h.0.attn.c_attn"].A[2].astype(np.float64)
@@ -46,7 +46,7 @@ def test_spectra_and_singular_values_tables(runs):
 
 
 def test_fits_table_flags_zero_b_and_finds_uniform_a(runs):
-    df = analysis.fits_table(runs[0], tables.Options(fit_samples=None))
+    df = analysis.fits_table(runs[0], analysis.Options(fit_samples=None))
     b0 = df[(df.matrix == "B") & (df.step == 0)]
     assert (b0.status == "zero").all() and (b0.best_family == "zero").all() and b0.ks.isna().all()
     a0 = df[(df.matrix == "A") & (df.step == 0) & df.best]
@@ -135,7 +135,7 @@ def _spiky_run():
 
 @pytest.mark.parametrize("top_k", [1, 3])
 def test_spike_check_works_whatever_top_k(top_k):
-    found = analysis.health_findings(_spiky_run(), tables.Options(top_k=top_k))
+    found = analysis.health_findings(_spiky_run(), analysis.Options(top_k=top_k))
     spikes = [f for f in found if "one singular direction" in f.message]
     assert sorted(f.module for f in spikes) == sorted(_spiky_run().modules)
 
@@ -143,17 +143,17 @@ def test_spike_check_works_whatever_top_k(top_k):
 def test_memory_bounded_by_one_module(runs, monkeypatch):
     # every module's series is released before the next is read
     alive = []
-    real = tables.ModuleAnalysis.__init__
+    real = driver.ModuleAnalysis.__init__
 
     def spy(self, *a, **k):
         real(self, *a, **k)
         alive.append(self)
-    monkeypatch.setattr(tables.ModuleAnalysis, "__init__", spy)
+    monkeypatch.setattr(driver.ModuleAnalysis, "__init__", spy)
     import gc
     import weakref
     refs = []
-    monkeypatch.setattr(tables, "_concat", lambda frames: pd.concat(frames) if frames else pd.DataFrame())
-    tables.analyze(runs[0], ("stats",), progress=lambda d, t, l: (refs.append(weakref.ref(alive.pop())), gc.collect()))
+    monkeypatch.setattr(driver, "concat", lambda frames, columns: pd.concat(frames) if frames else pd.DataFrame())
+    analysis.analyze(runs[0], ("stats",), progress=lambda d, t, l: (refs.append(weakref.ref(alive.pop())), gc.collect()))
     gc.collect()
     assert len(refs) == 2 and all(r() is None for r in refs)
 
@@ -170,7 +170,7 @@ def test_cli_writes_tables_and_prints_findings(tmp_path, monkeypatch):
                                  "-o", str(out), "--tables", "stats,similarity"])
     assert r.exit_code == 0, r.output
     stats = pd.read_csv(tmp_path / "out" / "t.stats.csv")
-    assert set(stats.run) == {"a", "dead"} and list(stats.columns[:6]) == tables.KEYS
+    assert set(stats.run) == {"a", "dead"} and list(stats.columns[:6]) == analysis.KEYS
     assert len(pd.read_csv(tmp_path / "out" / "t.similarity.csv")) > 0
     assert "error: transformer.h.1.mlp.c_fc B" in r.output
     one = tmp_path / "one.parquet"
@@ -238,7 +238,7 @@ def test_cli_writes_family_changes_without_the_fits(tmp_path, monkeypatch):
     r, _ = _cli(tmp_path, monkeypatch, {"a.h5": rec}, "-o", str(out), "--tables", "family_changes", "--no-health")
     assert r.exit_code == 0, r.output
     df = pd.read_csv(out)
-    assert list(df.columns) == [*tables.KEYS, "before", "after"]
+    assert list(df.columns) == [*analysis.KEYS, "before", "after"]
     a = df[df.matrix == "A"]
     assert sorted(a.module) == sorted(rec.modules)
     assert (a.step == 5).all() and (a.before == "uniform").all() and (a.after == "normal").all()
@@ -258,10 +258,10 @@ def test_cli_module_warnings_say_which_run(tmp_path, monkeypatch):
 
 
 def test_fits_on_evenly_spaced_steps_say_so(runs):
-    df = analysis.fits_table(runs[0], tables.Options(fit_steps=3, fit_samples=64))
+    df = analysis.fits_table(runs[0], analysis.Options(fit_steps=3, fit_samples=64))
     assert sorted(set(df.step)) == [0, 10, 25]  # snapshots 0, 2 (2.5 rounds to even) and 5 of 6
     assert (df.fitted_steps == 3).all() and (df.recorded_steps == 6).all() and (df.n == 64).all()
-    st = analysis.stats_table(runs[0], tables.Options(quantile_samples=50))
+    st = analysis.stats_table(runs[0], analysis.Options(quantile_samples=50))
     dense = st[st.matrix != "dW"]
     assert (dense.quantile_n == 50).all()  # A has 64, B 96 entries: both subsampled
 
@@ -270,7 +270,7 @@ def test_fits_on_evenly_spaced_steps_say_so(runs):
 def test_prefetch_keeps_at_most_two_series_and_changes_no_number(runs, monkeypatch, prefetch, most):
     import gc
     import weakref
-    read, refs, peak = tables.read_series, [], []
+    read, refs, peak = driver.read_series, [], []
 
     def spy(module, *buffers):  # counts the series alive once this one is read
         A, B = read(module, *buffers)
@@ -278,10 +278,10 @@ def test_prefetch_keeps_at_most_two_series_and_changes_no_number(runs, monkeypat
         refs.append(weakref.ref(A))
         peak.append(sum(r() is not None for r in refs))
         return A, B
-    monkeypatch.setattr(tables, "read_series", spy)
-    got = tables.analyze(list(runs), ("stats", "spectra"), tables.Options(prefetch=prefetch))
-    monkeypatch.setattr(tables, "read_series", read)
-    want = tables.analyze(list(runs), ("stats", "spectra"), tables.Options(prefetch=False, workers=1))
+    monkeypatch.setattr(driver, "read_series", spy)
+    got = analysis.analyze(list(runs), ("stats", "spectra"), analysis.Options(prefetch=prefetch))
+    monkeypatch.setattr(driver, "read_series", read)
+    want = analysis.analyze(list(runs), ("stats", "spectra"), analysis.Options(prefetch=False, workers=1))
     # the bound is what matters; whether the prefetch thread got ahead of the analysis at all
     # depends on thread timing, so with prefetch the peak may be 1 or 2
     assert len(refs) == 4 and max(peak) <= most
@@ -339,30 +339,30 @@ def test_cutting_the_time_axis_among_threads_changes_no_number(monkeypatch, work
     one computing a distance. Equal up to float32 rounding: BLAS sums the rows of a chunk in an
     order that depends on the chunk's length (a kurtosis near 0 moved by 5e-7); a wrong slice
     edge would move whole values or turn them NaN."""
-    monkeypatch.setattr(tables, "_MIN_PIECE", 1)
+    monkeypatch.setattr(jobs, "MIN_PIECE", 1)
     run = lora_run("cut", seed=5, T=23)
     names = ("stats", "spectra", "singular_values", "fits")
-    cut = tables.analyze(run, names, tables.Options(workers=workers))
-    whole = tables.analyze(run, names, tables.Options(workers=1))
+    cut = analysis.analyze(run, names, analysis.Options(workers=workers))
+    whole = analysis.analyze(run, names, analysis.Options(workers=1))
     for name in names:
         pd.testing.assert_frame_equal(cut.tables[name], whole.tables[name], check_exact=False, rtol=1e-5, atol=2e-6)
     assert [str(f) for f in cut.findings] == [str(f) for f in whole.findings]
 
 
 def test_slices_cover_the_series_once_and_respect_the_minimum():
-    job = tables._Job(lambda sl: None, tables.LOOKBACK)
+    job = jobs.Job(lambda sl: None, jobs.LOOKBACK)
     for T, pieces in [(1, 4), (31, 2), (64, 2), (1000, 7), (5, 1)]:
         got = job.slices(T, pieces)
         assert got[0].start == 0 and got[-1].stop == T
         assert all(a.stop == b.start for a, b in zip(got, got[1:]))
-        assert len(got) == max(1, min(pieces, T // tables._MIN_PIECE))
-    assert len(tables._Job(lambda sl: None).slices(1000, 7)) == 1  # not cut along time
+        assert len(got) == max(1, min(pieces, T // jobs.MIN_PIECE))
+    assert len(jobs.Job(lambda sl: None).slices(1000, 7)) == 1  # not cut along time
 
 
 def test_scratch_lets_the_old_buffer_go_before_taking_a_larger_one():
     import tracemalloc
 
-    s = tables.Scratch()
+    s = batch.Scratch()
     tracemalloc.start()  # before the first block: it counts only what it saw allocated
     try:
         s("series", (1 << 20,), np.float64)  # 8 MiB

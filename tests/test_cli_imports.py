@@ -107,3 +107,42 @@ def test_no_study_names_in_help():
 def test_an_unknown_command_suggests_the_nearest():
     result = CliRunner().invoke(app, ["recrod"])
     assert result.exit_code == 2 and "record" in result.output
+
+
+# --- the reading side starts light -----------------------------------------------------------
+LIGHT_LOOK = {"pandas", "scipy", "matplotlib"}  # what a quick look (`info`, `--help`) does without
+
+
+@pytest.fixture(scope="module")
+def recording(tmp_path_factory):
+    from report_recordings import record_tiny_run
+
+    return record_tiny_run(tmp_path_factory.mktemp("imports") / "run.h5", "light", steps=3)
+
+
+@pytest.mark.parametrize("command", ["info", "analyze", "report"])
+def test_reading_commands_help_needs_no_tables_or_plots(command):
+    code, imported, _ = _run(command, "--help")
+    assert code == 0
+    assert not imported & LIGHT_LOOK
+
+
+def test_info_runs_its_health_checks_without_pandas_scipy_or_matplotlib(recording):
+    code, imported, out = _run("info", str(recording))
+    assert code == 0 and "health\n" in out, out
+    assert not imported & (HEAVY | LIGHT_LOOK)
+
+
+def test_analyze_never_imports_torch(recording, tmp_path):
+    code, imported, out = _run("analyze", str(recording), "-o", str(tmp_path / "t.csv"), "--tables", "all",
+                               "--fit-samples", "64")
+    assert code == 0, out
+    assert not imported & HEAVY
+    assert (tmp_path / "t.findings.csv").exists() and (tmp_path / "t.step_histograms.csv").exists()
+
+
+def test_report_never_imports_torch(recording, tmp_path):
+    code, imported, out = _run("report", str(recording), "-o", str(tmp_path / "report"), "--max-modules", "1")
+    assert code == 0, out
+    assert not imported & HEAVY
+    assert (tmp_path / "report" / "index.html").exists()

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import lorascope
-from lorascope.analysis.tables import health_findings
+from lorascope.analysis import health_findings
 from lorascope.cli.info import describe
 from lorascope.config import RecordConfig
 from lorascope.record import Recorder

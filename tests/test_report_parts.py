@@ -13,27 +13,34 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
+from lorascope.analysis import Options
+from lorascope.analysis.overview import config_differences, runs_table, scalar_series
+from lorascope.analysis.selection import common_modules, evenly, role
 from lorascope.errors import UsageError
-from lorascope.report import figures
+from lorascope.report import MODULE_FIGURES, figures
 from lorascope.report.canvas import Canvas
-from lorascope.report.collect import (
-    common_modules, histogram_steps, module_role, read_module, snapshot_indices,
-)
 from lorascope.report.html import FigureRef, ModuleBlock, ModuleGroup, Page, render_page, render_table
 from lorascope.report.paths import default_report_name, inside, safe_name
-from lorascope.report.runs import config_differences, runs_table, scalar_series
 from lorascope.report.spectral_figures import final_similarity
-from lorascope.report.summary import normal_from
+from lorascope.report.summary import normal_from, summary_rows
+from lorascope.report.view import histogram_steps, module_view, panel_steps, report_options
 from report_fakes import fake_recording
 
 
-def test_snapshot_indices_bounded_keep_both_ends():
-    assert snapshot_indices(10, 4).tolist() == [0, 3, 6, 9]
-    assert snapshot_indices(5, 10).tolist() == [0, 1, 2, 3, 4]
-    idx = snapshot_indices(2001, 120)
+def _view(recs, name, max_steps=8, kinds=None):
+    """A module as the report sees it: the analysis tables its figures and summary read."""
+    tables = {t for k in (kinds or MODULE_FIGURES.names()) for t in MODULE_FIGURES.get(k).tables}
+    tables |= {"stats", "spectra", "fits", "geometry"}
+    return module_view(recs, name, sorted(tables), report_options(max_steps, 16, panel_steps(recs)))
+
+
+def test_snapshots_read_are_bounded_and_keep_both_ends():
+    assert evenly(10, 4).tolist() == [0, 3, 6, 9]
+    assert evenly(5, 10).tolist() == [0, 1, 2, 3, 4]
+    idx = evenly(2001, 120)
     assert len(idx) <= 120 and idx[0] == 0 and idx[-1] == 2000
     with pytest.raises(UsageError):
-        snapshot_indices(10, 1)
+        Options(read_steps=1)
 
 
 def test_histogram_steps_first_early_last():
@@ -103,15 +110,18 @@ def test_common_modules_and_no_common_module_error():
         common_modules([a, b], pattern="*.k")
 
 
-def test_read_module_picks_the_chosen_snapshots():
+def test_the_report_reads_the_chosen_snapshots():
     rec = fake_recording("a", steps=30)
-    data = read_module([rec], "h.0.attn.c_attn", max_steps=5, early=3)
-    rm = data.runs["a"]
-    assert rm.steps[0] == 0 and rm.steps[-1] == 30
-    for panel in data.histogram_steps:
-        step = panel.steps["a"]
-        np.testing.assert_array_equal(rm.A[panel.rows["a"]], rec.modules["h.0.attn.c_attn"].A[step])
-    assert [p.steps["a"] for p in data.histogram_steps] == histogram_steps(rec.steps)
+    view = _view([rec], "h.0.attn.c_attn", max_steps=5)
+    steps, _ = view.series("stats", "a", "A", "mean")
+    assert steps[0] == 0 and steps[-1] == 30 and len(steps) == 5 + 3  # evenly spaced + the early panels
+    panels = view.rows("step_histograms", "a", "A")
+    assert list(dict.fromkeys(panels.at_step)) == histogram_steps(rec.steps)
+    for step, rows in panels.groupby("step"):
+        values = rec.modules["h.0.attn.c_attn"].A[step].astype(np.float64).reshape(-1)
+        edges = np.append(rows.left.to_numpy(), rows.right.iloc[-1])
+        np.testing.assert_allclose(edges, np.linspace(values.min(), values.max(), 17), rtol=1e-12)
+        np.testing.assert_array_equal(rows["count"], np.histogram(values, edges)[0])
 
 
 def _axes() -> object:
@@ -169,15 +179,16 @@ def test_final_similarity_of_identical_and_orthogonal_runs():
     a.modules["m"].B[-1] = eye[:, :2]
     b.modules["m"].A[-1] = eye[2:4]  # orthogonal row space
     b.modules["m"].B[-1] = eye[:, :2]  # the same column space
-    data = read_module([a, b], "m", max_steps=4)
-    np.testing.assert_allclose(final_similarity(data, "A"), [[1, 0], [0, 1]], atol=1e-12)
-    np.testing.assert_allclose(final_similarity(data, "B"), [[1, 1], [1, 1]], atol=1e-12)
+    view = _view([a, b], "m", max_steps=4, kinds=["similarity"])
+    np.testing.assert_allclose(final_similarity(view, "A")[0], [[1, 0], [0, 1]], atol=1e-12)
+    np.testing.assert_allclose(final_similarity(view, "B")[0], [[1, 1], [1, 1]], atol=1e-12)
+    assert final_similarity(view, "A")[1] == [2 / 8]  # the random baseline max(i, j) / d of the pair
 
 
 def test_module_role():
-    assert module_role("transformer.h.11.attn.c_attn", 11) == "attn.c_attn"
-    assert module_role("model.layers.3.mlp.down_proj", 3) == "mlp.down_proj"
-    assert module_role("classifier.dense", None) == "dense"
+    assert role("transformer.h.11.attn.c_attn", 11) == "attn.c_attn"
+    assert role("model.layers.3.mlp.down_proj", 3) == "mlp.down_proj"
+    assert role("classifier.dense", None) == "dense"
 
 
 def test_normal_from():
@@ -233,6 +244,19 @@ def test_report_survives_nan_weights(tmp_path):
     html = index.read_text(encoding="utf-8")
     assert len(list(tmp_path.glob("*.png"))) == 1 + 8
     assert "NaN/Inf values in A" in html
+
+
+def test_report_of_runs_without_w0(tmp_path):
+    """No W0 recorded: no geometry rows, and the summary says the amplification is missing."""
+    from lorascope.report import build_report
+
+    runs = [fake_recording("a", with_w0=False), fake_recording("b", seed=1, with_w0=False)]
+    index = build_report(runs, tmp_path, max_modules=1, figure_kinds=["moments"])
+    view = _view(runs, "h.0.attn.c_attn", kinds=["moments"])
+    assert view.tables["geometry"].empty and "amplification" in view.tables["geometry"].columns
+    rows = summary_rows(view)
+    assert all(np.isnan(r["amplification (needs W0)"]) and r["final ‖ΔW‖_F"] > 0 for r in rows)
+    assert "amplification (needs W0)" in index.read_text(encoding="utf-8")
 
 
 def test_recording_without_snapshots_is_refused(tmp_path):

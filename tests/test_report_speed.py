@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
+from lorascope.report import MODULE_FIGURES, figures
 from lorascope.report.canvas import Canvas
-from lorascope.report.collect import read_module
-from lorascope.report.module_figures import MODULE_FIGURES, FigureContext
-from lorascope.report import figures, spectral_figures  # noqa: F401 - registers every kind
+from lorascope.report.module_figures import FigureContext
+from lorascope.report.view import module_view, panel_steps, report_options
 from report_fakes import fake_recording
 
 
@@ -31,7 +31,8 @@ def _module(name: str, seed: int, shape: tuple[int, int], rank: int, steps: int,
             for k, run in enumerate(("a", "b"))]
     if edit is not None:
         edit([r.modules[name] for r in runs])
-    return read_module(runs, name, max_steps=8)
+    tables = sorted({t for k in MODULE_FIGURES.names() for t in MODULE_FIGURES.get(k).tables})
+    return module_view(runs, name, tables, report_options(8, 16, panel_steps(runs)))
 
 
 def _nan_tail(mods):
@@ -55,12 +56,12 @@ def _datas():
 def test_reused_canvas_draws_the_same_pixels_as_a_fresh_one(kind, tmp_path):
     datas = _datas()
     colors = figures.run_colors(["a", "b"])
-    draw = MODULE_FIGURES.get(kind)
-    used = FigureContext(tmp_path / "used", Canvas(), colors, bins=16)
+    draw = MODULE_FIGURES.get(kind).draw
+    used = FigureContext(tmp_path / "used", Canvas(), colors)
     used.out_dir.mkdir()
     refs = [draw(data, f"m{i}", used) for i, data in enumerate(datas)]
     for i in (1, 2):
-        fresh = FigureContext(tmp_path / f"fresh{i}", _FreshCanvas(), colors, bins=16)
+        fresh = FigureContext(tmp_path / f"fresh{i}", _FreshCanvas(), colors)
         fresh.out_dir.mkdir()
         assert [r.file for r in draw(datas[i], f"m{i}", fresh)] == [r.file for r in refs[i]]
         for ref in refs[i]:

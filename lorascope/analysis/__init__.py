@@ -1,29 +1,66 @@
 """Analysis of recorded LoRA series: pure, batched functions over (T, m, n) stacks of matrices
-(`stats`, `fits`, `spectra`, `geometry`, `health`; numpy/scipy only) and `tables`, the thin layer
-that reads recordings into tidy DataFrames (one row per run × module × matrix × step)."""
+(`stats`, `fits`, `spectra`, `lowrank`, `geometry`, `health`; numpy/scipy only), and `analyze`,
+which reads recordings into the registered tidy tables (one row per run × module × matrix ×
+step) and the health findings.
+
+Importing this package costs nothing: the table names and their descriptions are declared here
+(`TABLES`, so `lorascope analyze --help` needs neither pandas nor scipy), and every other name
+is imported on first use."""
 from __future__ import annotations
 
-from lorascope.analysis import fits, geometry, health, spectra, stats
-from lorascope.analysis.health import Finding
-from lorascope.analysis.tables import (
-    TABLES,
-    Analysis,
-    Options,
-    analyze,
-    best_family_changes,
-    fits_table,
-    geometry_table,
-    health_findings,
-    histogram_table,
-    similarity_table,
-    singular_values_table,
-    spectra_table,
-    stats_table,
-)
+import importlib
+from typing import Any
 
-__all__ = [
-    "fits", "geometry", "health", "spectra", "stats",
-    "Finding", "TABLES", "Analysis", "Options", "analyze", "best_family_changes", "fits_table",
-    "geometry_table", "health_findings", "histogram_table", "similarity_table",
-    "singular_values_table", "spectra_table", "stats_table",
-]
+from lorascope.lazy import lazy_exports
+from lorascope.registry import Registry
+
+# Every table `analyze` builds, with the one line `lorascope analyze --help` shows. The
+# implementations register themselves in tables.py (one run's module), multirun.py (a module
+# across runs) and derived.py (from other tables); catalog.py imports all three.
+TABLES: Registry = Registry("analysis table", declared={
+    "stats": "moments, quantiles, norms, distance from the first snapshot, update size and cosine per snapshot",
+    "spectra": "spectral norm, effective and stable rank, top-k energy, condition number of A, B and ΔW",
+    "singular_values": "every singular value of A, B and ΔW per snapshot",
+    "fits": "distribution families fitted to A and B at evenly spaced snapshots",
+    "geometry": "ΔW against W0, when recorded: projection, amplification, DoRA's change",
+    "similarity": "subspace similarity φ of A and B against the final snapshot and between runs",
+    "histograms": "histograms of A and B on bins shared by every run and snapshot of a module",
+    "step_histograms": "histograms of A and B at chosen steps, bins shared by the runs at each step",
+    "family_changes": "the steps where the best fitted family changes, from the fits",
+    "findings": "the health findings, one row each",
+}, provider="lorascope.analysis.catalog")
+
+_SUBMODULES = ("batch", "fits", "geometry", "health", "lowrank", "spectra", "stats")
+_EXPORTS = {
+    "Finding": "lorascope.analysis.health",
+    "KEYS": "lorascope.analysis.options",
+    "Options": "lorascope.analysis.options",
+    "Analysis": "lorascope.analysis.driver",
+    "analyze": "lorascope.analysis.driver",
+    "stats_table": "lorascope.analysis.driver",
+    "fits_table": "lorascope.analysis.driver",
+    "spectra_table": "lorascope.analysis.driver",
+    "singular_values_table": "lorascope.analysis.driver",
+    "geometry_table": "lorascope.analysis.driver",
+    "similarity_table": "lorascope.analysis.driver",
+    "histogram_table": "lorascope.analysis.driver",
+    "step_histogram_table": "lorascope.analysis.driver",
+    "health_findings": "lorascope.analysis.driver",
+    "best_family_changes": "lorascope.analysis.derived",
+    "findings_frame": "lorascope.analysis.derived",
+    "describe": "lorascope.analysis.overview",
+    "runs_table": "lorascope.analysis.overview",
+}
+_exported, _dir = lazy_exports(__name__, _EXPORTS)
+
+__all__ = ["TABLES", *_SUBMODULES, *_EXPORTS]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module(f"{__name__}.{name}")
+    return _exported(name)
+
+
+def __dir__() -> list[str]:
+    return sorted(["TABLES", *_SUBMODULES, *_dir()])

@@ -8,8 +8,9 @@ import numpy as np
 
 from lorascope.analysis import geometry as _geo
 from lorascope.analysis import stats as _stats
-from lorascope.analysis._batch import CACHE_VALUES, as_stack, time_chunks
-from lorascope.analysis.spectra import GRAM_RELIABLE_RATIO, _pair
+from lorascope.analysis.batch import CACHE_VALUES, as_stack, time_chunks
+from lorascope.analysis.batch import lora_pair
+from lorascope.analysis.spectra import GRAM_RELIABLE_RATIO
 from lorascope.errors import UsageError
 
 __all__ = ["asymmetry", "row_space_similarity"]
@@ -24,7 +25,7 @@ def asymmetry(A: np.ndarray, B: np.ndarray, first: tuple[np.ndarray, np.ndarray]
     `geometry.similarity` ('rank_deficient' where either A has numerical rank below r,
     tolerance max(r, in)·eps·σ_max, eps the recorded precision's, default X's dtype's).
     `first` = (A_0, B_0) when the series is a piece cut along time."""
-    A, B = _pair(A, B)
+    A, B = lora_pair(A, B)
     A0, B0 = (A[0], B[0]) if first is None else first
     out: dict[str, np.ndarray] = {}
     for name, X, X0 in (("A", A, A0), ("B", B, B0)):

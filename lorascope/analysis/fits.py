@@ -24,7 +24,7 @@ from scipy import special
 from lorascope.analysis import mle as _mle
 from lorascope.analysis import mle_gennorm as _gennorm
 from lorascope.analysis import mle_t as _t
-from lorascope.analysis._batch import as_stack, entry_subset, time_chunks
+from lorascope.analysis.batch import as_stack, entry_subset, time_chunks
 from lorascope.errors import UsageError
 from lorascope.registry import Registry
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lorascope.analysis._batch import as_stack
+from lorascope.analysis.batch import as_stack
 from lorascope.errors import UsageError
 
 __all__ = [

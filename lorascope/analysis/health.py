@@ -243,9 +243,9 @@ def check_loss(steps: np.ndarray, loss: np.ndarray, skipped: np.ndarray | None =
 
 
 def check_scalars(scalars, thresholds: Thresholds | None = None) -> list[Finding]:
-    """check_loss over a recording's scalars table (a DataFrame with step, loss and, when the
-    trainer reports them, skipped and loss_scale)."""
+    """check_loss over a recording's scalars (`rec.scalar_columns`, or the `rec.scalars`
+    DataFrame: columns step, loss and, when the trainer reports them, skipped and loss_scale)."""
     if "loss" not in scalars or "step" not in scalars:
         return []
-    column = lambda name: scalars[name].to_numpy() if name in scalars else None  # noqa: E731
+    column = lambda name: np.asarray(scalars[name]) if name in scalars else None  # noqa: E731
     return check_loss(column("step"), column("loss"), column("skipped"), column("loss_scale"), thresholds)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lorascope.analysis._batch import time_chunks
+from lorascope.analysis.batch import time_chunks
 from lorascope.errors import UsageError
 
 __all__ = ["PretrainedSVD", "pretrained_svd", "intruder_dimensions", "DEFAULT_K", "DEFAULT_EPSILON"]

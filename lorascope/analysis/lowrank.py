@@ -17,7 +17,7 @@ import numpy as np
 
 from lorascope.analysis import spectra as _spectra
 from lorascope.analysis import stats as _stats
-from lorascope.analysis._batch import CACHE_VALUES, Scratch, _ones, time_chunks
+from lorascope.analysis.batch import CACHE_VALUES, FAST_RANGE, Scratch, cosine, lora_pair, ones, origin, time_chunks, trace_products
 
 __all__ = ["lora_series", "lora_matrices", "update_factors", "update_mean"]
 
@@ -29,11 +29,11 @@ def lora_series(A: np.ndarray, B: np.ndarray, scaling: float, first: tuple[np.nd
     second what `stats.lowrank_dynamics(A, B, scaling, first)` returns (mean, frobenius,
     distance_from_first, update_size, update_cosine, each (T,)). `first` = (A_0, B_0), the origin
     of the distance, lets a piece of a series cut along time give the whole series' numbers."""
-    A, B = _spectra._pair(A, B)
+    A, B = lora_pair(A, B)
     if A.dtype != B.dtype:
         A, B = A.astype(np.float64), B.astype(np.float64)
     A0, B0 = (None, None) if first is None else first
-    A0, B0 = _stats._origin(A, A0), _stats._origin(B, B0)
+    A0, B0 = origin(A, A0), origin(B, B0)
     got = _one_pass(A, B, float(scaling), A0, B0)
     if got is None:
         return _spectra.lora_singular_values(A, B, scaling), _stats.lowrank_dynamics(A, B, scaling, (A0, B0))
@@ -54,7 +54,7 @@ def lora_matrices(A: np.ndarray, B: np.ndarray, scaling: float, first: tuple[np.
     adapter's own product is returned beside it as "BA" with the same keys. The two differ by a
     constant, so their distance from the first snapshot, update sizes and cosines are the same
     numbers. `first` = (A_0, B_0): the first snapshot when the series is a piece cut along time."""
-    A, B = _spectra._pair(A, B)
+    A, B = lora_pair(A, B)
     A0, B0 = (A[0], B[0]) if first is None else first
     sv, dyn = lora_series(A, B, scaling, (A0, B0))
     out = {"A": {"singular_values": sv["A"]}, "B": {"singular_values": sv["B"]},
@@ -71,7 +71,7 @@ def update_mean(A: np.ndarray, B: np.ndarray, scaling: float, first: tuple[np.nd
     """Mean entry (T,) of scaling·(B_t A_t − B_0 A_0) from the factors' sums: 1ᵀ(B_t − B_0)·A_t 1 +
     1ᵀB_0·(A_t − A_0) 1, differences taken before the products (no cancellation of two large
     means). NaN where A_t or B_t is not finite."""
-    A, B = _spectra._pair(A, B)
+    A, B = lora_pair(A, B)
     T, r, n_in = A.shape
     n_out = B.shape[1]
     A0, B0 = (np.asarray(x, dtype=np.float64) for x in first)
@@ -94,7 +94,7 @@ def update_factors(A: np.ndarray, B: np.ndarray, scaling: float, first: tuple[np
     ΔW as a low-rank product (intruders, amplification, magnitude/direction): P = scaling·B,
     Q = A (q = r), or with `compensated` P = scaling·[B_t − B_0, B_0], Q = [A_t; A_t − A_0]
     (q = 2r; their product is scaling·(B_t A_t − B_0 A_0), with no large product subtracted)."""
-    A, B = _spectra._pair(A, B)
+    A, B = lora_pair(A, B)
     a, b, s = A.astype(np.float64), B.astype(np.float64), float(scaling)
     if not compensated:
         return s * b, a
@@ -105,12 +105,12 @@ def update_factors(A: np.ndarray, B: np.ndarray, scaling: float, first: tuple[np
 
 
 def _grams_in_range(Ga: np.ndarray, Gb: np.ndarray, n_in: int, n_out: int, dtype) -> bool:
-    """The fast path's condition (every snapshot finite, its largest |value| in `_stats`' fast
-    range or zero), read off the float64 Grams instead of another pass over the chunk: each entry
+    """The fast path's condition (every snapshot finite, its largest |value| in the fast
+    range (`batch.FAST_RANGE`) or zero), read off the float64 Grams instead of another pass over the chunk: each entry
     x of A is in a diagonal entry d of A Aᵀ (a sum of n_in squares), so √(d/n_in) ≤ max|x| ≤ √d
     with d the largest one. A NaN or Inf makes d non-finite. The √n slack only sends more
     borderline series to the exact path."""
-    lo, hi = _stats._FAST_RANGE[np.dtype(dtype)]
+    lo, hi = FAST_RANGE[np.dtype(dtype)]
     for G, n in ((Ga, n_in), (Gb, n_out)):
         d = np.diagonal(G, axis1=1, axis2=2).max(axis=1)
         if not (np.isfinite(d).all() and np.all((d == 0) | ((d >= lo * lo * n) & (d <= hi * hi)))):
@@ -149,7 +149,7 @@ def _spectra_of(A: np.ndarray, B: np.ndarray, Ga: np.ndarray, Gb: np.ndarray, k:
     ref = np.sqrt(np.maximum(np.trace(Ga, axis1=1, axis2=2), 0.0) * np.maximum(np.trace(Gb, axis1=1, axis2=2), 0.0))
     bad = (sW < _spectra.GRAM_RELIABLE_RATIO * ref[:, None]).any(axis=1) & (ref > 0)
     if bad.any():
-        _, core, _ = _spectra._cores(A[bad].astype(np.float64), B[bad].astype(np.float64), "r")
+        _, core, _ = _spectra.qr_cores(A[bad].astype(np.float64), B[bad].astype(np.float64), "r")
         sW[bad] = np.linalg.svd(core, compute_uv=False)[:, :k]
     return sA, sB, sW
 
@@ -186,20 +186,20 @@ def _one_pass(A: np.ndarray, B: np.ndarray, scaling: float, A0: np.ndarray, B0: 
         if not _grams_in_range(Ga[sl], Gb[sl], n_in, n_out, A.dtype):
             return None
         # column sums of B and row sums of A as BLAS products (3x faster than .sum on these shapes)
-        np.matmul(_ones(n_out, f64), b64, out=sums_b[sl])
-        np.matmul(a64, _ones(n_in, f64), out=sums_a[sl])
+        np.matmul(ones(n_out, f64), b64, out=sums_b[sl])
+        np.matmul(a64, ones(n_in, f64), out=sums_a[sl])
         if d2 is not None:
             dB0, dA0 = b - B0, a - A0
-            d2[sl] = (_stats._tr((dB0.transpose(0, 2, 1) @ dB0).astype(f64), Ga[sl])
-                      + _stats._tr(np.broadcast_to(GB0, (len(a), r, r)), (dA0 @ dA0.transpose(0, 2, 1)).astype(f64))
-                      + 2 * _stats._tr((dB0.transpose(0, 2, 1) @ B0).astype(f64), (dA0 @ a.transpose(0, 2, 1)).astype(f64)))
+            d2[sl] = (trace_products((dB0.transpose(0, 2, 1) @ dB0).astype(f64), Ga[sl])
+                      + trace_products(np.broadcast_to(GB0, (len(a), r, r)), (dA0 @ dA0.transpose(0, 2, 1)).astype(f64))
+                      + 2 * trace_products((dB0.transpose(0, 2, 1) @ B0).astype(f64), (dA0 @ a.transpose(0, 2, 1)).astype(f64)))
         carry = _updates(A, B, sl, Ga, Gb, n2, dot, carry, sc)
     sA, sB, sW = _spectra_of(A, B, Ga, Gb, r)
-    frob = np.sqrt(np.maximum(_stats._tr(Gb, Ga), 0.0))
+    frob = np.sqrt(np.maximum(trace_products(Gb, Ga), 0.0))
     norms = np.sqrt(np.maximum(n2, 0.0))
     cos = np.full(T, np.nan)
     if T > 2:
-        cos[2:] = _stats._cosine(dot[2:], norms[2:], norms[1:-1])
+        cos[2:] = cosine(dot[2:], norms[2:], norms[1:-1])
     dyn = {
         "mean": np.sign(scaling) * s * np.einsum("tr,tr->t", sums_b, sums_a) / (n_out * n_in),
         "frobenius": s * frob,
@@ -236,7 +236,7 @@ def _updates(A, B, sl: slice, Ga, Gb, n2, dot, carry, sc: Scratch):
     X = (dBT @ B[first - 1:stop - 1]).astype(f64)                    # dBᵀ B_{t−1}
     Ya = (dA @ dA.transpose(0, 2, 1)).astype(f64)                    # dA dAᵀ
     Xa = (dA @ A[first:stop].transpose(0, 2, 1)).astype(f64)         # dA A_tᵀ
-    n2[first:stop] = _stats._tr(Y, Ga[first:stop]) + _stats._tr(Gb[first - 1:stop - 1], Ya) + 2 * _stats._tr(X, Xa)
+    n2[first:stop] = trace_products(Y, Ga[first:stop]) + trace_products(Gb[first - 1:stop - 1], Ya) + 2 * trace_products(X, Xa)
     if carry is not None:  # join the previous chunk's last update to this chunk's
         dAbuf[0], dBbuf[0] = carry["dA"], carry["dB"]
         dAc, dBc = dAbuf, dBbuf
@@ -253,7 +253,7 @@ def _updates(A, B, sl: slice, Ga, Gb, n2, dot, carry, sc: Scratch):
         Z = (dBc[:-1].transpose(0, 2, 1) @ dBc[1:]).astype(f64)
         Za = (dAc[1:] @ dAc[:-1].transpose(0, 2, 1)).astype(f64)
         XT, XaT = Xc.transpose(0, 2, 1), Xac.transpose(0, 2, 1)
-        tr = _stats._tr
+        tr = trace_products
         dot[c0:stop] = (tr(Z, Ga[c0:stop] - XaT[1:])
                         + tr(XT[1:] - Z, XaT[:-1] + Za)
                         + tr(Xc[:-1] + Yc[:-1], Xac[1:] - Yac[1:])

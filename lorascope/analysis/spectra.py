@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from lorascope.analysis._batch import CACHE_VALUES, Scratch, as_stack, time_chunks
+from lorascope.analysis.batch import CACHE_VALUES, Scratch, as_stack, lora_pair, time_chunks
 from lorascope.errors import UsageError
 
 __all__ = [
@@ -14,6 +14,7 @@ __all__ = [
     "lora_singular_values",
     "update_singular_values",
     "delta_w_svd",
+    "qr_cores",
     "effective_rank",
     "stable_rank",
     "energy_share",
@@ -81,17 +82,8 @@ def singular_values(X: np.ndarray) -> np.ndarray:
     return out
 
 
-def _pair(A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    A, B = as_stack(A, "A"), as_stack(B, "B")
-    if A.shape[0] != B.shape[0] or A.shape[1] != B.shape[2]:
-        raise UsageError(
-            f"A {A.shape} and B {B.shape} are not a LoRA pair over the same steps: "
-            "A must be (T, rank, in) and B (T, out, rank)"
-        )
-    return A, B
 
-
-def _cores(a: np.ndarray, b: np.ndarray, mode: str):
+def qr_cores(a: np.ndarray, b: np.ndarray, mode: str):
     """QR of B (out×r) and Aᵀ (in×r); ΔW/scaling = Q_B (R_B R_Aᵀ) Q_Aᵀ, so the r×r core carries
     ΔW's whole spectrum."""
     if mode == "r":
@@ -123,7 +115,7 @@ def lora_singular_values(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[s
     all three, and snapshots where a small value would lose digits to the squaring are redone
     by SVD (A, B) or by QR of B and Aᵀ and the SVD of the r×r core (ΔW). Each factor's values
     come from its own entries: a NaN in A blanks A's and ΔW's rows at that step, never B's."""
-    A, B = _pair(A, B)
+    A, B = lora_pair(A, B)
     T, r, n_in = A.shape
     n_out = B.shape[1]
     k = min(r, n_in, n_out)  # ΔW has at most this many
@@ -149,7 +141,7 @@ def lora_singular_values(A: np.ndarray, B: np.ndarray, scaling: float) -> dict[s
         ia, ib = both[fa], both[fb]  # the rows finite in both, among each factor's finite rows
         s, unreliable = _dw_from_grams(Ga[ia], Gb[ib], k)
         if unreliable.any():
-            _, core, _ = _cores(a[ia][unreliable], b[ib][unreliable], "r")
+            _, core, _ = qr_cores(a[ia][unreliable], b[ib][unreliable], "r")
             s[unreliable] = np.linalg.svd(core, compute_uv=False)[:, :k]
         # one factor at a time: a zero singular value stays zero even where sa·sb overflows
         out["dW"][here[both]] = s * sa[ia][:, None] * sb[ib][:, None] * abs(float(scaling))
@@ -175,7 +167,7 @@ def update_singular_values(A: np.ndarray, B: np.ndarray, scaling: float,
     the SVD of their 2r×2r core never subtract two large products: at PiSSA's step 40 the
     update is ~1e-2 of B_0 A_0 and keeps all its digits, where B_t A_t − B_0 A_0 formed
     directly would lose two."""
-    A, B = _pair(A, B)
+    A, B = lora_pair(A, B)
     T, r, n_in = A.shape
     n_out = B.shape[1]
     A0, B0 = (A[0], B[0]) if first is None else first
@@ -209,11 +201,11 @@ def _unit_scale(x: np.ndarray) -> np.ndarray:
 def delta_w_svd(A: np.ndarray, B: np.ndarray, scaling: float):
     """Thin SVD of every ΔW_t = scaling·B_t A_t without forming it: U (T, out, r), S (T, r),
     V (T, in, r) with ΔW_t = U_t diag(S_t) V_tᵀ. Raises for NaN/Inf, which has no subspace."""
-    A, B = _pair(A, B)
+    A, B = lora_pair(A, B)
     a, b = A.astype(np.float64), B.astype(np.float64)
     if not (np.isfinite(a).all() and np.isfinite(b).all()):
         raise UsageError("A or B holds NaN/Inf; ΔW has no singular subspace at those steps, select finite steps")
-    QB, core, QA = _cores(a, b, "full")
+    QB, core, QA = qr_cores(a, b, "full")
     Uc, S, Vct = np.linalg.svd(core)
     return QB @ Uc, S * abs(float(scaling)), np.sign(scaling) * (QA @ Vct.transpose(0, 2, 1))
 

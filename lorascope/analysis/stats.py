@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from lorascope.analysis._batch import CACHE_VALUES, Scratch, as_stack, entry_subset, row_sums, time_chunks
+from lorascope.analysis.batch import (
+    CACHE_VALUES, FAST_RANGE, Scratch, as_stack, cosine, entry_subset, origin, row_sums, time_chunks, trace_products,
+)
 from lorascope.errors import UsageError
 
 __all__ = [
@@ -148,13 +150,6 @@ def moments(X: np.ndarray, quantiles: tuple[float, ...] = DEFAULT_QUANTILES,
     return out
 
 
-def _cosine(dot: np.ndarray, n1: np.ndarray, n2: np.ndarray) -> np.ndarray:
-    """dot / (n1 n2), NaN where either vector is zero: the angle to a non-move is undefined."""
-    with np.errstate(divide="ignore", invalid="ignore"):
-        c = dot / (n1 * n2)
-    c = np.where((n1 > 0) & (n2 > 0), c, np.nan)
-    return np.clip(c, -1.0, 1.0)
-
 
 def _series_scale(*flats: np.ndarray) -> float:
     """Largest finite |value| of one or more (T, N) series, chunk by chunk; 1 when there is none.
@@ -201,13 +196,8 @@ def _diff(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def _in_fast_range(big: np.ndarray, dtype) -> bool:
     """Whether every row's largest |value| (0 allowed) lies where squares and r-fold products of
     values and of their differences neither overflow nor underflow in `dtype`."""
-    lo, hi = _FAST_RANGE[np.dtype(dtype)]
+    lo, hi = FAST_RANGE[np.dtype(dtype)]
     return bool(np.all(np.isfinite(big) & ((big == 0) | ((big >= lo) & (big <= hi)))))
-
-
-# Largest |value| of a series that the fast kernels accept: in float32 a difference of two values
-# is at least 2^-63 (one ulp of 2^-40), whose square is still a normal number.
-_FAST_RANGE = {np.dtype(np.float32): (2.0**-40, 2.0**40), np.dtype(np.float64): (2.0**-200, 2.0**200)}
 
 
 def _abs_max(x: np.ndarray) -> np.ndarray:
@@ -226,19 +216,10 @@ def dynamics(X: np.ndarray, first: np.ndarray | None = None) -> dict[str, np.nda
     sums of squares by BLAS; a series with NaN/Inf or magnitudes beyond 2^±40 (float32) takes
     the slower float64 path that rescales every row."""
     X = as_stack(X)
-    first = _origin(X, first)
+    first = origin(X, first)
     fast = _dynamics_fast(X, first)
     return fast if fast is not None else _dynamics_exact(X, first)
 
-
-def _origin(X: np.ndarray, first: np.ndarray | None) -> np.ndarray:
-    """The snapshot distances are measured from: `first` (one matrix shaped like X's) or X_0."""
-    if first is None:
-        return X[0]
-    first = np.asarray(first)
-    if first.shape != X.shape[1:]:
-        raise UsageError(f"the first snapshot {first.shape} is not shaped like the series' snapshots {X.shape[1:]}")
-    return first.astype(X.dtype, copy=False)
 
 
 def _dynamics_fast(X: np.ndarray, first: np.ndarray) -> dict[str, np.ndarray] | None:
@@ -266,7 +247,7 @@ def _dynamics_fast(X: np.ndarray, first: np.ndarray) -> dict[str, np.ndarray] | 
         if m > 2:
             dots = row_sums(np.multiply(u[1:], u[:-1], out=uu[: m - 2]))
             n = np.sqrt(n2)
-            cos[lo + 2:sl.stop] = _cosine(dots, n[1:], n[:-1])
+            cos[lo + 2:sl.stop] = cosine(dots, n[1:], n[:-1])
     return {"distance_from_first": dist, "update_size": upd, "update_cosine": cos}
 
 
@@ -295,7 +276,7 @@ def _dynamics_exact(X: np.ndarray, first: np.ndarray) -> dict[str, np.ndarray]:
         upd[lo + 1:sl.stop] = dn
         if len(d) > 1:
             dots = np.einsum("ij,ij->i", unit[1:], unit[:-1])
-            cos[lo + 2:sl.stop] = _cosine(dots, np.where(dn[1:] > 0, 1.0, dn[1:]), np.where(dn[:-1] > 0, 1.0, dn[:-1]))
+            cos[lo + 2:sl.stop] = cosine(dots, np.where(dn[1:] > 0, 1.0, dn[1:]), np.where(dn[:-1] > 0, 1.0, dn[:-1]))
     return {"distance_from_first": dist, "update_size": upd, "update_cosine": cos}
 
 
@@ -384,14 +365,10 @@ def lowrank_dynamics(A: np.ndarray, B: np.ndarray, scaling: float,
     if A.dtype != B.dtype:
         A, B = A.astype(np.float64), B.astype(np.float64)
     A0, B0 = (None, None) if first is None else first
-    A0, B0 = _origin(A, A0), _origin(B, B0)
+    A0, B0 = origin(A, A0), origin(B, B0)
     fast = _lowrank_dynamics_fast(A, B, float(scaling), A0, B0)
     return fast if fast is not None else _lowrank_dynamics_exact(A, B, scaling, A0, B0)
 
-
-def _tr(P: np.ndarray, Q: np.ndarray) -> np.ndarray:
-    """tr(P_t Q_t) for stacks of r×r matrices."""
-    return np.einsum("tij,tji->t", P, Q)
 
 
 def _lowrank_dynamics_fast(A: np.ndarray, B: np.ndarray, scaling: float, A0: np.ndarray,
@@ -414,7 +391,7 @@ def _lowrank_dynamics_fast(A: np.ndarray, B: np.ndarray, scaling: float, A0: np.
             return None
         aT, bT = a.transpose(0, 2, 1), b.transpose(0, 2, 1)
         Ga, Gb = (a @ aT).astype(f64), (bT @ b).astype(f64)
-        frob = np.sqrt(np.maximum(_tr(Gb, Ga), 0.0))
+        frob = np.sqrt(np.maximum(trace_products(Gb, Ga), 0.0))
         here = slice(sl.start - lo, None)
         out["frobenius"][sl] = s * frob[here]
         out["mean"][sl] = np.sign(scaling) * s * np.einsum("tr,tr->t", b[here].sum(axis=1, dtype=f64),
@@ -423,9 +400,9 @@ def _lowrank_dynamics_fast(A: np.ndarray, B: np.ndarray, scaling: float, A0: np.
             out["distance_from_first"][sl] = s * frob[here]
         else:
             dB0, dA0 = b[here] - B0, a[here] - A0
-            d2 = (_tr((dB0.transpose(0, 2, 1) @ dB0).astype(f64), Ga[here])
-                  + _tr(np.broadcast_to(GB0, (len(dA0), r, r)), (dA0 @ dA0.transpose(0, 2, 1)).astype(f64))
-                  + 2 * _tr((dB0.transpose(0, 2, 1) @ B0).astype(f64), (dA0 @ aT[here]).astype(f64)))
+            d2 = (trace_products((dB0.transpose(0, 2, 1) @ dB0).astype(f64), Ga[here])
+                  + trace_products(np.broadcast_to(GB0, (len(dA0), r, r)), (dA0 @ dA0.transpose(0, 2, 1)).astype(f64))
+                  + 2 * trace_products((dB0.transpose(0, 2, 1) @ B0).astype(f64), (dA0 @ aT[here]).astype(f64)))
             out["distance_from_first"][sl] = s * np.sqrt(np.maximum(d2, 0.0))
         if m < 2:
             continue
@@ -434,7 +411,7 @@ def _lowrank_dynamics_fast(A: np.ndarray, B: np.ndarray, scaling: float, A0: np.
         dBT = dB.transpose(0, 2, 1)
         Y, X = (dBT @ dB).astype(f64), (dBT @ b[:-1]).astype(f64)            # dBᵀdB, dBᵀB_{t−1}
         Ya, Xa = (dA @ dA.transpose(0, 2, 1)).astype(f64), (dA @ aT[1:]).astype(f64)  # dA dAᵀ, dA A_tᵀ
-        n2 = np.maximum(_tr(Y, Ga[1:]) + _tr(Gb[:-1], Ya) + 2 * _tr(X, Xa), 0.0)
+        n2 = np.maximum(trace_products(Y, Ga[1:]) + trace_products(Gb[:-1], Ya) + 2 * trace_products(X, Xa), 0.0)
         norms = np.sqrt(n2)
         out["update_size"][lo + 1:sl.stop] = s * norms
         if m < 3:
@@ -445,11 +422,11 @@ def _lowrank_dynamics_fast(A: np.ndarray, B: np.ndarray, scaling: float, A0: np.
         Z = (dBT[:-1] @ dB[1:]).astype(f64)
         Za = (dA[1:] @ dA[:-1].transpose(0, 2, 1)).astype(f64)
         XT, XaT = X.transpose(0, 2, 1), Xa.transpose(0, 2, 1)
-        dot = (_tr(Z, Ga[2:] - XaT[1:])
-               + _tr(XT[1:] - Z, XaT[:-1] + Za)
-               + _tr(X[:-1] + Y[:-1], Xa[1:] - Ya[1:])
-               + _tr(Gb[:-2] + XT[:-1], Za))
-        out["update_cosine"][lo + 2:sl.stop] = _cosine(dot, norms[1:], norms[:-1])
+        dot = (trace_products(Z, Ga[2:] - XaT[1:])
+               + trace_products(XT[1:] - Z, XaT[:-1] + Za)
+               + trace_products(X[:-1] + Y[:-1], Xa[1:] - Ya[1:])
+               + trace_products(Gb[:-2] + XT[:-1], Za))
+        out["update_cosine"][lo + 2:sl.stop] = cosine(dot, norms[1:], norms[:-1])
     return out
 
 
@@ -500,7 +477,7 @@ def _lowrank_dynamics_exact(A: np.ndarray, B: np.ndarray, scaling: float, A0: np
             for k in np.flatnonzero(small):  # rare: unit-scaled factors keep tiny updates' digits
                 cos[k] = _robust_cosine([(X[k + 1:k + 2], Y[k + 1:k + 2]) for X, Y in terms],
                                         [(X[k:k + 1], Y[k:k + 1]) for X, Y in terms])
-            out["update_cosine"][lo + 2:sl.stop] = _cosine(cos, np.where(norms[1:] > 0, 1.0, norms[1:]),
+            out["update_cosine"][lo + 2:sl.stop] = cosine(cos, np.where(norms[1:] > 0, 1.0, norms[1:]),
                                                           np.where(norms[:-1] > 0, 1.0, norms[:-1]))
     return out
 

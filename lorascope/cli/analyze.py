@@ -1,31 +1,22 @@
-"""`lorascope analyze`: tidy tables of statistics, fits, spectra and geometry from recordings,
-written as CSV or Parquet; health findings are printed as warnings."""
+"""`lorascope analyze`: the registered tables of `lorascope.analysis` for recordings, written as CSV
+or Parquet; health findings are printed as warnings. Parses, calls `analysis.analyze`, writes."""
 from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import Annotated, Callable
+from typing import TYPE_CHECKING, Annotated, Callable
 
-import pandas as pd
 import typer
 
-from lorascope.analysis import tables as T
+from lorascope.analysis import TABLES
 from lorascope.cli.app import app
 from lorascope.errors import UsageError
-from lorascope.progress import StepProgress
 
-__all__ = ["analyze", "TABLE_NAMES", "write_table", "output_paths", "check_output_folder"]
+if TYPE_CHECKING:
+    import pandas as pd
 
-# Tables computed over several runs at once (the rest are per module, from `T.TABLES`).
-_MULTI_RUN: dict[str, Callable[[list, T.Options, int], pd.DataFrame]] = {
-    "similarity": lambda recs, o, bins: T.similarity_table(recs, o),
-    "histograms": lambda recs, o, bins: T.histogram_table(recs, bins, o),
-}
-# Tables derived from another table, by name of the table they read (computed even when not written).
-_DERIVED: dict[str, tuple[str, Callable[[pd.DataFrame], pd.DataFrame]]] = {
-    "family_changes": ("fits", T.best_family_changes),
-}
-TABLE_NAMES: list[str] = [*T.TABLES.names(), *_MULTI_RUN, *_DERIVED]
+__all__ = ["analyze", "write_table", "output_paths", "check_output_folder"]
+
 _WRITERS: dict[str, Callable[[pd.DataFrame, Path], None]] = {
     ".csv": lambda df, p: df.to_csv(p, index=False),
     ".parquet": lambda df, p: _to_parquet(df, p),
@@ -74,25 +65,23 @@ def write_table(df: pd.DataFrame, path: Path) -> None:
 def _parse_tables(spec: str) -> list[str]:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if names == ["all"]:
-        return list(TABLE_NAMES)
-    unknown = [n for n in names if n not in TABLE_NAMES]
+        return TABLES.names()
+    unknown = [n for n in names if n not in TABLES]
     if unknown or not names:
-        raise UsageError(f"unknown table {', '.join(unknown) or '(none)'}; choose from: all, {', '.join(TABLE_NAMES)}")
+        raise UsageError(f"unknown table {', '.join(unknown) or '(none)'}; choose from: all, {', '.join(TABLES.names())}")
     return list(dict.fromkeys(names))
 
 
-def _per_module_tables(names: list[str]) -> list[str]:
-    """The per-module tables to compute: those asked for, then those a derived table reads."""
-    wanted = [n for n in names if n in T.TABLES] + [_DERIVED[n][0] for n in names if n in _DERIVED]
-    return list(dict.fromkeys(wanted))
+def _tables_help() -> str:
+    return "Comma-separated tables, or all. " + "; ".join(f"{n}: {TABLES.description(n)}" for n in TABLES.names()) + "."
 
 
 @app.command()
 def analyze(
     recordings: Annotated[list[Path], typer.Argument(help="Recording files (.h5).", exists=True, dir_okay=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="out.csv or out.parquet; several tables go to out.<table>.csv.", dir_okay=False)],
-    tables: Annotated[str, typer.Option(help=f"Comma-separated tables: all, {', '.join(TABLE_NAMES)} "
-                                             "(family_changes: the steps where the best fitted family changes, from the fits).")] = "stats",
+    tables: Annotated[str, typer.Option(help=_tables_help())] = "stats",
+    modules: Annotated[str, typer.Option(help="Glob over module names to analyse, such as '*.attn.*'.")] = "*",
     fit_samples: Annotated[int, typer.Option(help="Entries per snapshot the distribution fits use, a fixed random subset (0: all); the fits table's column n.")] = 2048,
     fit_steps: Annotated[int, typer.Option(help="Snapshots fitted per matrix, evenly spaced with the first and last (0: all); the fits table's columns fitted_steps, recorded_steps.")] = 50,
     quantile_samples: Annotated[int, typer.Option(help="Entries per snapshot the quantiles use, a fixed random subset (0: all, exact); the stats table's column quantile_n; the same entries as the fits. Everything else covers every entry.")] = 2048,
@@ -105,6 +94,9 @@ def analyze(
 ) -> None:
     """Write tidy analysis tables (one row per run x module x matrix x step) for recordings."""
     import lorascope
+    from lorascope.analysis import Options, analyze as run_analysis
+    from lorascope.analysis.selection import module_names
+    from lorascope.progress import StepProgress
 
     names = _parse_tables(tables)
     paths = output_paths(output, names)
@@ -114,31 +106,25 @@ def analyze(
         raise UsageError(f"--workers takes a count of threads of at least 1, got {workers}")
     if min(fit_samples, fit_steps, quantile_samples, max_steps) < 0:
         raise UsageError("--fit-samples, --fit-steps, --quantile-samples and --max-steps take 0 (all) or a positive count")
-    options = T.Options(fit_samples=fit_samples or None, fit_steps=fit_steps or None,
-                        quantile_samples=quantile_samples or None, criterion=criterion, max_steps=max_steps or None,
-                        workers=workers, prefetch=prefetch)
+    if bins < 1:
+        raise UsageError(f"--bins takes a count of at least 1, got {bins}")
+    options = Options(fit_samples=fit_samples or None, fit_steps=fit_steps or None,
+                      quantile_samples=quantile_samples or None, criterion=criterion, max_steps=max_steps or None,
+                      bins=bins, workers=workers, prefetch=prefetch)
     check_output_folder(output.parent)  # after the flags: a typo in one leaves no folder behind
     recs = [lorascope.open(p) for p in recordings]
     try:
-        per_module = _per_module_tables(names)
-        total = sum(len(r.modules) for r in recs)
+        total = sum(name in r.modules for name in module_names(recs, modules) for r in recs)
         with StepProgress(total, label="module") as bar:
-            result = T.analyze(recs, per_module, options, health=health,
-                               progress=lambda done, _total, _label: bar.update(done))
-        frames = dict(result.tables)
-        for name in names:
-            if name in _MULTI_RUN:
-                frames[name] = _MULTI_RUN[name](recs, options, bins)
-            if name in _DERIVED:
-                source, derive = _DERIVED[name]
-                frames[name] = derive(frames[source])
+            result = run_analysis(recs, names, options, health=health, modules=modules,
+                                  progress=lambda done, _total, _label: bar.update(done))
     finally:
         for r in recs:
             close = getattr(r, "close", None)
             if close is not None:
                 close()
     for name in names:
-        write_table(frames[name], paths[name])
-        typer.echo(f"{name}: {len(frames[name])} rows -> {paths[name]}")
+        write_table(result.tables[name], paths[name])
+        typer.echo(f"{name}: {len(result.tables[name])} rows -> {paths[name]}")
     for finding in result.findings:
         typer.echo(str(finding), err=True)  # "error: ..." or "warning: ..."

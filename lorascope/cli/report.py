@@ -1,4 +1,5 @@
-"""`lorascope report`: one HTML page plus PNG figures comparing one or more recordings."""
+"""`lorascope report`: one HTML page plus PNG figures comparing one or more recordings
+(`lorascope.report.build_report`, which draws the tables of `lorascope.analysis`)."""
 from __future__ import annotations
 
 import sys
@@ -11,9 +12,7 @@ import typer
 from lorascope.cli.app import app
 from lorascope.errors import UsageError
 from lorascope.progress import StepProgress
-from lorascope.report.build import DEFAULT_MAX_MODULES, DEFAULT_MAX_STEPS, build_report
-from lorascope.report.module_figures import MODULE_FIGURES
-from lorascope.report.paths import default_report_name
+from lorascope.report import DEFAULT_MAX_MODULES, DEFAULT_MAX_STEPS, MODULE_FIGURES
 
 __all__ = ["report", "parse_figure_kinds"]
 
@@ -26,6 +25,11 @@ def parse_figure_kinds(text: str) -> list[str]:
     for name in names:
         MODULE_FIGURES.get(name)  # an unknown kind raises a UsageError listing the valid ones
     return names
+
+
+def _figures_help() -> str:
+    return "Figure kinds per module, or all. " + "; ".join(
+        f"{n}: {MODULE_FIGURES.description(n)}" for n in MODULE_FIGURES.names()) + "."
 
 
 class _Progress:
@@ -53,14 +57,16 @@ def report(
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Report folder [default: reports/<name from the run names>].", file_okay=False)] = None,
     modules: Annotated[str, typer.Option(help="Glob over module names to draw, such as '*.attn.*'.")] = "*",
     max_modules: Annotated[int, typer.Option(help="Draw at most this many modules (the rest are listed).")] = DEFAULT_MAX_MODULES,
-    max_steps: Annotated[int, typer.Option(help="Snapshots read per run for series and heatmaps (evenly spaced).")] = DEFAULT_MAX_STEPS,
-    figures: Annotated[str, typer.Option(help=f"Figure kinds per module: all, or some of {', '.join(MODULE_FIGURES.names())}.")] = "all",
+    max_steps: Annotated[int, typer.Option(help="Snapshots analysed per run and module (evenly spaced, the first and last kept).")] = DEFAULT_MAX_STEPS,
+    figures: Annotated[str, typer.Option(help=_figures_help())] = "all",
     bins: Annotated[int, typer.Option(help="Histogram bins (shared by the runs on each axis).")] = 64,
     title: Annotated[Optional[str], typer.Option(help="Page title [default: the run names].")] = None,
     workers: Annotated[int, typer.Option(help="Processes drawing modules side by side (pays only with idle cores).")] = 1,
 ) -> None:
     """Write an HTML report (index.html plus PNG figures) comparing recordings."""
     import lorascope
+    from lorascope.report import build_report
+    from lorascope.report.paths import default_report_name
 
     kinds = parse_figure_kinds(figures)
     if max_steps < 2:

@@ -1,34 +1,35 @@
-"""`build_report(recordings, out_dir)`: reads what each figure needs (a bounded number of steps
-and modules), draws every figure into reused matplotlib figures (modules optionally spread over
-worker processes), and writes `index.html` beside the PNGs."""
+"""`build_report(recordings, out_dir)`: analyses each shown module (a bounded number of steps and
+modules) into the tables of `lorascope.analysis`, draws every figure from them into reused
+matplotlib figures (modules optionally spread over worker processes), and writes `index.html`
+beside the PNGs."""
 from __future__ import annotations
 
 import datetime as _dt
 import math
 from contextlib import ExitStack
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import pandas as pd
 
+from lorascope.analysis import analyze
+from lorascope.analysis.overview import eval_columns, runs_table, scalar_series
+from lorascope.analysis.selection import common_modules
 from lorascope.errors import UsageError
-from lorascope.report import figures
+from lorascope.report import DEFAULT_MAX_MODULES, DEFAULT_MAX_STEPS, MODULE_FIGURES, figures
 from lorascope.report.canvas import Canvas
-from lorascope.report.collect import common_modules
-from lorascope.report.health import loss_findings
 from lorascope.report.html import FigureRef, ModuleBlock, ModuleGroup, Page, render_page
-from lorascope.report.module_figures import MODULE_FIGURES, FigureContext, save_figure
+from lorascope.report.module_figures import FigureContext, save_figure
 from lorascope.report.paths import inside
 from lorascope.report.render import (
     ModuleResult, NamedRecording, RenderPlan, render_modules,
 )
-from lorascope.report.runs import eval_columns, runs_table, scalar_series
+from lorascope.report.view import panel_steps, report_options
 
-__all__ = ["build_report", "Progress", "DEFAULT_MAX_STEPS", "DEFAULT_MAX_MODULES"]
+__all__ = ["build_report", "Progress"]
 
 Progress = Callable[[int, int, str], None]  # (done, total, what is being drawn)
-DEFAULT_MAX_STEPS = 120
-DEFAULT_MAX_MODULES = 24
 
 
 def _unique_names(names: Sequence[str]) -> list[str]:
@@ -74,6 +75,8 @@ def build_report(
         raise UsageError(f"--max-modules must be at least 1 (got {max_modules})")
     if bins < 2:
         raise UsageError(f"--bins must be at least 2 (got {bins})")
+    if max_steps < 2:
+        raise UsageError(f"--max-steps must be at least 2 (got {max_steps})")
     if workers < 1:
         raise UsageError(f"--workers must be at least 1 (got {workers})")
     kinds = list(figure_kinds) if figure_kinds else MODULE_FIGURES.names()
@@ -97,18 +100,23 @@ def build_report(
         out.mkdir(parents=True, exist_ok=True)
         colors = figures.run_colors([r.run_name for r in recs])
         canvas = Canvas()
-        plan = RenderPlan(out, colors, tuple(kinds), bins, max_steps, early_steps)
+        options = report_options(max_steps, bins, panel_steps(recs, early_steps))
+        drawn = tuple(k for k in kinds if len(recs) >= MODULE_FIGURES.get(k).min_runs)
+        plan = RenderPlan(out, colors, drawn, options)
         total = 1 + len(shown)
         tick = progress or (lambda done, total, what: None)
 
         tick(0, total, "training curves")
-        training = _training_figures(recs, FigureContext(out, canvas, colors, bins))
+        training = _training_figures(recs, FigureContext(out, canvas, colors))
         tick(1, total, "training curves")
         results: list[ModuleResult | None] = [None] * len(shown)
         for i, result in render_modules(recs, shown, plan, workers=workers,
                                         canvas=canvas, on_done=lambda done, name: tick(1 + done, total, name)):
             results[i] = result
-        warnings = {r.run_name: [str(f) for f in loss_findings(r)] for r in recs}
+        # the run-level findings (the loss); each module's come with its result
+        warnings: dict[str, list[str]] = {r.run_name: [] for r in recs}
+        for f in analyze(recs, (), options, health=True, modules=[]).findings:
+            warnings[f.run].append(str(replace(f, run=None)))
         groups: dict[Any, list[ModuleBlock]] = {}
         summary_rows = []
         for result in results:
@@ -119,7 +127,9 @@ def build_report(
 
         notes = [
             f"Modules and steps are subsampled for speed: at most {max_steps} snapshots per run "
-            "are read for the series and heatmaps (evenly spaced, first and last kept)."
+            "are analysed (evenly spaced, first and last kept, plus the histograms' steps), so "
+            "updates and their cosines compare consecutive snapshots of that sample; fits use up "
+            f"to {options.fit_steps} of them."
         ]
         if omitted:
             notes.append(
@@ -152,7 +162,7 @@ def _group_title(layer: int | None, blocks: list[ModuleBlock]) -> str:
 def _training_figures(recs: Sequence[Any], ctx: FigureContext) -> list[FigureRef]:
     """Loss, learning rate and every evaluation metric over steps, runs overlaid, in one figure."""
     columns = [("loss", "training loss", False), ("lr", "learning rate", False)]
-    evals = dict.fromkeys(c for r in recs for c in eval_columns(r.scalars))
+    evals = dict.fromkeys(c for r in recs for c in eval_columns(r.scalar_columns))
     columns += [(c, "eval " + c.removeprefix("eval_").replace("_", " "), False) for c in evals]
     ncols = min(len(columns), 3)
     nrows = math.ceil(len(columns) / ncols)

@@ -1,5 +1,7 @@
-"""The figures drawn for each module, as a registry of figure kinds: each kind takes one module's
-data (every run, the snapshots read) and writes its PNGs, returning what the page should show.
+"""The figures drawn for each module, as a registry of figure kinds (declared with their
+descriptions in `lorascope.report`): each kind names the analysis tables it plots and draws one
+module's rows of them (every run) into PNGs, returning what the page should show. This file
+holds the plumbing and the distribution figures; spectral_figures.py the spectral ones.
 `lorascope report --figures` picks kinds by these names."""
 from __future__ import annotations
 
@@ -10,17 +12,13 @@ from typing import Callable
 
 import numpy as np
 
-from lorascope.analysis.fits import FAMILIES
-from lorascope.analysis.stats import histogram_counts, shared_edges, value_range
-from lorascope.registry import Registry
-from lorascope.report import figures
+from lorascope.report import MODULE_FIGURES, figures
 from lorascope.report.canvas import Canvas
-from lorascope.report import derived
-from lorascope.report.collect import ModuleData
 from lorascope.report.html import FigureRef
 from lorascope.report.paths import inside
+from lorascope.report.view import ModuleView
 
-__all__ = ["FigureContext", "MODULE_FIGURES", "MATRICES", "save_figure"]
+__all__ = ["FigureContext", "FigureKind", "MATRICES", "save_figure", "edges_of"]
 
 MATRICES: tuple[str, ...] = ("A", "B")
 
@@ -30,11 +28,15 @@ class FigureContext:
     out_dir: Path
     canvas: Canvas
     colors: dict[str, str]
-    bins: int = 64
 
 
-ModuleFigure = Callable[[ModuleData, str, FigureContext], list[FigureRef]]
-MODULE_FIGURES: Registry[ModuleFigure] = Registry("report figure kind")
+@dataclass(frozen=True)
+class FigureKind:
+    """A figure kind: the analysis tables it plots, how it draws one module's rows, and how many
+    runs it needs (a report of fewer leaves it out, and its tables uncomputed)."""
+    draw: Callable[[ModuleView, str, FigureContext], list[FigureRef]]
+    tables: tuple[str, ...]
+    min_runs: int = 1
 
 
 def save_figure(ctx: FigureContext, panels, file: str, caption: str) -> FigureRef:
@@ -45,101 +47,115 @@ def save_figure(ctx: FigureContext, panels, file: str, caption: str) -> FigureRe
     return FigureRef(file, caption)
 
 
-def _matrix(run, matrix: str) -> np.ndarray:
-    return run.A if matrix == "A" else run.B
+def edges_of(rows) -> np.ndarray:
+    """The bin edges of one histogram's long-form rows (`left` of every bin, then the last `right`)."""
+    first = rows[rows["step"] == rows["step"].iloc[0]]
+    return np.append(first["left"].to_numpy(), first["right"].to_numpy()[-1])
 
 
-def _edges(arrays, bins: int) -> np.ndarray:
-    """Bins shared by everything that is drawn on one axis; a fixed range when all is NaN/Inf,
-    so that the figure still renders (and shows empty histograms) instead of failing."""
-    ranges = [value_range(a) for a in arrays]
-    if all(r is None for r in ranges):
-        return np.linspace(-1.0, 1.0, bins + 1)
-    return shared_edges(ranges, bins)
-
-
-@MODULE_FIGURES.register("histograms")
-def histograms(data: ModuleData, slug: str, ctx: FigureContext) -> list[FigureRef]:
-    """A and B at the chosen steps, runs overlaid on bins shared by the runs at each step."""
+def histograms(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef]:
+    """A and B at the chosen steps, runs overlaid on bins shared by the runs at each step (the
+    `step_histograms` table)."""
     refs = []
+    table = view.tables["step_histograms"]
+    targets = list(dict.fromkeys(table["at_step"])) if len(table) else []
     for matrix in MATRICES:
-        n = len(data.histogram_steps)
+        n = max(len(targets), 1)
         panels = ctx.canvas.grid(1, n, panel=(3.3, 2.6), legend=True)
-        for ax, panel in zip(panels.flat(n), data.histogram_steps):
-            rows = {run: _matrix(data.runs[run], matrix)[row] for run, row in panel.rows.items()}
-            edges = _edges(rows.values(), ctx.bins)
-            counts = {run: histogram_counts(v, edges).counts[0] for run, v in rows.items()}
-            figures.plot_histogram_overlay(ax, edges, counts, ctx.colors, title=panel.label,
-                                           xlabel=f"{matrix} value")
-        panels.figure.suptitle(figures.plain_text(f"{data.name} · LoRA {matrix}", 90))
+        axes = panels.flat(n)
+        for k, (ax, target) in enumerate(zip(axes, targets)):
+            rows = {run: view.rows("step_histograms", run, matrix) for run in view.runs}
+            rows = {run: r[r["at_step"] == target] for run, r in rows.items()}
+            rows = {run: r for run, r in rows.items() if len(r)}
+            if not rows:
+                figures.mark_empty(ax, f"no finite {matrix} values near step {target}")
+                continue
+            shown = sorted({int(r["step"].iloc[0]) for r in rows.values()})
+            label = "/".join(str(s) for s in shown)
+            title = f"final (step {label})" if k == len(targets) - 1 else f"step {label}"
+            counts = {run: r["count"].to_numpy() for run, r in rows.items()}
+            figures.plot_histogram_overlay(ax, edges_of(next(iter(rows.values()))), counts, ctx.colors,
+                                           title=title, xlabel=f"{matrix} value")
+        if not targets:
+            figures.mark_empty(axes[0], f"no finite {matrix} values to draw")
+        panels.figure.suptitle(figures.plain_text(f"{view.name} · LoRA {matrix}", 90))
         refs.append(save_figure(ctx, panels, f"{slug}-hist-{matrix}.png",
-                          f"Histograms of {matrix} at chosen steps, runs overlaid on shared bins."))
+                                f"Histograms of {matrix} at chosen steps, runs overlaid on shared bins."))
     return refs
 
 
-@MODULE_FIGURES.register("heatmap")
-def heatmap(data: ModuleData, slug: str, ctx: FigureContext) -> list[FigureRef]:
-    """A histogram per snapshot, as a heatmap over steps, one panel per run on shared bins and
-    one shared colour scale."""
+def heatmap(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef]:
+    """A histogram per snapshot, as a heatmap over steps, one panel per run on the bins the
+    `histograms` table shares by every run and snapshot, and one shared colour scale."""
     refs = []
-    n = len(data.runs)
+    n = len(view.runs)
     ncols = min(n, 3)
     nrows = math.ceil(n / ncols)
     for matrix in MATRICES:
-        values = {run: _matrix(rm, matrix) for run, rm in data.runs.items()}
-        edges = _edges(values.values(), ctx.bins)
-        counts = {run: histogram_counts(v, edges).counts for run, v in values.items()}
-        vmax = max(int(c.max(initial=0)) for c in counts.values())
         panels = ctx.canvas.grid(nrows, ncols, panel=(4.0, 2.8), colorbar=True, share_x=True)
+        grids = {}
+        for run in view.runs:
+            rows = view.rows("histograms", run, matrix)
+            if len(rows):
+                steps = rows["step"].to_numpy()[::int(rows["bin"].max()) + 1]
+                grids[run] = (steps, edges_of(rows), rows["count"].to_numpy().reshape(len(steps), -1))
+        vmax = max((int(c.max(initial=0)) for _, _, c in grids.values()), default=1)
         mesh = None
-        for ax, run in zip(panels.flat(n), data.runs):
-            mesh = figures.plot_histogram_heatmap(ax, data.runs[run].steps, edges, counts[run],
-                                                  vmax=vmax, title=run, ylabel=f"{matrix} value")
+        for ax, run in zip(panels.flat(n), view.runs):
+            if run not in grids:
+                figures.mark_empty(ax, f"no finite {matrix} values in {run}")
+                continue
+            steps, edges, counts = grids[run]
+            mesh = figures.plot_histogram_heatmap(ax, steps, edges, counts, vmax=vmax, title=run,
+                                                  ylabel=f"{matrix} value")
         if mesh is not None and panels.colorbar_ax is not None:
             figures.log_colorbar(panels.figure, mesh, panels.colorbar_ax, "count per bin (log scale)")
-        panels.figure.suptitle(figures.plain_text(f"{data.name} · LoRA {matrix} over steps", 90))
+        panels.figure.suptitle(figures.plain_text(f"{view.name} · LoRA {matrix} over steps", 90))
         refs.append(save_figure(ctx, panels, f"{slug}-heatmap-{matrix}.png",
-                          f"Distribution of {matrix} over steps, one panel per run (shared bins "
-                          "and colour scale)."))
+                                f"Distribution of {matrix} over steps, one panel per run (shared bins "
+                                "and colour scale)."))
     return refs
 
 
 _MOMENTS: tuple[tuple[str, str], ...] = (("mean", "mean"), ("std", "std"), ("frobenius", "Frobenius norm"))
 
 
-@MODULE_FIGURES.register("moments")
-def moments(data: ModuleData, slug: str, ctx: FigureContext) -> list[FigureRef]:
-    """Mean, standard deviation and Frobenius norm of A and B over steps, runs overlaid."""
+def moments(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef]:
+    """Mean, standard deviation and Frobenius norm of A and B over steps (the `stats` table),
+    runs overlaid."""
     panels = ctx.canvas.grid(len(MATRICES), len(_MOMENTS), panel=(3.6, 2.6), legend=True,
                              share_x=True)
     for i, matrix in enumerate(MATRICES):
-        stats = {run: derived.matrix_moments(data, run, matrix) for run in data.runs}
         for j, (key, label) in enumerate(_MOMENTS):
-            series = {run: (data.runs[run].steps, stats[run][key]) for run in data.runs}
+            series = {run: view.series("stats", run, matrix, key) for run in view.runs}
             figures.plot_series(panels.axes[i, j], series, ctx.colors, ylabel=f"{label} of {matrix}",
                                 title=f"{matrix}: {label}")
-    panels.figure.suptitle(figures.plain_text(f"{data.name} · moments over steps", 90))
+    panels.figure.suptitle(figures.plain_text(f"{view.name} · moments over steps", 90))
     return [save_figure(ctx, panels, f"{slug}-moments.png",
-                  "Mean, standard deviation and Frobenius norm of A and B over steps.")]
+                        "Mean, standard deviation and Frobenius norm of A and B over steps.")]
 
 
 _BETA_TICKS = (0.5, 1.0, 2.0, 5.0, 10.0, 50.0)
 
 
-@MODULE_FIGURES.register("fits")
-def fits(data: ModuleData, slug: str, ctx: FigureContext) -> list[FigureRef]:
+def fits(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef]:
     """The best-fitting distribution family of A and B over steps (BIC), and the generalised
-    normal's shape β (1 Laplace, 2 normal, large → uniform), runs overlaid."""
-    families = FAMILIES.names()
+    normal's shape β (1 Laplace, 2 normal, large → uniform), runs overlaid: the `fits` table."""
+    families = list(dict.fromkeys(view.tables["fits"]["family"]))
     panels = ctx.canvas.grid(len(MATRICES), 2, panel=(4.2, 2.6), legend=True, margins=(1.1, 0.6),
                              share_x=True)
     for i, matrix in enumerate(MATRICES):
         best, beta = {}, {}
-        for run in data.runs:
-            steps, result = derived.fits(data, run, matrix)
-            # Snapshots that were not fitted (B all zeros at init) keep their reason as label.
-            best[run] = (steps, [str(b) for b in result.best])
-            beta[run] = (steps, result.families["gennorm"]["beta"])
+        for run in view.runs:
+            rows = view.rows("fits", run, matrix)
+            if not len(rows):
+                continue
+            # one row per family and snapshot: the first family's rows carry each snapshot's best;
+            # snapshots that were not fitted (B all zeros at init) keep their reason as label
+            first = rows[rows["family"] == families[0]]
+            best[run] = (first["step"].to_numpy(), [str(b) for b in first["best_family"]])
+            gennorm = rows[rows["family"] == "gennorm"]
+            beta[run] = (gennorm["step"].to_numpy(), gennorm["shape"].to_numpy(dtype=float))
         labels = families + sorted({b for _, bs in best.values() for b in bs} - set(families))
         figures.plot_family_timeline(panels.axes[i, 0], best, labels, ctx.colors,
                                      title=f"{matrix}: best-fitting family")
@@ -149,8 +165,14 @@ def fits(data: ModuleData, slug: str, ctx: FigureContext) -> list[FigureRef]:
         ax.axhline(2.0, color="grey", linewidth=0.8, linestyle="--")
         if ax.get_yscale() == "log":  # the shapes people know: Laplace 1, normal 2
             ax.set_yticks(_BETA_TICKS, [f"{t:g}" for t in _BETA_TICKS])
-    panels.figure.suptitle(figures.plain_text(f"{data.name} · distribution fits", 90))
+    panels.figure.suptitle(figures.plain_text(f"{view.name} · distribution fits", 90))
     return [save_figure(ctx, panels, f"{slug}-fits.png",
                         "Best-fitting family (by BIC, on a fixed subset of entries) and the "
                         "generalised-normal shape β over steps: β = 1 is Laplace, 2 normal, large "
                         "values approach uniform.")]
+
+
+MODULE_FIGURES.register("histograms")(FigureKind(histograms, ("step_histograms",)))
+MODULE_FIGURES.register("heatmap")(FigureKind(heatmap, ("histograms",)))
+MODULE_FIGURES.register("moments")(FigureKind(moments, ("stats",)))
+MODULE_FIGURES.register("fits")(FigureKind(fits, ("fits",)))

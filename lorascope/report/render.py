@@ -1,5 +1,6 @@
 """Drawing the modules of a report: everything one module contributes (its figures, health
-findings and summary rows) comes from `render_module`, in this process or in a pool of worker
+findings and summary rows) comes from `render_module`, which analyses the module (one
+`lorascope.analysis.analyze` call) and draws its tables, in this process or in a pool of worker
 processes. Modules are independent, so a report of many modules spreads them over the cores;
 each worker opens the recordings itself (an open HDF5 file cannot be shared between processes)
 and keeps one Canvas, so figures are reused inside each worker as they are in a serial report."""
@@ -13,14 +14,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
-from lorascope.report import spectral_figures  # noqa: F401 - registers the spectrum and similarity kinds
+from lorascope.analysis import Options
+from lorascope.report import MODULE_FIGURES
 from lorascope.report.canvas import Canvas
-from lorascope.report.collect import read_module
-from lorascope.report.health import module_findings
 from lorascope.report.html import ModuleBlock
-from lorascope.report.module_figures import MODULE_FIGURES, FigureContext
+from lorascope.report.module_figures import FigureContext
 from lorascope.report.paths import safe_name
 from lorascope.report.summary import summary_rows
+from lorascope.report.view import SUMMARY_TABLES, module_view
 
 __all__ = [
     "RenderPlan", "ModuleResult", "NamedRecording", "render_module", "render_modules",
@@ -42,9 +43,13 @@ class RenderPlan:
     out_dir: Path
     colors: dict[str, str]
     kinds: tuple[str, ...]
-    bins: int
-    max_steps: int
-    early_steps: int
+    options: Options  # the analysis of each module (view.report_options)
+
+    @property
+    def tables(self) -> tuple[str, ...]:
+        """The analysis tables the figure kinds and the summary table read."""
+        kinds = [MODULE_FIGURES.get(kind).tables for kind in self.kinds]
+        return tuple(dict.fromkeys(t for tables in (*kinds, SUMMARY_TABLES) for t in tables))
 
 
 @dataclass
@@ -71,16 +76,15 @@ class NamedRecording:
 
 def render_module(recs: Sequence[Any], name: str, index: int, plan: RenderPlan,
                   canvas: Canvas) -> ModuleResult:
-    """Reads module `name` from every run, writes its PNGs and returns its part of the page."""
-    data = read_module(recs, name, plan.max_steps, plan.early_steps)
-    ctx = FigureContext(plan.out_dir, canvas, plan.colors, plan.bins)
+    """Analyses module `name` of every run, writes its PNGs and returns its part of the page."""
+    view = module_view(recs, name, plan.tables, plan.options)
+    ctx = FigureContext(plan.out_dir, canvas, plan.colors)
     slug = f"m{index:03d}-{safe_name(name, 'module')}"
-    refs = [ref for kind in plan.kinds for ref in MODULE_FIGURES.get(kind)(data, slug, ctx)]
+    refs = [ref for kind in plan.kinds for ref in MODULE_FIGURES.get(kind).draw(view, slug, ctx)]
     first = recs[0].modules[name]
     shape = f"rank {first.rank} · {first.in_features} → {first.out_features}"
-    findings = {run: [str(f) for f in found] for run, found in module_findings(data).items()}
-    return ModuleResult(ModuleBlock(name, shape, refs, data.role), data.layer, findings,
-                        summary_rows(data))
+    return ModuleResult(ModuleBlock(name, shape, refs, view.role), view.layer, view.findings,
+                        summary_rows(view))
 
 
 def _recording_paths(recs: Sequence[Any]) -> list[Path] | None:

@@ -1,88 +1,95 @@
 """Figure kinds about ΔW's geometry: its singular spectrum over steps (with effective rank and
 norm), and how much the subspaces that A and B span agree between runs at the final step (the
-LoRA paper's subspace similarity, §7). They register into the same registry as the others."""
+LoRA paper's subspace similarity, §7). They plot the `singular_values`, `spectra`, `stats` and
+`similarity` tables and register into the same registry as the others."""
 from __future__ import annotations
 
 import math
 
 import numpy as np
 
-from lorascope.analysis.geometry import random_baseline, subspace_basis, subspace_similarity
-from lorascope.analysis.spectra import effective_rank
-from lorascope.errors import UsageError
-from lorascope.report import derived, figures
-from lorascope.report.collect import ModuleData
+from lorascope.report import MODULE_FIGURES, figures
 from lorascope.report.html import FigureRef
-from lorascope.report.module_figures import MODULE_FIGURES, FigureContext, save_figure
+from lorascope.report.module_figures import FigureContext, FigureKind, save_figure
+from lorascope.report.view import ModuleView
 
 __all__ = ["spectrum", "similarity", "final_similarity"]
 
 
-@MODULE_FIGURES.register("spectrum")
-def spectrum(data: ModuleData, slug: str, ctx: FigureContext) -> list[FigureRef]:
-    """ΔW's singular values over steps, one panel per run, then effective rank and ‖ΔW‖_F with
-    the runs overlaid."""
-    n = len(data.runs)
+def _singular_values(view: ModuleView, run: str) -> tuple[np.ndarray, np.ndarray]:
+    """(steps (T,), ΔW's singular values (T, r), largest first) from the long-form table."""
+    rows = view.rows("singular_values", run, "dW")
+    if not len(rows):
+        return np.zeros(0), np.zeros((0, 0))
+    rows = rows.sort_values(["step", "index"], kind="stable")
+    steps = rows["step"].unique()
+    return steps, rows["value"].to_numpy(dtype=float).reshape(len(steps), -1)
+
+
+def spectrum(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef]:
+    """ΔW's singular values over steps, one panel per run, then its effective rank (the `spectra`
+    table) and ‖ΔW‖_F (the `stats` table) with the runs overlaid."""
+    n = len(view.runs)
     ncols = min(n + 2, 4)
     nrows = math.ceil((n + 2) / ncols)
     panels = ctx.canvas.grid(nrows, ncols, panel=(3.6, 2.7), legend=True, share_x=True)
     axes = panels.flat(n + 2)
-    ranks, norms = {}, {}
-    for ax, (run, rm) in zip(axes, data.runs.items()):
-        sv = derived.dw_singular_values(data, run)  # (T, r)
-        figures.plot_singular_spectrum(ax, rm.steps, sv, color=ctx.colors[run], title=run)
-        ranks[run] = (rm.steps, effective_rank(sv))
-        norms[run] = (rm.steps, np.sqrt(np.sum(sv**2, axis=1)))
+    for ax, run in zip(axes, view.runs):
+        steps, sv = _singular_values(view, run)
+        figures.plot_singular_spectrum(ax, steps, sv, color=ctx.colors[run], title=run)
+    ranks = {run: view.series("spectra", run, "dW", "effective_rank") for run in view.runs}
+    norms = {run: view.series("stats", run, "dW", "frobenius") for run in view.runs}
     figures.plot_series(axes[n], ranks, ctx.colors, ylabel="effective rank of ΔW",
                         title="effective rank (entropy)")
     figures.plot_series(axes[n + 1], norms, ctx.colors, ylabel="‖ΔW‖_F", title="Frobenius norm of ΔW")
-    panels.figure.suptitle(figures.plain_text(f"{data.name} · spectrum of ΔW = scaling·B·A", 90))
+    panels.figure.suptitle(figures.plain_text(f"{view.name} · spectrum of ΔW = scaling·B·A", 90))
     return [save_figure(ctx, panels, f"{slug}-spectrum.png",
                         "Singular values of ΔW over steps per run (σ₁ darkest), its effective rank "
                         "and its Frobenius norm, runs overlaid.")]
 
 
-def final_similarity(data: ModuleData, matrix: str) -> np.ndarray:
-    """φ between every pair of runs' final subspaces of A (input side) or B (output side), using
-    all min(r₁, r₂) directions; NaN where a run's factor is not finite or the dimensions differ."""
-    runs = list(data.runs.values())
-    bases = []
-    for rm in runs:
-        X = (rm.A if matrix == "A" else rm.B)[-1:]
-        try:
-            bases.append(subspace_basis(X, matrix)[0])
-        except UsageError:
-            bases.append(None)
-    n = len(runs)
-    grid = np.full((n, n), np.nan)
-    for i in range(n):
-        for j in range(n):
-            if bases[i] is None or bases[j] is None or bases[i].shape[0] != bases[j].shape[0]:
-                continue
-            k = min(bases[i].shape[1], bases[j].shape[1])
-            grid[i, j] = float(subspace_similarity(bases[i], bases[j], k, k))
-    return grid
+def final_similarity(view: ModuleView, matrix: str) -> tuple[np.ndarray, list[float]]:
+    """φ between every pair of runs' final subspaces of A (input side) or B (output side), from
+    the similarity table: its comparison of the runs' last snapshots over all their directions
+    (i, j = each run's rank), and 1 on the diagonal (a run against itself, when its last
+    snapshot spans a subspace); NaN where the table has no number. Also the random baselines of
+    the pairs shown."""
+    table = view.tables["similarity"]
+    rows = table[table["matrix"] == matrix]
+    where = {run: k for k, run in enumerate(view.runs)}
+    grid = np.full((len(view.runs), len(view.runs)), np.nan)
+    baselines = []
+    final = rows[(rows["reference"] == "final") & (rows["step"] == rows["other_step"])]
+    for run, g in final.groupby("run", sort=False):
+        top = g[g["i"] == g["i"].max()]
+        grid[where[run], where[run]] = top["phi"].iloc[0]
+    between = rows[rows["reference"] == "run"]
+    for (run, other), g in between.groupby(["run", "other_run"], sort=False):
+        top = g[g["i"] * g["j"] == (g["i"] * g["j"]).max()].iloc[0]
+        grid[where[run], where[other]] = grid[where[other], where[run]] = top["phi"]
+        baselines.append(float(top["baseline"]))
+    return grid, baselines
 
 
-@MODULE_FIGURES.register("similarity")
-def similarity(data: ModuleData, slug: str, ctx: FigureContext) -> list[FigureRef]:
-    """Run-by-run subspace similarity of A and of B at the final step; needs two runs or more."""
-    if len(data.runs) < 2:
-        return []
+def similarity(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef]:
+    """Run-by-run subspace similarity of A and of B at the final step (two runs or more)."""
     panels = ctx.canvas.grid(1, 2, panel=(3.2, 3.2), colorbar=True, margins=(1.3, 1.1))
     image = None
-    baselines = []
+    chance = []
     for ax, matrix in zip(panels.flat(2), ("A", "B")):
-        grid = final_similarity(data, matrix)
-        dim = data.in_features if matrix == "A" else data.out_features
-        rank = min(rm.rank for rm in data.runs.values())
-        baselines.append(f"{matrix} {random_baseline(dim, rank, rank):.3f}")
+        grid, baselines = final_similarity(view, matrix)
+        if baselines:
+            lo, hi = min(baselines), max(baselines)
+            chance.append(f"{matrix} {lo:.3f}" if lo == hi else f"{matrix} {lo:.3f}–{hi:.3f}")
         side = "input (row space of A)" if matrix == "A" else "output (column space of B)"
-        image = figures.plot_similarity_matrix(ax, grid, list(data.runs), title=f"{matrix}: {side}")
+        image = figures.plot_similarity_matrix(ax, grid, view.runs, title=f"{matrix}: {side}")
     if image is not None and panels.colorbar_ax is not None:
         panels.figure.colorbar(image, cax=panels.colorbar_ax, label="subspace similarity φ")
-    panels.figure.suptitle(figures.plain_text(f"{data.name} · final-step subspaces between runs", 90))
-    return [save_figure(ctx, panels, f"{slug}-similarity.png",
-                        "Subspace similarity φ = ‖U₁ᵀU₂‖²_F / r between runs at their final step "
-                        "(1 = same subspace; two random subspaces give about "
-                        + ", ".join(baselines) + ").")]
+    panels.figure.suptitle(figures.plain_text(f"{view.name} · final-step subspaces between runs", 90))
+    caption = "Subspace similarity φ = ‖U₁ᵀU₂‖²_F / min(r₁, r₂) between runs at their final step (1 = same subspace"
+    caption += ("; two random subspaces give about " + ", ".join(chance) + ")." if chance else ").")
+    return [save_figure(ctx, panels, f"{slug}-similarity.png", caption)]
+
+
+MODULE_FIGURES.register("spectrum")(FigureKind(spectrum, ("singular_values", "spectra", "stats")))
+MODULE_FIGURES.register("similarity")(FigureKind(similarity, ("similarity",), min_runs=2))

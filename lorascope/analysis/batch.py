@@ -1,6 +1,7 @@
-"""Helpers shared by the analysis kernels: checking a (T, m, n) stack, upcasting half precision,
-cutting the time axis into cache-sized chunks, and the fixed subset of entries that the
-superlinear statistics (quantiles, fits) use.
+"""Helpers shared by the analysis kernels: checking a (T, m, n) stack or a LoRA pair, upcasting
+half precision, cutting the time axis into cache-sized chunks, the small products and cosines of
+the r×r kernels, and the fixed subset of entries that the superlinear statistics (quantiles,
+fits) use.
 
 The kernels work in the series' own precision (float32 for recordings, float64 when given
 float64) on chunks small enough to stay in the CPU cache, so that the dozen elementwise passes
@@ -16,7 +17,10 @@ import numpy as np
 
 from lorascope.errors import UsageError
 
-__all__ = ["as_stack", "time_chunks", "finite_scale", "row_sums", "entry_subset", "CHUNK_VALUES", "CACHE_VALUES", "Scratch"]
+__all__ = [
+    "as_stack", "lora_pair", "time_chunks", "finite_scale", "row_sums", "ones", "trace_products", "cosine",
+    "origin", "entry_subset", "CHUNK_VALUES", "CACHE_VALUES", "FAST_RANGE", "Scratch",
+]
 
 # A float64 working copy of this many values is 32 MiB: large enough that numpy's per-call
 # overhead vanishes, small enough that a 2304x16 B series never doubles in memory.
@@ -26,6 +30,10 @@ CHUNK_VALUES = 1 << 22
 # and B: 2^19 against 2^18 was 10-20% faster on one thread and let a second thread add 1.4-1.8x
 # instead of 1.1-1.5x (half the numpy calls, half the GIL hand-offs); 2^21 and up were slower.
 CACHE_VALUES = 1 << 19
+
+# Largest |value| of a series that the fast kernels accept: in float32 a difference of two values
+# is at least 2^-63 (one ulp of 2^-40), whose square is still a normal number.
+FAST_RANGE = {np.dtype(np.float32): (2.0**-40, 2.0**40), np.dtype(np.float64): (2.0**-200, 2.0**200)}
 
 
 def as_stack(X: np.ndarray, name: str = "X") -> np.ndarray:
@@ -51,6 +59,27 @@ def as_stack(X: np.ndarray, name: str = "X") -> np.ndarray:
     return X
 
 
+def lora_pair(A: np.ndarray, B: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A (T, rank, in) and B (T, out, rank) as stacks, checked to be a LoRA pair over the same steps."""
+    A, B = as_stack(A, "A"), as_stack(B, "B")
+    if A.shape[0] != B.shape[0] or A.shape[1] != B.shape[2]:
+        raise UsageError(
+            f"A {A.shape} and B {B.shape} are not a LoRA pair over the same steps: "
+            "A must be (T, rank, in) and B (T, out, rank)"
+        )
+    return A, B
+
+
+def origin(X: np.ndarray, first: np.ndarray | None) -> np.ndarray:
+    """The snapshot distances are measured from: `first` (one matrix shaped like X's) or X_0."""
+    if first is None:
+        return X[0]
+    first = np.asarray(first)
+    if first.shape != X.shape[1:]:
+        raise UsageError(f"the first snapshot {first.shape} is not shaped like the series' snapshots {X.shape[1:]}")
+    return first.astype(X.dtype, copy=False)
+
+
 def time_chunks(T: int, values_per_step: int, budget: int = CHUNK_VALUES) -> Iterator[slice]:
     """Slices of the time axis holding at most `budget` values each (at least one step)."""
     step = max(1, budget // max(1, values_per_step))
@@ -74,13 +103,14 @@ def row_sums(x: np.ndarray) -> np.ndarray:
     `sum(axis=1)` on float32, relative error ~2e-7 from its blocked accumulation). `np.dot`, not
     `@`: numpy's matmul holds the GIL for a matrix-vector product, so two analysis threads calling
     it ran one at a time (measured: 0.97x the speed of one thread, np.dot 1.5-1.8x)."""
-    return np.dot(x, _ones(x.shape[1], x.dtype)).astype(np.float64)
+    return np.dot(x, ones(x.shape[1], x.dtype)).astype(np.float64)
 
 
 _ONES: dict = {}
 
 
-def _ones(n: int, dtype) -> np.ndarray:
+def ones(n: int, dtype) -> np.ndarray:
+    """A read-only vector of n ones, kept per (n, dtype): the row-sum kernels ask for the same one per chunk."""
     key = (n, np.dtype(dtype))
     got = _ONES.get(key)  # read once: another thread may clear the cache meanwhile
     if got is None:
@@ -90,6 +120,19 @@ def _ones(n: int, dtype) -> np.ndarray:
         got.flags.writeable = False
         _ONES[key] = got
     return got
+
+
+def trace_products(P: np.ndarray, Q: np.ndarray) -> np.ndarray:
+    """tr(P_t Q_t) for stacks of r×r matrices."""
+    return np.einsum("tij,tji->t", P, Q)
+
+
+def cosine(dot: np.ndarray, n1: np.ndarray, n2: np.ndarray) -> np.ndarray:
+    """dot / (n1 n2), NaN where either vector is zero: the angle to a non-move is undefined."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        c = dot / (n1 * n2)
+    c = np.where((n1 > 0) & (n2 > 0), c, np.nan)
+    return np.clip(c, -1.0, 1.0)
 
 
 def entry_subset(N: int, max_samples: int | None, seed: int = 0, minimum: int = 1) -> np.ndarray | None:

@@ -1,0 +1,259 @@
+"""`analyze(recordings, tables)`: the one pass that builds every registered table and the health
+findings. It streams over modules: a module's series is read from one run at a time into memory
+reused from module to module (1.3x the largest module, measured), every table gathers its rows
+from it, and the series is dropped before the next is read. The tables that compare runs finish
+a module once its last run was added; derived tables are built at the end."""
+from __future__ import annotations
+
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+import numpy as np
+
+from lorascope.analysis import TABLES
+from lorascope.analysis import health as _health
+from lorascope.analysis.batch import Scratch
+from lorascope.analysis.builders import Derived, Table, concat
+from lorascope.analysis.module import HEALTH_NEEDS, ModuleAnalysis, read_series
+from lorascope.analysis.options import Options
+from lorascope.analysis.selection import common_modules, evenly, module_names, nearest
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "Analysis", "analyze", "stats_table", "fits_table", "spectra_table", "singular_values_table",
+    "geometry_table", "similarity_table", "histogram_table", "step_histogram_table", "health_findings",
+]
+
+
+
+@dataclass
+class Analysis:
+    tables: dict[str, pd.DataFrame]
+    findings: list[_health.Finding]
+
+
+def _as_list(recs) -> list:
+    return list(recs) if isinstance(recs, (list, tuple)) else [recs]
+
+
+def _with_sources(names: Sequence[str]) -> dict[str, Table]:
+    """The tables asked for and those they are derived from, sources first."""
+    out: dict[str, Table] = {}
+
+    def visit(name: str) -> None:
+        spec = TABLES.get(name)
+        for source in spec.sources:
+            visit(source)
+        out.setdefault(name, spec)
+
+    for name in names:
+        visit(name)
+    return out
+
+
+def _sample(T: int, steps: np.ndarray, o: Options) -> np.ndarray:
+    """The recording's snapshots an analysis looks at: every one, or `read_steps` of them evenly
+    spaced plus those nearest `histogram_steps`."""
+    if o.read_steps is None:
+        return np.arange(T)
+    return np.union1d(evenly(T, o.read_steps), nearest(steps[:T], o.histogram_steps)).astype(np.int64)
+
+
+def _to_read(S: np.ndarray, steps: np.ndarray, specs: list, health: bool, o: Options) -> np.ndarray:
+    """Of the sample S, the snapshots the asked tables read: all of S as soon as one table (or
+    the health checks) reads every snapshot, else the union of what each reads."""
+    if health:
+        return S
+    picks = [spec.snapshots(steps[S], o) for spec in specs]
+    if not picks or any(p is None for p in picks):
+        return S
+    return S[np.unique(np.concatenate(picks))]
+
+
+@dataclass
+class _Todo:
+    """One run's module to analyse, in the order the driver streams them."""
+    run: int          # index of the recording
+    position: int     # the module's place in its recording, for the tables' row order
+    rec: Any
+    name: str
+    module: Any
+    recorded: int     # snapshots the module holds
+    sample: np.ndarray | None  # the snapshots the analysis looks at; None: all
+    index: np.ndarray | None   # those of them to read; None: the whole series
+
+
+def analyze(
+    recs,
+    tables: Sequence[str] = ("stats",),
+    options: Options | None = None,
+    health: bool = True,
+    progress: Callable[[int, int, str], None] | None = None,
+    modules: str | Sequence[str] = "*",
+) -> Analysis:
+    """Builds the named tables (see `TABLES.names()`) for one or more recordings, of the modules
+    matching `modules` (a glob, or a list of names), and with `health` runs the health checks;
+    `progress(done, total, label)` is called per module of each run. Tables that compare runs
+    cover the modules every recording has."""
+    o = options or Options()
+    recs = _as_list(recs)
+    specs = _with_sources(tables)
+    health = health or any(s.health for s in specs.values())
+    streamed = {t: s for t, s in specs.items() if not isinstance(s, Derived)}
+    names = module_names(recs, modules)
+    compared = set()
+    if any(s.compares_runs for s in streamed.values()):
+        compared = set(common_modules(recs)) & set(names)
+    todo = _plan(recs, names, list(streamed.values()), health, o)
+    frames: dict[str, list[tuple[tuple, pd.DataFrame]]] = {t: [] for t in streamed}
+    parts = {p for s in streamed.values() for p in s.needs} | (set(HEALTH_NEEDS) if health else set())
+    pool = ThreadPoolExecutor(o.workers) if o.workers > 1 else None
+    reader = ThreadPoolExecutor(1) if o.prefetch else None
+    # each run's findings: its loss first, then its modules in order
+    per_run = [_loss_findings(rec, o.thresholds) if health else [] for rec in recs]
+    order = {name: i for i, name in enumerate(names)}
+    try:
+        done, current, gatherers = 0, None, {}
+        for item, series in _prefetched(todo, reader):
+            if item.name != current:  # a new module: the last one's tables that compare runs are complete
+                _finish(gatherers, frames, (order.get(current),))
+                current = item.name
+                gatherers = {t: s.rows(o) for t, s in streamed.items() if not s.compares_runs or current in compared}
+            rec = item.rec
+            ma = ModuleAnalysis(rec.run_name, item.name, item.module, rec.steps, o, getattr(rec, "grad_steps", None),
+                                series, getattr(rec, "grad_micro_steps", None), getattr(rec, "state_steps", None),
+                                index=item.index, sample=item.sample, recorded=item.recorded)
+            ma.precompute(parts, pool, o.workers)
+            for t, rows in gatherers.items():
+                key = (order[current],) if streamed[t].compares_runs else (item.run, item.position)
+                frames[t].extend((key, f) for f in rows.add(ma))
+            if health:
+                # the checks see one module; the run it came from is what tells several recordings apart
+                per_run[item.run].extend(replace(f, run=ma.run) for f in _health.check_module(ma.series(), o.thresholds))
+            del ma, series  # release this module's series before reading the one after the next
+            done += 1
+            if progress is not None:
+                progress(done, len(todo), f"{rec.run_name}:{item.name}")
+        _finish(gatherers, frames, (order.get(current),))
+    finally:
+        for p in (pool, reader):
+            if p is not None:
+                p.shutdown()
+    findings = [f for run_findings in per_run for f in run_findings]
+    built = {t: concat([f for _, f in sorted(frames[t], key=lambda kf: kf[0])], streamed[t].columns)
+             for t in streamed}
+    for t, spec in specs.items():
+        if isinstance(spec, Derived):
+            built[t] = spec.build(built, findings)
+    return Analysis({t: built[t] for t in dict.fromkeys(tables)}, findings)
+
+
+def _finish(gatherers: dict, frames: dict, key: tuple) -> None:
+    """The rows of a module's tables that need every run, once its last run was added."""
+    for t, rows in gatherers.items():
+        frames[t].extend((key, f) for f in rows.finish())
+
+
+def _plan(recs: list, names: list[str], specs: list, health: bool, o: Options) -> list[_Todo]:
+    """Every run's module to analyse, module by module (the tables that compare runs need a
+    module of every run together), with the snapshots to read."""
+    todo = []
+    for name in names:
+        for i, rec in enumerate(recs):
+            module = rec.modules.get(name)
+            if module is None:
+                continue
+            T = min(len(module.A), len(module.B))
+            steps = np.asarray(rec.steps, dtype=np.int64)
+            S = _sample(T, steps, o)
+            # a module holding more snapshots than the run lists steps is read whole, and refused
+            R = _to_read(S, steps, specs, health, o) if len(steps) >= T else S
+            whole = len(R) == T
+            todo.append(_Todo(i, list(rec.modules).index(name), rec, name, module, T,
+                              None if whole else S, None if whole else R))
+    return todo
+
+
+def _prefetched(todo: list[_Todo], reader: Executor | None) -> Iterator[tuple[_Todo, tuple]]:
+    """(item, (A, B)) for every item, in order, read into memory reused from module to module
+    (the caller drops a module before asking for the next). With a reader thread, the next
+    module's series is read into a second set of buffers while the caller analyses this one: a
+    cold file's disk time then hides behind the computation, at the price of two modules' series
+    in memory instead of one."""
+    buffers = [Scratch(), Scratch()]
+    if reader is None:
+        for item in todo:
+            yield item, read_series(item.module, buffers[0], item.index)
+        return
+    pending = reader.submit(read_series, todo[0].module, buffers[0], todo[0].index) if todo else None
+    for i, item in enumerate(todo):
+        series = pending.result()
+        if i + 1 < len(todo):  # into the buffers of module i - 1, which the caller has dropped
+            pending = reader.submit(read_series, todo[i + 1].module, buffers[(i + 1) % 2], todo[i + 1].index)
+        yield item, series
+        del series
+
+
+def _loss_findings(rec, thresholds: _health.Thresholds) -> list[_health.Finding]:
+    return [replace(f, run=rec.run_name) for f in _health.check_scalars(rec.scalar_columns, thresholds)]
+
+
+def _one(name: str, recs, options: Options | None) -> pd.DataFrame:
+    return analyze(recs, (name,), options, health=False).tables[name]
+
+
+def stats_table(recs, options: Options | None = None) -> pd.DataFrame:
+    """Moments, quantiles, norms, distance from the first snapshot, update size and cosine of
+    consecutive updates for A, B and ΔW of every module and snapshot."""
+    return _one("stats", recs, options)
+
+
+def spectra_table(recs, options: Options | None = None) -> pd.DataFrame:
+    """Spectral norm, smallest singular value, effective and stable rank, top-k energy share and
+    condition number of A, B and ΔW per snapshot."""
+    return _one("spectra", recs, options)
+
+
+def singular_values_table(recs, options: Options | None = None) -> pd.DataFrame:
+    """Every singular value of A, B and ΔW per snapshot, long form (`index` 1 = largest)."""
+    return _one("singular_values", recs, options)
+
+
+def fits_table(recs, options: Options | None = None) -> pd.DataFrame:
+    """One row per family per snapshot of A and B: loc, scale, shape (t's df, gennorm's β), KS,
+    log-likelihood, AIC, BIC, and whether it is the best family of that snapshot."""
+    return _one("fits", recs, options)
+
+
+def geometry_table(recs, options: Options | None = None) -> pd.DataFrame:
+    """For modules whose W0 was recorded: ‖UᵀW0V‖_F of ΔW's top-r directions, the amplification
+    factor and DoRA's magnitude/direction change, at up to `options.max_steps` snapshots."""
+    return _one("geometry", recs, options)
+
+
+def similarity_table(recs, options: Options | None = None) -> pd.DataFrame:
+    """The LoRA paper's subspace similarity φ of A and B: each snapshot against its run's last
+    (`reference` 'final') and every pair of runs at their last snapshots ('run'); see
+    `multirun.py` for the zero-matrix cases."""
+    return _one("similarity", recs, options)
+
+
+def histogram_table(recs, bins: int = 64, options: Options | None = None) -> pd.DataFrame:
+    """Histograms of A and B on bin edges shared by every run and snapshot of a module (so they
+    overlay and subtract), at up to `options.max_steps` snapshots; long form with bin edges
+    `left`, `right` and `count`, plus `outside` (NaN/Inf values, never silently dropped)."""
+    return _one("histograms", recs, replace(options or Options(), bins=bins))
+
+
+def step_histogram_table(recs, steps: Sequence[int] = (), bins: int = 64, options: Options | None = None) -> pd.DataFrame:
+    """Histograms of A and B at the given steps (each run's nearest snapshot; default the first
+    run's first and last step) on bins shared by the runs at each step."""
+    return _one("step_histograms", recs, replace(options or Options(), bins=bins, histogram_steps=tuple(steps)))
+
+
+def health_findings(recs, options: Options | None = None) -> list[_health.Finding]:
+    """Every health finding of the recordings, run-level (loss) first, then per module."""
+    return analyze(recs, (), options, health=True).findings

@@ -1,0 +1,211 @@
+"""Runs at a glance: what a run was (its config, the parts of configs that differ between runs),
+how training went (final and best loss, evaluation metrics), its size and duration, and its
+health. `describe` is what `lorascope info` prints; `runs_table` is the report's runs side by
+side; both read these same definitions.
+
+Scalars are read as a mapping of column name to values: a recording's `scalar_columns` (numpy,
+what `describe` reads, so that `lorascope info` starts without pandas) or its `scalars`
+DataFrame."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+import numpy as np
+
+from lorascope.analysis.health import Finding
+from lorascope.analysis.options import Options
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "HIGHLIGHTS", "QUICK", "flatten_config", "config_differences", "eval_columns", "final_value",
+    "best_value", "lora_parameters", "wall_time", "runs_table", "scalar_series", "quick_findings", "describe",
+]
+
+# The config fields a person asks about first (the whole config is in the file); a single run's
+# runs table shows these, since there is nothing to differ from.
+HIGHLIGHTS = (
+    "model.name", "data.source", "data.task", "optim.optimizer", "optim.schedule", "optim.lr",
+    "optim.steps", "optim.grad_accum", "lora.rank", "lora.alpha", "lora.init", "lora.targets",
+    "lora.layers", "record.every", "seed",
+)
+
+# A quick look's analysis: the health checks need no quantiles and no gradient rows, and a few
+# dozen snapshots per module find where something first goes wrong to within a few percent.
+QUICK = Options(quantiles=(), other_series=False, workers=1)
+
+
+def flatten_config(config: dict, prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 1e-3}} → {"optim.lr": 1e-3}; lists stay values."""
+    flat: dict[str, Any] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flatten_config(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _same(values: list[Any]) -> bool:
+    return all(json.dumps(v, sort_keys=True, default=str) == json.dumps(values[0], sort_keys=True, default=str)
+               for v in values[1:])
+
+
+def config_differences(configs: Sequence[dict]) -> list[str]:
+    """The flattened config keys whose values are not the same in every run (a key missing from
+    one run counts as different); for one run, the highlights it has."""
+    flats = [flatten_config(c or {}) for c in configs]
+    if len(flats) == 1:
+        return [k for k in HIGHLIGHTS if k in flats[0]]
+    keys = list(dict.fromkeys(k for f in flats for k in f))
+    return [k for k in keys if not _same([f.get(k, "(missing)") for f in flats])]
+
+
+def _display(value: Any) -> Any:
+    if isinstance(value, (list, tuple, dict)):
+        return json.dumps(value, default=str)
+    return value
+
+
+def eval_columns(scalars: Mapping) -> list[str]:
+    return [c for c in scalars if str(c).startswith("eval_")]
+
+
+def _values(scalars: Mapping, column: str) -> np.ndarray:
+    return np.asarray(scalars[column], dtype=float)
+
+
+def _finite(scalars: Mapping, column: str) -> np.ndarray:
+    if column not in scalars:
+        return np.zeros(0)
+    values = _values(scalars, column)
+    return values[np.isfinite(values)]
+
+
+def final_value(scalars: Mapping, column: str) -> float:
+    """The last finite value of a scalar column, NaN when there is none."""
+    values = _finite(scalars, column)
+    return float(values[-1]) if len(values) else math.nan
+
+
+def best_value(scalars: Mapping, column: str) -> float:
+    """The smallest finite value of a scalar column (a loss), NaN when there is none."""
+    values = _finite(scalars, column)
+    return float(values.min()) if len(values) else math.nan
+
+
+def lora_parameters(rec: Any) -> int:
+    """A and B values over the recorded modules: rank · (in + out) each."""
+    return int(sum(m.rank * (m.in_features + m.out_features) for m in rec.modules.values()))
+
+
+def wall_time(rec: Any) -> float:
+    """Seconds from the start of the run to its last snapshot, NaN when not recorded."""
+    times = getattr(rec, "times", None)
+    if times is not None and len(times):
+        return float(np.asarray(times)[-1])
+    return final_value(rec.scalar_columns, "time")
+
+
+def runs_table(recordings: Sequence[Any]) -> pd.DataFrame:
+    """One column per run, one row per quantity compared; config rows are the differences only."""
+    import pandas as pd
+
+    names = [r.run_name for r in recordings]
+    flats = [flatten_config(r.config or {}) for r in recordings]
+    scalars = [r.scalar_columns for r in recordings]
+    rows: dict[str, list[Any]] = {}
+    for key in config_differences([r.config or {} for r in recordings]):
+        rows[key] = [_display(f.get(key, "—")) for f in flats]
+    rows["status"] = [r.status for r in recordings]
+    rows["snapshots"] = [len(r.steps) for r in recordings]
+    rows["last step"] = [int(r.steps[-1]) if len(r.steps) else math.nan for r in recordings]
+    rows["final loss"] = [final_value(s, "loss") for s in scalars]
+    rows["best loss"] = [best_value(s, "loss") for s in scalars]
+    for column in dict.fromkeys(c for s in scalars for c in eval_columns(s)):
+        rows[f"final {column}"] = [final_value(s, column) for s in scalars]
+    rows["trainable parameters"] = [
+        (r.environment or {}).get("trainable_parameters", math.nan) for r in recordings
+    ]
+    rows["LoRA parameters (recorded modules)"] = [lora_parameters(r) for r in recordings]
+    rows["wall time (s)"] = [wall_time(r) for r in recordings]
+    table = pd.DataFrame(rows, index=names).T
+    table.columns = names
+    return table
+
+
+def scalar_series(recordings: Sequence[Any], column: str) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """`column` over optimizer steps for each run that has it, NaN rows dropped (eval metrics
+    exist only at evaluation steps)."""
+    series = {}
+    for rec in recordings:
+        scalars = rec.scalar_columns
+        if column not in scalars or "step" not in scalars:
+            continue
+        y, x = _values(scalars, column), _values(scalars, "step")
+        keep = np.isfinite(y)
+        if keep.any():
+            series[rec.run_name] = (x[keep], y[keep])
+    return series
+
+
+def quick_findings(rec: Any, max_steps: int = 50) -> list[Finding]:
+    """The health findings of `analyze` on at most `max_steps` snapshots per module."""
+    from lorascope.analysis.driver import analyze
+
+    # a recording with no snapshot yet still has a loss to check
+    modules = "*" if len(rec.steps) else []
+    return analyze(rec, (), replace(QUICK, read_steps=max_steps), health=True, modules=modules).findings
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def describe(rec: Any, path: Path | None = None, *, health: bool = True, max_steps: int = 50) -> str:
+    """A recording summarised as text, readable at a glance (also while it is being written): run,
+    status, format, file, snapshots, config highlights, training, modules and, with `health`,
+    the findings of `analyze` on at most `max_steps` snapshots per module."""
+    steps = np.asarray(rec.steps)
+    lines = [f"run        {rec.run_name}", f"status     {rec.status}"]
+    version = getattr(rec, "lorascope_version", "")
+    lines.append(f"format     v{rec.format_version}" + (f" (written by lorascope {version})" if version else ""))
+    if path is not None:
+        lines.append(f"file       {path} ({_size(Path(path).stat().st_size)})")
+    if len(steps):
+        lines.append(f"snapshots  {len(steps)}, optimizer steps {int(steps[0])} … {int(steps[-1])}")
+    else:
+        lines.append("snapshots  none committed yet")
+    seconds = wall_time(rec) if getattr(rec, "times", None) is not None else math.nan
+    if math.isfinite(seconds):
+        lines.append(f"wall time  {seconds:.1f} s to the last snapshot")
+    lines.append("config")
+    flat = flatten_config(rec.config or {})
+    lines.extend(f"  {key:<24} {flat[key]}" for key in HIGHLIGHTS if flat.get(key) is not None)
+    scalars = rec.scalar_columns
+    training = [f"  {c:<24} final {final_value(scalars, c):.4g}   best {best_value(scalars, c):.4g}"
+                for c in ("loss", *eval_columns(scalars)) if math.isfinite(final_value(scalars, c))]
+    if training:
+        lines.append("training")
+        lines.extend(training)
+    lines.append(f"modules    {len(rec.modules)} ({lora_parameters(rec):,} LoRA values)")
+    for name, m in rec.modules.items():
+        layer = "-" if m.layer_index is None else str(m.layer_index)
+        lines.append(f"  {name:<40} layer {layer:>3}  A {m.rank}×{m.in_features}  "
+                     f"B {m.out_features}×{m.rank}  scaling {m.scaling:g}")
+    if health:
+        # one run is in view: the findings need not name it
+        found = [str(replace(f, run=None)) for f in quick_findings(rec, max_steps)]
+        lines.append("health")
+        lines.extend(f"  {f}" for f in found or ["no findings"])
+    return "\n".join(lines)
