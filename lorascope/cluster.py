@@ -20,7 +20,8 @@ CONNECT_TIMEOUT = 20
 
 @contextmanager
 def connect(address: str) -> Iterator[Any]:
-    """A ``distributed.Client`` of the scheduler at ``address`` (``tcp://host:8786``), closed on exit."""
+    """A ``distributed.Client`` of the scheduler at ``address`` (``tcp://host:8786``), closed on exit;
+    waits ``CONNECT_TIMEOUT`` seconds for it."""
     try:
         from distributed import Client
     except ImportError:
