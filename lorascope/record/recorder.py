@@ -387,7 +387,6 @@ class Recorder:
             for one in msg:
                 self._send(one)
             return
-            return
         if self._held is not None:  # inside on_optimizer_step: sent when its copies are made
             self._held.append(msg)
         elif self._writer is None:
