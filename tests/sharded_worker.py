@@ -135,8 +135,14 @@ def train_loop(kind: str, out: str, args: argparse.Namespace, device: torch.devi
     with Recorder(out, recorded, record_config(args), total_steps=args.steps) as rec:
         rec.start(optimizer=optimizer)
         for step in range(1, args.steps + 1):
-            if step == args.die_at and rank == 1:
-                os._exit(3)  # no cleanup at all, as a crashed or killed rank
+            if step == args.die_at:
+                # rank 1 dies once rank 0 has the steps before on disk: otherwise, on a loaded
+                # machine, the launcher may stop rank 0 before its writer committed them, and
+                # what is kept would depend on timing, not on the Recorder
+                rec.flush(wait=True)
+                dist.barrier()
+                if rank == 1:
+                    os._exit(3)  # no cleanup at all, as a crashed or killed rank
             ids = batch(step, rank, world).to(device)
             loss = forward(input_ids=ids, labels=ids).loss
             backward(loss)
