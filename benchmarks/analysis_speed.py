@@ -61,7 +61,12 @@ class Run:
     run_name: str
     steps: np.ndarray
     modules: dict
-    scalars: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"step": [], "loss": []}))
+    # what the reading API gives: the scalars as numpy columns (the DataFrame is built from them)
+    scalar_columns: dict = field(default_factory=lambda: {"step": np.zeros(0, np.int64), "loss": np.zeros(0)})
+
+    @property
+    def scalars(self) -> pd.DataFrame:
+        return pd.DataFrame(self.scalar_columns)
 
 
 def synthetic(T: int, out_f: int, in_f: int, r: int, rng: np.random.Generator):

@@ -21,7 +21,7 @@ from scipy import stats as ss
 
 import lorascope
 from lorascope.analysis import fits as F
-from lorascope.analysis._batch import entry_subset
+from lorascope.analysis.batch import entry_subset
 
 SCIPY = {"t": ss.t, "gennorm": ss.gennorm}
 

@@ -11,7 +11,7 @@ import torch
 import lorascope
 from lorascope.config import RecordConfig
 from lorascope.record import Recorder
-from lorascope.report.health import loss_findings
+from lorascope.analysis.health import check_scalars
 from tests.record_helpers import batch, tiny_lora_gpt2
 
 
@@ -37,7 +37,7 @@ def test_a_scalar_never_logged_is_absent_and_raises_no_finding(tmp_path):
     with lorascope.open(path) as rec:
         assert list(rec.scalars.columns) == ["step", "lr"]  # the lr the Recorder read itself
         assert rec.scalars["step"].tolist() == [1, 2, 3]
-        assert loss_findings(rec) == []
+        assert check_scalars(rec.scalar_columns) == []
 
 
 def test_a_loss_logged_as_nan_stays_and_is_reported(tmp_path):
@@ -45,7 +45,7 @@ def test_a_loss_logged_as_nan_stays_and_is_reported(tmp_path):
     _attached_run(path, losses={1: math.nan, 2: math.nan, 3: math.nan})
     with lorascope.open(path) as rec:
         assert "loss" in rec.scalars and rec.scalars["loss"].isna().all()
-        (finding,) = loss_findings(rec)
+        (finding,) = check_scalars(rec.scalar_columns)
         assert "the loss is nan at step 1" in finding.message
 
 

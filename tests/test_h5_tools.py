@@ -153,3 +153,38 @@ def test_opening_a_file_this_process_is_writing_says_so(tmp_path):
         assert "another process" in str(caught.value) and "damaged" not in str(caught.value)
     with lorascope.open(path) as done:
         assert done.status == "complete" and np.array_equal(done.steps, [0])
+
+
+def test_the_repair_command_and_info_say_what_fixes_a_killed_recording(tmp_path):
+    """info names the command; the command clears the flags; a second run says nothing is left."""
+    from typer.testing import CliRunner
+
+    from lorascope.cli import app
+
+    path = _killed(tmp_path)
+    runner = CliRunner()
+    shown = runner.invoke(app, ["info", str(path), "--no-health"])
+    assert shown.exit_code == 0, shown.output
+    assert f"lorascope repair {path}" in " ".join(shown.output.split())
+    fixed = runner.invoke(app, ["repair", str(path)])
+    assert fixed.exit_code == 0 and "cleared the flags" in fixed.output, fixed.output
+    with h5py.File(path, "r") as f:  # plain h5py, no SWMR
+        assert f.attrs["status"].rstrip(b"\0") == b"interrupted"
+    again = runner.invoke(app, ["repair", str(path)])
+    assert again.exit_code == 0 and "nothing to repair" in again.output
+    assert "repair " not in runner.invoke(app, ["info", str(path), "--no-health"]).output
+
+
+def test_the_repair_command_refuses_a_live_writer_in_a_sentence(tmp_path):
+    from typer.testing import CliRunner
+
+    from lorascope.cli import app
+
+    path = tmp_path / "live.h5"
+    worker = Worker(path)
+    try:
+        result = CliRunner().invoke(app, ["repair", str(path)])
+    finally:
+        worker.signal(signal.SIGKILL)
+    assert result.exit_code == 2 and "still being written by process" in result.output
+    assert "Traceback" not in result.output

@@ -144,6 +144,36 @@ def test_recorder_warns_once_and_stores_what_it_left_out(tmp_path):
     with lorascope.open(tmp_path / "m.h5") as r:
         assert {n["module"] for n in r.not_recorded} == {"base_model.model.grouped", "base_model.model.mha"}
         assert r.config["peft"]["adapters"]["default"]["r"] == 2  # config comparisons see it
+        from lorascope.analysis import describe
+
+        shown = describe(r, health=False)
+    assert "not recorded 2 layer(s)" in shown
+    grouped = next(line for line in shown.splitlines() if line.strip().startswith("base_model.model.grouped"))
+    assert "groups=2" in grouped  # the reason, as the warning gave it
+
+
+def test_a_malformed_peft_or_not_recorded_attribute_is_one_sentence(tmp_path):
+    import json
+
+    import h5py
+
+    from lorascope.errors import RecordingError
+    from lorascope.record import Recorder
+
+    path = tmp_path / "m.h5"
+    with pytest.warns(NotRecordedWarning):
+        rec = Recorder(path, _mixed(), RecordConfig(every=1))
+    rec.start()
+    rec.close()
+    for attr, value in (("not_recorded", ["just a string"]), ("peft", {"adapters": {"default": 3}}),
+                        ("peft", {"active_adapters": "default"})):
+        with h5py.File(path, "r+") as f:
+            keep = f.attrs[attr]
+            f.attrs[attr] = json.dumps(value)
+        with pytest.raises(RecordingError, match=f"its {attr} attribute"):
+            lorascope.open(path)
+        with h5py.File(path, "r+") as f:
+            f.attrs[attr] = keep
 
 
 def test_a_model_whose_lora_layers_are_all_unrecordable_says_so():
@@ -178,7 +208,7 @@ def test_a_model_without_lora_has_no_pairs_and_no_peft_setup():
 
 def test_two_peft_runs_side_by_side_show_their_config_difference(tmp_path):
     from lorascope.record import Recorder
-    from lorascope.report.runs import runs_table
+    from lorascope.analysis.overview import runs_table
 
     paths = []
     for name, dora in (("lora", False), ("dora", True)):

@@ -16,7 +16,7 @@ import torch
 
 import lorascope
 from lorascope.analysis import health_findings
-from lorascope.cli.info import describe
+from lorascope.analysis import describe
 from lorascope.config import RecordConfig
 from lorascope.record import Recorder
 from lorascope.train.amp import resolve_precision

@@ -58,3 +58,58 @@ def test_trainer_run_is_recorded_end_to_end(tiny_gpt2, tmp_path):
         assert s["step"].tolist() == [1, 2, 3, 4]
         assert np.isfinite(s["loss"]).all() and np.isfinite(s["grad_norm"]).all()
         assert s["lr"].notna().all()
+
+
+def test_an_fp16_trainer_step_records_its_loss_scale_skips_and_true_gradients(tmp_path):
+    """Under fp16 the Trainer hands the callbacks accelerate's AcceleratedOptimizer holding a
+    GradScaler (on a GPU; on CPU the Trainer uses none, so the calls the Trainer makes are made
+    here with a real AcceleratedOptimizer and torch's CPU GradScaler). Without clipping the
+    gradients are still scaled at on_pre_optimizer_step: the recorded gradient is the true one;
+    an overflow step is recorded as skipped, with the halved scale."""
+    from accelerate import Accelerator
+    from accelerate.optimizer import AcceleratedOptimizer
+
+    from lorascope.record import LorascopeCallback
+    from tests.record_helpers import batch, tiny_lora_gpt2
+
+    model = tiny_lora_gpt2()
+    params = [p for p in model.parameters() if p.requires_grad]
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    optimizer = AcceleratedOptimizer(torch.optim.SGD(params, lr=1e-2), scaler=scaler)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "out"), max_steps=2, report_to=[],
+                                          use_cpu=True, gradient_accumulation_steps=1)
+    Accelerator(cpu=True)  # AcceleratedOptimizer reads the accelerator's state (TrainingArguments reset it)
+    state, control = transformers.TrainerState(max_steps=2), transformers.TrainerControl()
+    path = tmp_path / "fp16.h5"
+    callback = LorascopeCallback(path, RecordConfig(every=1, grads=True))
+    callback.on_train_begin(args, state, control, model=model, optimizer=optimizer)
+    true_grads = []
+    for step in (1, 2):
+        x = batch(step)
+        loss = model(input_ids=x, labels=x).loss
+        if step == 2:
+            loss = loss * float("inf")  # an overflow: the scaler skips this step
+        scaler.scale(loss).backward()
+        true_grads.append([p.grad.detach().clone() / 1024.0 for p in params])
+        callback.on_pre_optimizer_step(args, state, control, optimizer=optimizer)
+        optimizer.step()
+        callback.on_optimizer_step(args, state, control, optimizer=optimizer)
+        optimizer.zero_grad()
+        state.global_step = step
+        callback.on_step_end(args, state, control, optimizer=optimizer)
+    callback.on_train_end(args, state, control)
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)  # as later Trainers expect to find it
+    with lorascope.open(path) as rec:
+        scalars = rec.scalars
+        assert scalars["skipped"].tolist() == [0.0, 1.0]
+        assert scalars["loss_scale"].tolist() == [1024.0, 512.0]
+        first = next(iter(rec.modules.values()))
+        name = first.name
+        recorded = first.grad_B[0]
+    from lorascope.lora.pairs import lora_pairs
+
+    B = lora_pairs(model)[name].B
+    index = next(i for i, p in enumerate(params) if p is B)
+    np.testing.assert_allclose(recorded, true_grads[0][index].numpy(), rtol=1e-5, atol=1e-8)

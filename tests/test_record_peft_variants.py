@@ -117,6 +117,14 @@ def test_dora_stores_magnitude_and_w0_and_is_format_v2(tmp_path):
         assert emb.magnitude_norm == "column" and emb.magnitude.shape == (STEPS + 1, 64)
         # ΔW is not the low-rank term alone
         assert peft_cases.relative_error(q.lora_delta(-1), q.delta_w(-1).astype(np.float64)) > 1e-2
+        # what `lorascope info` shows of it: the PEFT setup and which modules are DoRA
+        from lorascope.analysis import describe
+
+        shown = describe(rec, health=False)
+    assert "peft       active adapter(s) default" in shown and "use_dora=True" in shown
+    assert f"r={case.model.peft_config['default'].r}" in shown
+    q_line = next(line for line in shown.splitlines() if line.strip().startswith(q.name))
+    assert "DoRA (magnitude recorded)" in q_line and "peft.Linear" in q_line
 
 
 def test_quantised_w0_is_the_dequantised_base_weight(tmp_path):

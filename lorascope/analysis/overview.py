@@ -172,6 +172,24 @@ def _size(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+# the LoraConfig fields that tell two PEFT runs apart at a glance (the whole config is in the file)
+PEFT_HIGHLIGHTS = ("r", "lora_alpha", "use_dora", "use_rslora", "init_lora_weights", "target_modules",
+                   "lora_dropout")
+
+
+def _peft_lines(peft: dict) -> list[str]:
+    if not peft:
+        return []
+    active = peft.get("active_adapters") or []
+    lines = [f"peft       active adapter(s) {', '.join(map(str, active)) or '-'}"]
+    for adapter, config in (peft.get("adapters") or {}).items():
+        shown = {k: config[k] for k in PEFT_HIGHLIGHTS if k in config}
+        lines.append(f"  {adapter:<24} " + "  ".join(f"{k}={v}" for k, v in shown.items()))
+    if peft.get("modules_to_save"):
+        lines.append(f"  {'modules_to_save':<24} {', '.join(peft['modules_to_save'])}")
+    return lines
+
+
 def describe(rec: Any, path: Path | None = None, *, health: bool = True, max_steps: int = 50) -> str:
     """A recording summarised as text, readable at a glance (also while it is being written): run,
     status, format, file, snapshots, config highlights, training, modules and, with `health`,
@@ -189,9 +207,13 @@ def describe(rec: Any, path: Path | None = None, *, health: bool = True, max_ste
     seconds = wall_time(rec) if getattr(rec, "times", None) is not None else math.nan
     if math.isfinite(seconds):
         lines.append(f"wall time  {seconds:.1f} s to the last snapshot")
+    hint = getattr(rec, "repair_hint", "")
+    if hint:
+        lines.append(f"repair     {hint}")
     lines.append("config")
     flat = flatten_config(rec.config or {})
     lines.extend(f"  {key:<24} {flat[key]}" for key in HIGHLIGHTS if flat.get(key) is not None)
+    lines.extend(_peft_lines(getattr(rec, "peft", {}) or {}))
     scalars = rec.scalar_columns
     training = [f"  {c:<24} final {final_value(scalars, c):.4g}   best {best_value(scalars, c):.4g}"
                 for c in ("loss", *eval_columns(scalars)) if math.isfinite(final_value(scalars, c))]
@@ -201,8 +223,15 @@ def describe(rec: Any, path: Path | None = None, *, health: bool = True, max_ste
     lines.append(f"modules    {len(rec.modules)} ({lora_parameters(rec):,} LoRA values)")
     for name, m in rec.modules.items():
         layer = "-" if m.layer_index is None else str(m.layer_index)
+        kind = getattr(m, "kind", "")
+        dora = "  DoRA (magnitude recorded)" if getattr(m, "dora", False) else ""
         lines.append(f"  {name:<40} layer {layer:>3}  A {m.rank}×{m.in_features}  "
-                     f"B {m.out_features}×{m.rank}  scaling {m.scaling:g}")
+                     f"B {m.out_features}×{m.rank}  scaling {m.scaling:g}"
+                     + (f"  {kind}" if kind else "") + dora)
+    not_recorded = getattr(rec, "not_recorded", []) or []
+    if not_recorded:
+        lines.append(f"not recorded {len(not_recorded)} layer(s) that train or are saved")
+        lines.extend(f"  {n.get('module', '?'):<40} {n.get('type', '')}: {n.get('reason', '')}" for n in not_recorded)
     if health:
         # one run is in view: the findings need not name it
         found = [str(replace(f, run=None)) for f in quick_findings(rec, max_steps)]

@@ -35,6 +35,7 @@ COMMANDS: dict[str, Command] = {
     "info": Command("lorascope.cli.info", "Summarise a recording: run, status, config, modules, snapshots, size and health."),
     "analyze": Command("lorascope.cli.analyze", "Write tidy analysis tables (one row per run x module x matrix x step) for recordings."),
     "report": Command("lorascope.cli.report", "Write an HTML report (index.html plus PNG figures) comparing recordings."),
+    "repair": Command("lorascope.cli.repair", "Clear the write flags a killed run left in its recording, so HDF5's tools and plain h5py open it."),
 }
 
 

@@ -9,6 +9,7 @@ a file that is not a recording the reader can read whole is one ``RecordingError
 from __future__ import annotations
 
 import contextlib
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
@@ -303,8 +304,9 @@ class Recording:
         if not self.needs_repair:
             return ""
         return (f"{self.path} was not closed by its writer (killed), so h5dump and plain h5py "
-                f"refuse it; lorascope.h5.repair.repair('{self.path}') (or HDF5's `h5clear -s`) "
-                "clears its write flags and keeps every committed snapshot")
+                f"refuse it; `lorascope repair {shlex.quote(str(self.path))}` (in Python "
+                "lorascope.h5.repair.repair(path), or HDF5's `h5clear -s`) clears its write flags "
+                "and keeps every committed snapshot")
 
     # --- scalars and updates -----------------------------------------------------------------
     @property

@@ -376,6 +376,11 @@ def _validate(f: h5py.File, path: Path) -> Checked:
     environment = root.json("environment", dict) if root.has("environment") else {}
     peft = root.json("peft", dict) if root.has("peft") else {}
     not_recorded = root.json("not_recorded", list) if root.has("not_recorded") else []
+    if not all(isinstance(n, dict) for n in not_recorded):
+        raise _bad(path, "its not_recorded attribute is not a list of {module, type, reason} objects")
+    if not (isinstance(peft.get("adapters", {}), dict) and all(isinstance(c, dict) for c in peft.get("adapters", {}).values())
+            and isinstance(peft.get("active_adapters", []), list) and isinstance(peft.get("modules_to_save", []), list)):
+        raise _bad(path, "its peft attribute is not {active_adapters: [...], adapters: {name: LoraConfig}, modules_to_save: [...]}")
     if root.has("status") and root.text("status") not in STATUSES:
         raise _bad(path, f"its status {root.text('status')!r} is none of {', '.join(STATUSES)}")
     if root.has("storage_dtype") and root.text("storage_dtype") not in STORAGE_DTYPES:

@@ -4,7 +4,12 @@ The Trainer gives no hook between the micro-batches of an accumulation cycle tha
 per-micro-batch gradients (clipping happens before ``on_pre_optimizer_step``), so with
 ``record.grads`` this adapter stores one gradient per optimizer step: the accumulated gradient as
 the optimizer receives it. Weights are captured at ``on_step_end``; loss, learning rate, grad
-norm and eval metrics come from the Trainer's own log (``on_log``)."""
+norm and eval metrics come from the Trainer's own log (``on_log``).
+
+Under fp16 the Trainer's optimizer is accelerate's ``AcceleratedOptimizer`` holding a GradScaler:
+the adapter records its scale and whether it skipped the step (``loss_scale``, ``skipped``), and
+divides a gradient the scaler has not unscaled yet (no clipping) by the scale, so that recorded
+gradients are true gradients as in lorascope's own loop."""
 from __future__ import annotations
 
 import json
@@ -40,10 +45,10 @@ class LorascopeCallback(TrainerCallback):
         )
         self.recorder.start(optimizer, step=state.global_step)
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs: Any):
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs: Any):
         if self.recorder is not None:
             micro = (state.global_step + 1) * args.gradient_accumulation_steps
-            self.recorder.on_micro_step(micro)
+            self.recorder.on_micro_step(micro, loss_scale=_pending_scale(optimizer))
 
     def on_optimizer_step(self, args, state, control, optimizer=None, **kwargs: Any):
         # the lr this update applied: the Trainer steps its scheduler before on_step_end
@@ -52,7 +57,8 @@ class LorascopeCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, optimizer=None, **kwargs: Any):
         if self.recorder is not None:
-            self.recorder.on_optimizer_step(state.global_step, self._applied_lrs, optimizer)
+            self.recorder.on_optimizer_step(state.global_step, {**self._applied_lrs, **_scaler_scalars(optimizer)},
+                                            optimizer)
 
     def on_log(self, args, state, control, logs=None, **kwargs: Any):
         if self.recorder is None or not logs:
@@ -66,3 +72,31 @@ class LorascopeCallback(TrainerCallback):
         if self.recorder is not None:
             self.recorder.close("complete")
             self.recorder = None
+
+
+def _scaler(optimizer) -> Any:
+    scaler = getattr(optimizer, "scaler", None)  # accelerate's AcceleratedOptimizer under fp16
+    return scaler if scaler is not None and scaler.is_enabled() else None
+
+
+def _scaler_scalars(optimizer) -> dict[str, float]:
+    """``skipped`` and ``loss_scale`` (the scale after the step) of an fp16 Trainer step; {} without
+    loss scaling, where the Trainer never skips a step."""
+    scaler = _scaler(optimizer)
+    if scaler is None:
+        return {}
+    return {"skipped": float(bool(getattr(optimizer, "step_was_skipped", False))),
+            "loss_scale": float(scaler.get_scale())}
+
+
+def _pending_scale(optimizer) -> float:
+    """The factor the gradients still carry before the optimizer step: the scale, unless the
+    Trainer's clipping already unscaled them (torch's GradScaler keeps that per optimizer)."""
+    scaler = _scaler(optimizer)
+    if scaler is None:
+        return 1.0
+    from torch.amp.grad_scaler import OptState
+
+    inner = getattr(optimizer, "optimizer", optimizer)
+    stage = scaler._per_optimizer_states[id(inner)]["stage"]
+    return 1.0 if stage is OptState.UNSCALED else float(scaler.get_scale())
