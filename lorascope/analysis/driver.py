@@ -199,13 +199,16 @@ def _here(todo: list[_Todo], plan: _Plan, progress) -> list[_Done]:
     finished: list[_Done] = []
     unit: _Unit | None = None
     try:
-        for done, (item, series) in enumerate(_prefetched(todo, reader), start=1):
+        # no enumerate(): it keeps its last (item, series) tuple alive, a second series in memory
+        done = 0
+        for item, series in _prefetched(todo, reader):
             if unit is None or item.name != unit.name:  # a new module: the last one is complete
                 if unit is not None:
                     finished.append(unit.finish())
                 unit = _Unit(item.name, plan)
             unit.add(item, series, pool)
             del series  # release this module's series before reading the one after the next
+            done += 1
             if progress is not None:
                 progress(done, len(todo), f"{item.rec.run_name}:{item.name}")
         if unit is not None:
