@@ -60,15 +60,17 @@ class Plan:
     grad_accum: int
     pytest_args: tuple[str, ...]
     pytest_timeout_s: int
+    sharded_nproc: int  # ranks of the sharded section: one per GPU (NCCL puts no two ranks on one GPU)
+    sharded_kinds: tuple[str, ...]  # tests/sharded_worker.py kinds, each compared with its unsharded twin
 
 
 PLANS = {
     "gpu": Plan("cuda", "gpt2-small", "llama-1b", (16, 512), (8, 512), peer_steps=12, peer_repeats=3, warmup=2,
                 train_steps=8, train_repeats=3, grad_accum=2, pytest_args=("-m", "gpu", "-q", "-rfEs"),
-                pytest_timeout_s=180),
+                pytest_timeout_s=180, sharded_nproc=1, sharded_kinds=("fsdp2", "fsdp1", "zero3", "hf_fsdp2")),
     "dry-run": Plan("cpu", "tiny-gpt2", "tiny-llama", (1, 16), (1, 16), peer_steps=3, peer_repeats=1, warmup=1,
                     train_steps=2, train_repeats=1, grad_accum=2, pytest_args=("-m", "gpu", "-q", "--collect-only"),
-                    pytest_timeout_s=300),
+                    pytest_timeout_s=300, sharded_nproc=1, sharded_kinds=("fsdp2",)),
 }
 
 
@@ -248,12 +250,56 @@ SECTIONS.register("throughput_llama")(Section(
     "tokens/s against PEFT + HF Trainer: Llama 1.1B from a config, bf16"))
 
 
-# --- sharded training: not this issue's ------------------------------------------------------
+# --- sharded training ------------------------------------------------------------------------
+
+SHARDED_TWINS = {"fsdp2": "plain", "fsdp1": "plain", "zero3": "plain", "hf_fsdp2": "hf"}  # compared with
+SHARDED_GOAL = 1e-5
+
+
+def _sharded(ctx: Context) -> list[dict]:
+    """tests/sharded_worker.py on the device: the recording of each sharded kind (a plain loop under
+    FSDP2, FSDP1, ZeRO-3; the HF Trainer under accelerate's FSDP2 plugin, which needs a GPU) against
+    the unsharded recording of the same run: the largest difference of any recorded series."""
+    import importlib.util
+
+    from tests.sharded_worker import differences
+
+    plan, worker = ctx.plan, str(ROOT / "tests" / "sharded_worker.py")
+    kinds = [k for k in plan.sharded_kinds if k != "zero3" or importlib.util.find_spec("deepspeed") is not None]
+    setting = (f"tiny PEFT Llama, {plan.sharded_nproc} rank(s) on {plan.device} "
+               f"({'NCCL' if plan.device == 'cuda' else 'gloo'}), 3 steps, grads + AdamW state + W0")
+    rows = [_row("sharded recording", setting, k, "not run: deepspeed does not import (pip install deepspeed)",
+                 f"≤ {SHARDED_GOAL:g}", "MISSED") for k in plan.sharded_kinds if k not in kinds]
+    twins = sorted({SHARDED_TWINS[k] for k in kinds})
+    timeout = max(1, int(ctx.left()))
+    with tempfile.TemporaryDirectory(prefix="lorascope-sharded-check-") as tmp:
+        for command in ([sys.executable, worker, f"{tmp}/ref.h5", "--full", "--device", plan.device, "--kind", *twins],
+                        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+                         str(plan.sharded_nproc), worker, f"{tmp}/run.h5", "--full", "--device", plan.device,
+                         "--kind", *kinds]):
+            ctx.log("  $ " + " ".join(["python", *command[1:]]))
+            done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+            if done.returncode != 0:
+                last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or [""]
+                return rows + [_row("sharded recording", setting, " ".join(kinds),
+                                    f"failed: exit {done.returncode}: {last[0][:200]}", f"≤ {SHARDED_GOAL:g}", "MISSED")]
+        for kind in kinds:
+            twin = f"{tmp}/ref.h5" if len(twins) == 1 else f"{tmp}/ref-{SHARDED_TWINS[kind]}.h5"
+            run = f"{tmp}/run.h5" if len(kinds) == 1 else f"{tmp}/run-{kind}.h5"
+            gaps = differences(twin, run)
+            worst = max(gaps, key=gaps.get)
+            rows.append(_row("sharded recording", setting, f"{kind} vs {SHARDED_TWINS[kind]}: largest difference",
+                             f"{gaps[worst]:.2e} (largest in {worst}; {len(gaps)} series)", f"≤ {SHARDED_GOAL:g}",
+                             _verdict(gaps[worst] <= SHARDED_GOAL)))
+    if "hf_fsdp2" not in kinds:
+        rows.append(_row("sharded recording", setting, "hf_fsdp2", "GPU only: accelerate applies its FSDP plugin on "
+                         "accelerators only (on CPU the Trainer trains plain data parallel)", "", "—"))
+    return rows
+
 
 SECTIONS.register("sharded")(Section(
-    lambda ctx: [_row("FSDP1 / ZeRO-3", "the sharded-training issue's checks", "—",
-                      "pending: that issue has not landed; its rows join this table when it does", "", "pending")],
-    0, "FSDP1 / ZeRO-3: a marked place for the sharded-training issue's checks (not run)"))
+    _sharded, 75, "sharded recording on the GPU: a plain loop under FSDP2, FSDP1 and ZeRO-3, and the HF Trainer "
+                  "under accelerate's FSDP2 plugin, each against its unsharded twin (one rank per GPU)"))
 
 
 # --- running it ------------------------------------------------------------------------------

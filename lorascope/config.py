@@ -132,6 +132,7 @@ class RunConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     amp: str = "auto"  # auto | off | fp16 | bf16
+    parallel: str = "ddp"  # under torchrun with several processes: ddp | fsdp (FSDP2, fully_shard per block)
     output: str = ""  # empty: recordings/<name>.h5
     eval_every: int = 0  # 0 = only at the end
     eval_batches: int = 4

@@ -45,7 +45,9 @@ def test_the_dry_run_prints_the_plan_and_a_full_table(dry_run):
         for measured in ("step time lorascope / none", "step time tensorboard / none",
                          "blocked / raw device→host copy of one snapshot", "tokens/s lorascope / PEFT+Trainer"):
             assert any(model in line and measured in line for line in table.splitlines()), (model, measured)
-    assert "FSDP1 / ZeRO-3" in table and "pending" in table
+    # the sharded section: FSDP2 against the unsharded twin on CPU; the HF FSDP2 row says it needs a GPU
+    assert any("sharded recording" in line and "fsdp2 vs plain: largest difference" in line for line in table.splitlines())
+    assert any("hf_fsdp2" in line and "GPU only" in line for line in table.splitlines())
     assert "failed" not in table and "MISSED" not in table
     written = (out / "table-dry-run.md").read_text()
     assert written.startswith("GPU check: DRY RUN") and "| check " in written

@@ -263,3 +263,17 @@ def test_analysis_file_benchmark_runs_at_the_smallest_scale(tmp_path):
     assert float(outcome.summary[1]["result"]) > 0
     with lorascope.open(tmp_path / "bench.h5") as rec:  # a real recording, finished
         assert rec.status == "complete" and len(rec.steps) == 12 and len(rec.modules) == 4
+
+
+@pytest.mark.slow
+def test_the_sharded_overhead_benchmark_runs_fsdp2_on_two_ranks():
+    from benchmarks.sharded_overhead import run_sharded, sharded_rows
+
+    result = run_sharded("tiny-gpt2", nproc=2, steps=2, repeats=1, warmup=1)
+    assert sorted(result.samples) == ["lorascope", "none"]
+    assert "FSDP2 on 2 ranks" in result.description
+    ours = result.samples["lorascope"]
+    assert len(ours.step_seconds) == 1 and len(ours.last("hook_seconds")) == 1
+    assert ours.last("bytes") > 0 and result.samples["none"].last("bytes") == 0  # rank 0 wrote; nothing without
+    rows = sharded_rows(result)
+    assert [r["contender"] for r in rows] == ["none", "lorascope"] and "hooks / raw copy" not in rows[0]

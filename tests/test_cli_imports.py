@@ -146,3 +146,16 @@ def test_report_never_imports_torch(recording, tmp_path):
     assert code == 0, out
     assert not imported & HEAVY
     assert (tmp_path / "report" / "index.html").exists()
+
+
+def test_reading_without_a_scheduler_imports_no_dask(tmp_path):
+    """dask is imported by --scheduler alone: an analysis in this process never pays for it."""
+    from tests.report_recordings import record_tiny_run
+
+    path = record_tiny_run(tmp_path / "run.h5", "run", steps=2, targets=("attn",))
+    for args in (["analyze", str(path), "-o", str(tmp_path / "t.csv"), "--no-health"], ["analyze", "--help"],
+                 ["report", "--help"]):
+        code, imported, _ = _run(*args)
+        assert code == 0, args
+        assert not imported & {"dask", "distributed"}, args
+        assert "lorascope.cluster" not in imported, args

@@ -2,7 +2,11 @@
 findings. It streams over modules: a module's series is read from one run at a time into memory
 reused from module to module (1.3x the largest module, measured), every table gathers its rows
 from it, and the series is dropped before the next is read. The tables that compare runs finish
-a module once its last run was added; derived tables are built at the end."""
+a module once its last run was added; derived tables are built at the end.
+
+With `scheduler` (a Dask scheduler's address) the same modules are analysed as tasks on that
+cluster (`cluster.py`): one per module when a table compares runs, else one per run's module;
+each opens its recording by path and returns its rows, which are put in the same order."""
 from __future__ import annotations
 
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -18,6 +22,7 @@ from lorascope.analysis.builders import Derived, Table, concat
 from lorascope.analysis.module import HEALTH_NEEDS, ModuleAnalysis, read_series
 from lorascope.analysis.options import Options
 from lorascope.analysis.selection import common_modules, evenly, module_names, nearest
+from lorascope.errors import UsageError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -97,11 +102,13 @@ def analyze(
     health: bool = True,
     progress: Callable[[int, int, str], None] | None = None,
     modules: str | Sequence[str] = "*",
+    scheduler: str | None = None,
 ) -> Analysis:
     """Builds the named tables (see `TABLES.names()`) for one or more recordings, of the modules
     matching `modules` (a glob, or a list of names), and with `health` runs the health checks;
     `progress(done, total, label)` is called per module of each run. Tables that compare runs
-    cover the modules every recording has."""
+    cover the modules every recording has. `scheduler`: the address of a Dask scheduler whose
+    workers analyse the modules, opening the recordings' files by path (the same tables)."""
     o = options or Options()
     recs = _as_list(recs)
     specs = _with_sources(tables)
@@ -111,46 +118,20 @@ def analyze(
     compared = set()
     if any(s.compares_runs for s in streamed.values()):
         compared = set(common_modules(recs)) & set(names)
+    plan = _Plan(tuple(streamed), frozenset(compared), health, o, {name: i for i, name in enumerate(names)})
     todo = _plan(recs, names, list(streamed.values()), health, o)
+    done = _on_cluster(scheduler, recs, todo, plan, progress) if scheduler else _here(todo, plan, progress)
     frames: dict[str, list[tuple[tuple, pd.DataFrame]]] = {t: [] for t in streamed}
-    parts = {p for s in streamed.values() for p in s.needs} | (set(HEALTH_NEEDS) if health else set())
-    pool = ThreadPoolExecutor(o.workers) if o.workers > 1 else None
-    reader = ThreadPoolExecutor(1) if o.prefetch else None
     # each run's findings: its loss first, then its modules in order
     per_run = [_loss_findings(rec, o.thresholds) if health else [] for rec in recs]
-    order = {name: i for i, name in enumerate(names)}
     noted: dict[tuple[str, str, str], int] = {}  # (table, run, why) -> modules without rows
-    try:
-        done, current, gatherers = 0, None, {}
-        for item, series in _prefetched(todo, reader):
-            if item.name != current:  # a new module: the last one's tables that compare runs are complete
-                _finish(gatherers, frames, (order.get(current),))
-                current = item.name
-                gatherers = {t: s.rows(o) for t, s in streamed.items() if not s.compares_runs or current in compared}
-            rec = item.rec
-            ma = ModuleAnalysis(rec.run_name, item.name, item.module, rec.steps, o, getattr(rec, "grad_steps", None),
-                                series, getattr(rec, "grad_micro_steps", None), getattr(rec, "state_steps", None),
-                                index=item.index, sample=item.sample, recorded=item.recorded)
-            ma.precompute(parts, pool, o.workers)
-            for t, rows in gatherers.items():
-                key = (order[current],) if streamed[t].compares_runs else (item.run, item.position)
-                frames[t].extend((key, f) for f in rows.add(ma))
-                note = getattr(streamed[t], "note", None)
-                why = note(ma) if note is not None else None
-                if why:
-                    noted[(t, ma.run, why)] = noted.get((t, ma.run, why), 0) + 1
-            if health:
-                # the checks see one module; the run it came from is what tells several recordings apart
-                per_run[item.run].extend(replace(f, run=ma.run) for f in _health.check_module(ma.series(), o.thresholds))
-            del ma, series  # release this module's series before reading the one after the next
-            done += 1
-            if progress is not None:
-                progress(done, len(todo), f"{rec.run_name}:{item.name}")
-        _finish(gatherers, frames, (order.get(current),))
-    finally:
-        for p in (pool, reader):
-            if p is not None:
-                p.shutdown()
+    for module in done:  # in the plan's order, wherever they were computed
+        for t, key, frame in module.rows:
+            frames[t].append((key, frame))
+        for run, finding in module.findings:
+            per_run[run].append(finding)
+        for note in module.notes:
+            noted[note] = noted.get(note, 0) + 1
     findings = [f for run_findings in per_run for f in run_findings]
     built = {t: concat([f for _, f in sorted(frames[t], key=lambda kf: kf[0])], streamed[t].columns)
              for t in streamed}
@@ -161,10 +142,184 @@ def analyze(
     return Analysis({t: built[t] for t in dict.fromkeys(tables)}, findings, notes)
 
 
-def _finish(gatherers: dict, frames: dict, key: tuple) -> None:
-    """The rows of a module's tables that need every run, once its last run was added."""
-    for t, rows in gatherers.items():
-        frames[t].extend((key, f) for f in rows.finish())
+@dataclass(frozen=True)
+class _Plan:
+    """What every module's analysis needs to know of the whole (small: it travels to workers)."""
+    tables: tuple[str, ...]     # the streamed tables, by name
+    compared: frozenset         # modules every run has, for the tables that compare runs
+    health: bool
+    options: Options
+    order: dict[str, int]       # a module's place among the analysed ones
+
+    @property
+    def compares_runs(self) -> bool:
+        return any(TABLES.get(t).compares_runs for t in self.tables)
+
+
+class _Unit:
+    """One module's rows (`(table, key, frame)`) and findings (`(run, finding)`), over the runs
+    added to it; `finish` adds the rows of the tables that need every run."""
+
+    def __init__(self, name: str, plan: _Plan) -> None:
+        self.name, self.plan = name, plan
+        specs = {t: TABLES.get(t) for t in plan.tables}
+        self._specs = specs
+        self._gatherers = {t: s.rows(plan.options) for t, s in specs.items()
+                           if not s.compares_runs or name in plan.compared}
+        self._parts = {p for s in specs.values() for p in s.needs} | (set(HEALTH_NEEDS) if plan.health else set())
+        self.rows: list[tuple[str, tuple, pd.DataFrame]] = []
+        self.findings: list[tuple[int, _health.Finding]] = []
+        self.notes: list[tuple[str, str, str]] = []  # (table, run, why) for a module without rows
+
+    def add(self, item: _Todo, series: tuple, pool: Executor | None) -> None:
+        o, rec = self.plan.options, item.rec
+        ma = ModuleAnalysis(rec.run_name, item.name, item.module, rec.steps, o, getattr(rec, "grad_steps", None),
+                            series, getattr(rec, "grad_micro_steps", None), getattr(rec, "state_steps", None),
+                            index=item.index, sample=item.sample, recorded=item.recorded)
+        ma.precompute(self._parts, pool, o.workers)
+        for t, rows in self._gatherers.items():
+            key = (self.plan.order[self.name],) if self._specs[t].compares_runs else (item.run, item.position)
+            self.rows.extend((t, key, f) for f in rows.add(ma))
+            note = getattr(self._specs[t], "note", None)
+            why = note(ma) if note is not None else None
+            if why:
+                self.notes.append((t, ma.run, why))
+        if self.plan.health:
+            # the checks see one module; the run it came from is what tells several recordings apart
+            self.findings.extend((item.run, replace(f, run=ma.run))
+                                 for f in _health.check_module(ma.series(), o.thresholds))
+
+    def finish(self) -> "_Done":
+        key = (self.plan.order[self.name],)
+        for t, rows in self._gatherers.items():
+            self.rows.extend((t, key, f) for f in rows.finish())
+        return _Done(self.rows, self.findings, self.notes)
+
+
+@dataclass
+class _Done:
+    """A finished module's rows and findings (plain data: it travels back from a worker)."""
+    rows: list[tuple[str, tuple, pd.DataFrame]]
+    findings: list[tuple[int, _health.Finding]]
+    notes: list[tuple[str, str, str]]
+
+
+def _here(todo: list[_Todo], plan: _Plan, progress) -> list[_Done]:
+    """Every module analysed in this process, streamed: one module's series in memory at a time
+    (two with `prefetch`)."""
+    o = plan.options
+    pool = ThreadPoolExecutor(o.workers) if o.workers > 1 else None
+    reader = ThreadPoolExecutor(1) if o.prefetch else None
+    finished: list[_Done] = []
+    unit: _Unit | None = None
+    try:
+        # no enumerate(): it keeps its last (item, series) tuple alive, a second series in memory
+        done = 0
+        for item, series in _prefetched(todo, reader):
+            if unit is None or item.name != unit.name:  # a new module: the last one is complete
+                if unit is not None:
+                    finished.append(unit.finish())
+                unit = _Unit(item.name, plan)
+            unit.add(item, series, pool)
+            del series  # release this module's series before reading the one after the next
+            done += 1
+            if progress is not None:
+                progress(done, len(todo), f"{item.rec.run_name}:{item.name}")
+        if unit is not None:
+            finished.append(unit.finish())
+    finally:
+        for p in (pool, reader):
+            if p is not None:
+                p.shutdown()
+    return finished
+
+
+def _on_cluster(address: str, recs: list, todo: list[_Todo], plan: _Plan, progress) -> list[_Done]:
+    """Every module analysed as a task on the Dask cluster at `address`: one task per module when
+    a table compares runs (its runs must meet), else one per run's module."""
+    from lorascope.cluster import run_tasks
+
+    paths = _paths(recs)
+    groups: list[list[_Todo]] = []
+    for item in todo:
+        if plan.compares_runs and groups and groups[-1][0].name == item.name:
+            groups[-1].append(item)
+        else:
+            groups.append([item])
+    calls = [(paths, [r.run_name for r in recs], [_Task.of(item) for item in group], plan) for group in groups]
+    done = [0]
+
+    def finished(i: int, result: _Done) -> None:
+        done[0] += len(groups[i])
+        if progress is not None:
+            progress(done[0], len(todo), groups[i][-1].name)
+
+    return run_tasks(address, _analyze_task, calls, finished)
+
+
+def _paths(recs: list) -> list[str]:
+    """The recordings' files, which the workers open themselves."""
+    paths = []
+    for rec in recs:
+        path = getattr(rec, "path", None)
+        if path is None:
+            raise UsageError("analysing on a Dask cluster needs recordings opened from files "
+                             "(lorascope.open(path)): the workers open each file by its path")
+        paths.append(str(path))
+    return paths
+
+
+@dataclass(frozen=True)
+class _Task:
+    """A `_Todo` without its open file: what a worker needs to find the module again."""
+    run: int
+    position: int
+    name: str
+    recorded: int
+    sample: np.ndarray | None
+    index: np.ndarray | None
+
+    @classmethod
+    def of(cls, item: _Todo) -> "_Task":
+        return cls(item.run, item.position, item.name, item.recorded, item.sample, item.index)
+
+
+def _analyze_task(paths: list[str], run_names: list[str], tasks: list[_Task], plan: _Plan) -> _Done:
+    """On a worker: one module of one or more runs, each recording opened here by its path."""
+    from contextlib import ExitStack
+
+    import lorascope
+
+    o = plan.options
+    with ExitStack() as stack:
+        opened = {}
+        for task in tasks:
+            if task.run not in opened:
+                opened[task.run] = _Renamed(stack.enter_context(lorascope.open(paths[task.run])), run_names[task.run])
+        pool = ThreadPoolExecutor(o.workers) if o.workers > 1 else None
+        try:
+            unit, scratch = _Unit(tasks[0].name, plan), Scratch()
+            for task in tasks:
+                rec = opened[task.run]
+                item = _Todo(task.run, task.position, rec, task.name, rec.modules[task.name], task.recorded,
+                             task.sample, task.index)
+                series = read_series(item.module, scratch, item.index)
+                unit.add(item, series, pool)
+                del series
+            return unit.finish()
+        finally:
+            if pool is not None:
+                pool.shutdown()
+
+
+class _Renamed:
+    """A recording under the name the client knew it by (the same file may carry another)."""
+
+    def __init__(self, rec: Any, name: str) -> None:
+        self._rec, self.run_name = rec, name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(self._rec, attr)
 
 
 def _plan(recs: list, names: list[str], specs: list, health: bool, o: Options) -> list[_Todo]:

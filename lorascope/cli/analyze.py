@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Callable
+from typing import TYPE_CHECKING, Annotated, Callable, Optional
 
 import typer
 
@@ -94,6 +94,7 @@ def analyze(
     intruder_epsilon: Annotated[float, typer.Option(help="intruders: a vector intrudes when its largest |cos| with W0's singular vectors is below this.")] = 0.5,
     bins: Annotated[int, typer.Option(help="Histogram bins (shared by every run and step of a module).")] = 64,
     health: Annotated[bool, typer.Option(help="Run the health checks and print what they find.")] = True,
+    scheduler: Annotated[Optional[str], typer.Option(help="Address of a Dask scheduler (tcp://host:8786) whose workers analyse the modules, each task opening the recordings by path (the same tables); the files must be at the same paths there. Needs pip install 'lorascope[dask]'.")] = None,
 ) -> None:
     """Write tidy analysis tables (one row per run x module x matrix x step) for recordings."""
     import lorascope
@@ -123,7 +124,7 @@ def analyze(
     try:
         total = sum(name in r.modules for name in module_names(recs, modules) for r in recs)
         with StepProgress(total, label="module") as bar:
-            result = run_analysis(recs, names, options, health=health, modules=modules,
+            result = run_analysis(recs, names, options, health=health, modules=modules, scheduler=scheduler,
                                   progress=lambda done, _total, _label: bar.update(done))
     finally:
         for r in recs:

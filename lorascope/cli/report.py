@@ -62,6 +62,7 @@ def report(
     bins: Annotated[int, typer.Option(help="Histogram bins (shared by the runs on each axis).")] = 64,
     title: Annotated[Optional[str], typer.Option(help="Page title [default: the run names].")] = None,
     workers: Annotated[int, typer.Option(help="Processes drawing modules side by side (pays only with idle cores).")] = 1,
+    scheduler: Annotated[Optional[str], typer.Option(help="Address of a Dask scheduler (tcp://host:8786) whose workers draw the modules, each task opening the recordings by path and writing its figures into the output folder; the files must be at the same paths there. Needs pip install 'lorascope[dask]'.")] = None,
 ) -> None:
     """Write an HTML report (index.html plus PNG figures) comparing recordings."""
     import lorascope
@@ -78,5 +79,5 @@ def report(
             output = Path("reports") / default_report_name([r.run_name for r in recs])
         index = build_report(recs, output, modules=modules, max_modules=max_modules,
                              max_steps=max_steps, figure_kinds=kinds, bins=bins, title=title,
-                             progress=_Progress(), workers=workers)
+                             progress=_Progress(), workers=workers, scheduler=scheduler)
     typer.echo(f"report written to {index}")

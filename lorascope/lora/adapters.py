@@ -38,9 +38,12 @@ def _layer_meta(name: str, layer: LoRALinear) -> dict:
     }
 
 
-def save_adapters(model: nn.Module, path: str | Path) -> Path:
+def save_adapters(model: nn.Module, path: str | Path, values: dict[str, torch.Tensor] | None = None) -> Path:
     """Writes every LoRA layer's A and B (and base offsets), plus every other trainable
-    parameter (tuned LayerNorms, a classifier head), to ``path`` (safetensors). Returns the path."""
+    parameter (tuned LayerNorms, a classifier head), to ``path`` (safetensors). Returns the path.
+
+    ``values``: the trainable parameters whole, by ``named_parameters()`` name, where the model
+    holds only shards of them (FSDP2: ``train.distributed.full_trainable_state``)."""
     from safetensors.torch import save_file
 
     from lorascope import __version__
@@ -50,15 +53,18 @@ def save_adapters(model: nn.Module, path: str | Path) -> Path:
     extra = [n for n, p in model.named_parameters() if p.requires_grad and id(p) not in lora_ids]
     if not layers and not extra:  # a head-only run has no LoRA but still something to save
         raise UsageError("the model has nothing to save: no LoRA layers and no trainable parameters")
+    def whole(name: str, param: torch.Tensor) -> torch.Tensor:
+        return values[name] if values is not None else param.detach()
+
     tensors: dict[str, torch.Tensor] = {}
     for name, layer in layers.items():
-        tensors[f"{name}.A"] = layer.A.detach()
-        tensors[f"{name}.B"] = layer.B.detach()
+        tensors[f"{name}.A"] = whole(f"{name}.A", layer.A)
+        tensors[f"{name}.B"] = whole(f"{name}.B", layer.B)
         for key in _OFFSETS:
             if getattr(layer, key) is not None:
                 tensors[f"{name}.{key}"] = getattr(layer, key)
     for name in extra:
-        tensors[name] = model.get_parameter(name).detach()
+        tensors[name] = whole(name, model.get_parameter(name))
     metadata = {
         "format": ADAPTER_FORMAT,
         "format_version": str(ADAPTER_FORMAT_VERSION),

@@ -19,7 +19,7 @@ from lorascope.errors import UsageError
 
 __all__ = [
     "LoraPair", "NotRecorded", "NotRecordedWarning", "Discovery", "discover", "lora_pairs",
-    "find_lora_pairs", "select_pairs", "unwrap_model", "warn_not_recorded",
+    "find_lora_pairs", "select_pairs", "unwrap_model", "warn_not_recorded", "clean_module_name",
 ]
 
 
@@ -33,7 +33,7 @@ class LoraPair:
     turns a tensor shaped like the parameter (its value, its gradient, an optimizer moment) into
     the recorded matrix."""
 
-    name: str  # model.named_modules() name, verbatim
+    name: str  # model.named_modules() name, verbatim but for wrapper parts (clean_module_name)
     A: torch.nn.Parameter  # (rank, in) through `matrix`
     B: torch.nn.Parameter  # (out, rank) through `matrix`
     scaling: float  # alpha / rank (alpha / sqrt(rank) with rsLoRA)
@@ -98,11 +98,14 @@ class Discovery:
 
 
 def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
-    """Strips DDP/DataParallel (``.module``) and ``torch.compile`` (``._orig_mod``) wrappers, so
-    that module names are the user's names and not ``module._orig_mod.transformer...``."""
+    """Strips DDP/DataParallel/FSDP1/DeepSpeed-engine (``.module``) and ``torch.compile``
+    (``._orig_mod``) wrappers, so that module names are the user's names and not
+    ``module._orig_mod.transformer...``."""
     wrappers: tuple[type, ...] = (
         torch.nn.parallel.DistributedDataParallel,
         torch.nn.DataParallel,
+        *_loaded_types(("torch.distributed.fsdp.fully_sharded_data_parallel", "FullyShardedDataParallel"),
+                       ("deepspeed.runtime.engine", "DeepSpeedEngine")),
     )
     # a compiled model means dynamo is imported already; importing it here would cost seconds
     dynamo = sys.modules.get("torch._dynamo.eval_frame")
@@ -114,6 +117,22 @@ def unwrap_model(model: torch.nn.Module) -> torch.nn.Module:
             model = model._orig_mod
         else:
             return model
+
+
+def _loaded_types(*where: tuple[str, str]) -> tuple[type, ...]:
+    """Classes of modules the process imported already: a model wrapped by a framework has
+    imported it, and importing one here would cost seconds (DeepSpeed)."""
+    return tuple(getattr(sys.modules[module], name) for module, name in where if module in sys.modules)
+
+
+# Module names that wrappers insert inside a model (FSDP1's units, activation checkpointing):
+# not the user's names, and absent from an unwrapped run of the same model.
+WRAPPER_PARTS = ("_fsdp_wrapped_module", "_checkpoint_wrapped_module")
+
+
+def clean_module_name(name: str) -> str:
+    """``named_modules()`` name without the parts that wrappers insert."""
+    return ".".join(part for part in name.split(".") if part not in WRAPPER_PARTS)
 
 
 def layer_index_from_name(name: str) -> int | None:
@@ -155,6 +174,7 @@ def discover(model: torch.nn.Module) -> Discovery:
         from lorascope.lora import peft_layers as peft
     found = Discovery({})
     for name, module in model.named_modules():
+        name = clean_module_name(name)
         if ours and isinstance(module, ours):
             found.pairs[name] = _from_lorascope(name, module)
         elif peft is not None:

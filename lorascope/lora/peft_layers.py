@@ -84,8 +84,10 @@ def _linear(name: str, module: LoraLayer, adapter: str) -> LoraPair:
         w = dequantize_module_weight(base).detach()  # the weight itself unless quantised
         return w.T if transposed else w
 
-    return _pair(name, module, adapter, A, B, in_features=A.shape[1], out_features=B.shape[0],
-                 base_weight=base_weight)
+    # the layer's own sizes, not A's and B's shapes: under FSDP1 and ZeRO-3 those are a rank's
+    # slice or an empty placeholder
+    return _pair(name, module, adapter, A, B, in_features=module.in_features,
+                 out_features=module.out_features, base_weight=base_weight)
 
 
 def _transposed(tensor: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """How big a recording will be, before the run starts: bytes per snapshot × planned snapshots."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -49,7 +50,8 @@ def estimate_size(model: torch.nn.Module | dict[str, LoraPair], config: RecordCo
     """For a model (or its selected LoRA pairs) and ``total_steps`` optimizer steps."""
     pairs = model if isinstance(model, dict) else select_pairs(find_lora_pairs(model), config.modules)
     itemsize = numpy_storage_dtype(config.dtype).itemsize
-    values = sum(p.A.numel() + p.B.numel() for p in pairs.values())
+    # from the pairs' sizes, not the parameters': under FSDP1 and ZeRO-3 those are shards
+    values = sum(math.prod(p.a_shape) + math.prod(p.b_shape) for p in pairs.values())
     # DoRA's magnitude vectors go with every snapshot, always float32
     magnitudes = sum(p.magnitude.numel() for p in pairs.values() if p.magnitude is not None)
     per_snapshot = values * itemsize + magnitudes * 4

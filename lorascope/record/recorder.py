@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import atexit
 import datetime as dt
+import math
 import os
 import platform
 import socket
@@ -31,6 +32,8 @@ from lorascope.errors import RecordingError, UsageError
 from lorascope.record.capture import TORCH_DTYPES, Channel
 from lorascope.lora.pairs import LoraPair, discover, require_pairs, select_pairs, warn_not_recorded
 from lorascope.record.estimate import SizeEstimate, estimate_size
+from lorascope.record.gather import gather_for, is_sharded
+from lorascope.record.sharded_norms import NormsOnShards
 from lorascope.h5.format import STANDARD_SCALARS, STORAGE_DTYPES, format_version
 from lorascope.h5.resume import replace, resume_seed, temporary_path
 from lorascope.record.heads import HeadNorms
@@ -105,10 +108,13 @@ def _check_writable(path: Path) -> None:
 
 class Recorder:
     """Records the LoRA pairs of ``model`` into ``path``. Under torchrun, ranks other than 0 get
-    a ``NullRecorder`` that accepts the same calls and writes nothing."""
+    a ``NullRecorder`` that accepts the same calls and writes nothing, unless the model is
+    sharded (FSDP, ZeRO-3): then every rank needs a Recorder, whose calls join the gathers of
+    the recorded tensors (see ``gather``), and only rank 0 writes."""
 
     def __new__(cls, *args: Any, **kwargs: Any):
-        if process_rank() != 0:
+        model = args[1] if len(args) > 1 else kwargs.get("model")
+        if process_rank() != 0 and not is_sharded(model):
             return NullRecorder()
         return super().__new__(cls)
 
@@ -125,8 +131,14 @@ class Recorder:
                              "to continue it, or choose another path")
         self.config = cfg = config or RecordConfig()
         _check_options(cfg)
-        found = discover(model)
+        # --- sharding: how the recorded tensors are read whole (gather.py); a no-op unsharded
+        self._gather = gather_for(model)
+        if resume and self._gather.sharded:
+            raise UsageError("resuming the recording of a sharded model is not supported; start a new recording")
+        with self._gather.discovery():
+            found = discover(model)
         self.pairs: dict[str, LoraPair] = select_pairs(require_pairs(found), cfg.modules)
+        self._gather.bind(self.pairs)
         self.not_recorded, self.peft = found.not_recorded, found.peft
         warn_not_recorded(self.not_recorded)
         self.schedule = build_schedule(cfg, total_steps)
@@ -135,8 +147,11 @@ class Recorder:
         self.run_config = run_config or {}
         self.device = next(iter(self.pairs.values())).A.device
         self.environment = environment or default_environment(self.device)
-        # where the always-on update norms are computed: a strategy (see updates.py)
+        # where the always-on update norms are computed: a strategy (see updates.py); a sharded
+        # model's from each rank's shards, summed once per snapshot (sharded_norms.py)
         self._norms = norm_place(update_norms, self.device)
+        if self._gather.sharded:
+            self._norms = NormsOnShards(self._gather)
         self.update_norms = self._norms.name
         # A0, B0, A1, B1, ...: the order of every flat buffer
         self._params = [t for p in self.pairs.values() for t in (p.A, p.B)]
@@ -147,6 +162,7 @@ class Recorder:
         # beside the pairs, followed by their parameters' norms at every step, as scalars
         self._heads = HeadNorms(heads) if heads else None
         self._writer: WriterThread | None = None
+        self._opened = False  # the file's layout is settled (on ranks that do not write, too)
         self._early: list[Any] = []  # messages captured before the file exists
         self._held: list[Any] | None = None  # messages of the optimizer step being captured
         self._optimizer = None
@@ -185,18 +201,20 @@ class Recorder:
         rows up to that step and continues after it."""
         if self._started:
             raise UsageError("Recorder.start() was already called; call it once, before training")
-        _check_writable(self.path)
+        writes = self._gather.writes  # False: a rank of a sharded run that only joins the gathers
+        if writes:
+            _check_writable(self.path)
         self._optimizer = optimizer
         cfg, slots = self.config, self.config.queue_size
         shapes = [s for p in self.pairs.values() for s in (p.a_shape, p.b_shape)]
         storage = TORCH_DTYPES[cfg.dtype]
-        self._weights = Channel(shapes, self._norms.weights_dtype(storage), self.device, slots)
+        # a rank that only joins the gathers keeps no host buffers: it never holds a whole tensor
+        self._weights = Channel(shapes, self._norms.weights_dtype(storage), self.device, slots) if writes else None
         self._norms.start(self._params, self._weights, slots, self._matrices)
-        self._grads = Channel(shapes, storage, self.device, slots) if cfg.grads else None
-        self._magnitudes = (Channel([(p.magnitude.numel(),) for p in self._dora], torch.float32,
-                                    self.device, slots) if self._dora else None)
-        with torch.no_grad():
-            self._grad_prev = [torch.zeros_like(t) for t in self._params] if cfg.grads else []
+        self._grads = Channel(shapes, storage, self.device, slots) if cfg.grads and writes else None
+        self._magnitudes = (Channel([(math.prod(self._gather.shape(p.magnitude)),) for p in self._dora],
+                                    torch.float32, self.device, slots) if self._dora and writes else None)
+        self._grad_prev: list[torch.Tensor] = []  # the accumulated gradients last seen, whole
         self._grad_prev_zero = True
         self._state_keys: list[tuple[LoraPair, torch.Tensor, str]] = []
         self._state: Channel | None = None
@@ -243,16 +261,20 @@ class Recorder:
         the growth of the accumulated .grad since the last call, divided by the loss scale."""
         self._require_started()
         self._micro = int(micro_step)
-        if self._grads is None or (self._step + 1) not in self.schedule:
+        if not self.config.grads or (self._step + 1) not in self.schedule:
             return
         with torch.no_grad():
-            grads = [t.grad if t.grad is not None else torch.zeros_like(t) for t in self._params]
+            grads = self._gather.grads(self._params)
+            if grads is None:  # a rank of a sharded run: it joined the gather, rank 0 records
+                return
             if self._grad_prev_zero:
                 own = [g.detach().clone() for g in grads]
             else:
                 own = torch._foreach_sub(grads, self._grad_prev)
             if loss_scale != 1.0:
                 torch._foreach_div_(own, float(loss_scale))
+            if not self._grad_prev:
+                self._grad_prev = [torch.empty_like(g) for g in grads]
             torch._foreach_copy_(self._grad_prev, grads)
             self._grad_prev_zero = False
             msg = self._grads.take("grads", self._step + 1, self._matrices(own), self._alive,
@@ -292,7 +314,7 @@ class Recorder:
         if self._heads is not None:
             values.update(self._heads.step())
         self._send(Scalars(self._step, values))
-        if self._writer is None and not self._closed:
+        if not self._opened and not self._closed:
             self._open_file(self._probe_state(optimizer))
         if scheduled:
             self._snapshot(self._step, norms="update")
@@ -330,12 +352,18 @@ class Recorder:
         self._hooks.clear()
         atexit.unregister(self._close_at_exit)
         try:
-            # the final weights matter most: keep them even when the schedule skipped them
-            if status == "complete" and self._step > self._last_snapshot and self._alive():
+            if status == "complete":  # norms a strategy still holds (sharded: since the last snapshot)
+                self._send(self._norms.finish(self._alive))
+            # the final weights matter most: keep them even when the schedule skipped them (a
+            # sharded run gathers them whatever rank 0's writer does: the other ranks join)
+            if (status == "complete" and self._step > self._last_snapshot
+                    and (self._alive() or self._gather.sharded)):
                 self._snapshot(self._step)
             # optimizer state was asked for but no step ever ran: the file is created now; but a
-            # resume whose file never opened (refused) leaves the old recording as it was
-            if self._writer is None and not (self.resume and self.path.exists()):
+            # resume whose file never opened (refused) leaves the old recording as it was, and a
+            # sharded run that failed writes no file (creating it gathers W0: a dead rank never joins)
+            if (not self._opened and not (self.resume and self.path.exists())
+                    and (status == "complete" or not self._gather.sharded)):
                 self._open_file({})
         finally:
             self._closed = True
@@ -369,7 +397,11 @@ class Recorder:
             raise UsageError("the Recorder is closed; open a new one to record another run")
 
     def _send(self, msg: Any) -> None:
-        if msg is None:  # a strategy with nothing to send
+        if msg is None or not self._gather.writes:  # nothing to send, or a rank that does not write
+            return
+        if isinstance(msg, list):  # a strategy's several messages (sharded norms: one per step)
+            for one in msg:
+                self._send(one)
             return
         if self._held is not None:  # inside on_optimizer_step: sent when its copies are made
             self._held.append(msg)
@@ -385,13 +417,17 @@ class Recorder:
     def _snapshot(self, step: int, norms: str = "") -> None:
         """Captures the weights; ``norms`` ("baseline"/"update") also makes this copy the
         writer's update-norm reference where that path is on."""
-        if self._magnitudes is not None:  # sent first: the snapshot's commit then covers it
-            with torch.no_grad():
-                self._send(self._magnitudes.take(
-                    "magnitudes", step, [p.magnitude.detach().reshape(-1) for p in self._dora], self._alive))
-        msg = self._weights.take("weights", step, self._matrices([t.detach() for t in self._params]),
-                                 self._alive, micro_step=self._micro, norms=self._norms.snapshot_role(norms))
         self._last_snapshot = step
+        magnitudes = self._gather.weights([p.magnitude for p in self._dora]) if self._dora else None
+        weights = self._gather.weights(self._params)
+        if weights is None:  # a rank of a sharded run: it joined the gathers, rank 0 records
+            return
+        if magnitudes is not None:  # sent first: the snapshot's commit then covers it
+            with torch.no_grad():
+                self._send(self._magnitudes.take("magnitudes", step, [m.reshape(-1) for m in magnitudes],
+                                                 self._alive))
+        msg = self._weights.take("weights", step, self._matrices(weights), self._alive,
+                                 micro_step=self._micro, norms=self._norms.snapshot_role(norms))
         msg.time = time.perf_counter() - self._t0  # once the copy is made, as the file's times mean
         self._send(msg)
 
@@ -405,34 +441,35 @@ class Recorder:
                 "record.optimizer_state needs the optimizer: pass it to Recorder.start(optimizer) "
                 "or to on_optimizer_step(..., optimizer=optimizer)"
             )
-        layout: dict[int, dict[str, list[tuple[str, tuple[int, ...]]]]] = {}
-        self._state_keys = []
-        for i, pair in enumerate(self.pairs.values()):
-            layout[i] = {}
-            for matrix, param in (("A", pair.A), ("B", pair.B)):
-                state = optimizer.state.get(param, {})
-                # 0-d entries (the step count) are already in /state_snapshots/step
-                keys = sorted(k for k, v in state.items()
-                              if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0)
-                if keys:
-                    layout[i][matrix] = [(k, tuple(_state_view(pair, param, state[k]).shape))
-                                         for k in keys]
-                    self._state_keys.extend((pair, param, k) for k in keys)
+        found = [(i, matrix, pair, param, key) for i, pair in enumerate(self.pairs.values())
+                 for matrix, param in (("A", pair.A), ("B", pair.B))
+                 for key in self._gather.state_keys(optimizer, param)]
+        self._state_keys = [(pair, param, key) for _, _, pair, param, key in found]
+        # the stored shapes, read from the whole tensors (once; a gather when sharded)
+        whole = self._gather.state(optimizer, [(param, key) for _, _, _, param, key in found])
+        layout: dict[int, dict[str, list[tuple[str, tuple[int, ...]]]]] = {i: {} for i in range(len(self.pairs))}
+        for (i, matrix, pair, param, key), tensor in zip(found, whole or []):
+            shape = tuple(_state_view(pair, self._gather.shape(param), tensor).shape)
+            layout[i].setdefault(matrix, []).append((key, shape))
         shapes = [s for m in layout.values() for entries in m.values() for _, s in entries]
-        self._state = Channel(shapes, torch.float32, self.device, self.config.queue_size) if shapes else None
+        self._state = (Channel(shapes, torch.float32, self.device, self.config.queue_size)
+                       if shapes and self._gather.writes else None)
         return layout
 
     def _capture_state(self, optimizer) -> None:
-        if self._state is None or optimizer is None:
+        if not self._state_keys or optimizer is None:
             return
         try:
-            tensors = [_state_view(pair, param, optimizer.state[param][key].detach())
-                       for pair, param, key in self._state_keys]
+            whole = self._gather.state(optimizer, [(param, key) for _, param, key in self._state_keys])
         except KeyError as exc:
             raise RecordingError(
                 f"the optimizer's state lost the entry {exc} it had after the first step; record "
                 "this optimizer with record.optimizer_state off"
             ) from None
+        if whole is None:  # a rank of a sharded run: it joined the gather, rank 0 records
+            return
+        tensors = [_state_view(pair, self._gather.shape(param), t)
+                   for (pair, param, _), t in zip(self._state_keys, whole)]
         with torch.no_grad():
             self._send(self._state.take("state", self._step, tensors, self._alive))
 
@@ -449,8 +486,10 @@ class Recorder:
         }
         w0 = None
         if self.config.base_weights or pair.magnitude is not None:  # DoRA's ΔW needs W0
-            w0 = pair.base_weight().detach().to("cpu", torch.float32).numpy()
-        magnitude = 0 if pair.magnitude is None else pair.magnitude.numel()
+            # once, one module at a time; under sharding a gather that every rank joins
+            weight = self._gather.base_weight(pair)
+            w0 = weight.numpy() if weight is not None else None
+        magnitude = 0 if pair.magnitude is None else math.prod(self._gather.shape(pair.magnitude))
         return ModuleSpec(pair.name, attrs, pair.a_shape, pair.b_shape, w0=w0, state=state,
                           magnitude=magnitude)
 
@@ -480,6 +519,9 @@ class Recorder:
             columns += [name for name in lr_names(self._optimizer) if name not in columns]
         modules = [self._module_spec(i, p, state_layout.get(i, {}))
                    for i, p in enumerate(self.pairs.values())]
+        self._opened = True
+        if not self._gather.writes:  # it joined the gathers of W0; rank 0 writes the file
+            return
         layout = FileLayout(root, modules, cfg.dtype, cfg.compression, cfg.grads,
                             cfg.optimizer_state, tuple(columns))
         if resume_step is None:
@@ -511,10 +553,10 @@ class Recorder:
             pass
 
 
-def _state_view(pair: LoraPair, param: torch.Tensor, tensor: torch.Tensor) -> torch.Tensor:
-    """An optimizer-state tensor shaped like its parameter, seen as the recorded matrix; other
-    shapes (Adafactor's factored rows and columns) as they are."""
-    return pair.as_matrix(tensor) if tensor.shape == param.shape else tensor
+def _state_view(pair: LoraPair, param_shape: tuple[int, ...], tensor: torch.Tensor) -> torch.Tensor:
+    """An optimizer-state tensor shaped like its parameter (``param_shape``, whole), seen as the
+    recorded matrix; other shapes (Adafactor's factored rows and columns) as they are."""
+    return pair.as_matrix(tensor) if tuple(tensor.shape) == tuple(param_shape) else tensor
 
 
 class NullRecorder:

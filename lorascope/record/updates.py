@@ -123,6 +123,9 @@ class NormsOnHost:
         """The update of optimizer step ``step``; None when that step's snapshot carries it."""
         return None if snapshotted else self._copy(step, "update", alive)
 
+    def finish(self, alive: Callable[[], bool]) -> None:
+        return None  # every step's norms were sent as it ended
+
     def _copy(self, step: int, role: str, alive: Callable[[], bool]) -> Capture:
         with torch.no_grad():
             return self._weights.take("weights", step, self._as_matrices([t.detach() for t in self._params]),
@@ -158,6 +161,9 @@ class NormsOnDevice:
         norms = self._norms.update(self._params)
         with torch.no_grad():
             return self._rows.take("norms", step, [norms], alive)
+
+    def finish(self, alive: Callable[[], bool]) -> None:
+        return None  # every step's norms were sent as it ended
 
 
 # "auto": by the parameters' device: on CPU the host path (the training thread only copies),

@@ -67,12 +67,14 @@ def build_report(
     title: str | None = None,
     progress: Progress | None = None,
     workers: int = 1,
+    scheduler: str | None = None,
 ) -> Path:
     """Writes `out_dir/index.html` and its PNGs for one or more recordings (Recording objects or
     paths) and returns the page's path. Only modules every recording has are shown; `modules`
     is a glob over their names and `max_modules` caps how many are drawn. `workers` > 1: that
     many processes draw modules side by side (see render.py: on this project's shared 2-core
-    machine it did not pay, so one process drawing here is the default)."""
+    machine it did not pay, so one process drawing here is the default). `scheduler`: the address
+    of a Dask scheduler whose workers draw the modules instead (docs/scale.md)."""
     if max_modules < 1:
         raise UsageError(f"--max-modules must be at least 1 (got {max_modules})")
     if bins < 2:
@@ -118,8 +120,8 @@ def build_report(
         tick(1, total, "training curves")
         seeds = seed_view(recs, out, canvas)  # empty unless some runs differ only by seed
         results: list[ModuleResult | None] = [None] * len(shown)
-        for i, result in render_modules(recs, shown, plan, workers=workers,
-                                        canvas=canvas, on_done=lambda done, name: tick(1 + done, total, name)):
+        for i, result in render_modules(recs, shown, plan, workers=workers, canvas=canvas, scheduler=scheduler,
+                                        on_done=lambda done, name: tick(1 + done, total, name)):
             results[i] = result
         # the run-level findings (the loss); each module's come with its result
         warnings: dict[str, list[str]] = {r.run_name: [] for r in recs}

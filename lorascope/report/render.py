@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from lorascope.analysis import Options
+from lorascope.errors import UsageError
 from lorascope.outputs import OutputGuard
 from lorascope.report import MODULE_FIGURES
 from lorascope.report.canvas import Canvas
@@ -110,10 +111,16 @@ def render_modules(
     workers: int,
     canvas: Canvas,
     on_done: Callable[[int, str], None] = lambda done, name: None,
+    scheduler: str | None = None,
 ) -> Iterator[tuple[int, ModuleResult]]:
     """(index, result) for every module in `names`, in the order they finish; `on_done(done,
     name)` after each. Uses up to `workers` processes when there are enough modules and every
-    recording is a complete file; otherwise draws here, on `canvas`."""
+    recording is a complete file; otherwise draws here, on `canvas`. `scheduler`: one task per
+    module on that Dask cluster instead, each opening the recordings by path and writing its
+    PNGs into the report's folder (which the workers must see, as they see the recordings)."""
+    if scheduler is not None:
+        yield from _on_cluster(scheduler, recs, names, plan, on_done)
+        return
     workers = min(workers, len(names) // MIN_MODULES_PER_WORKER)
     paths = _recording_paths(recs) if workers > 1 else None
     if paths is None:
@@ -144,6 +151,35 @@ def render_modules(
             finished.add(i)
             yield i, render_module(recs, name, i, plan, canvas)
             on_done(len(finished), name)
+
+
+def _on_cluster(address: str, recs: Sequence[Any], names: Sequence[str], plan: RenderPlan,
+                on_done: Callable[[int, str], None]) -> Iterator[tuple[int, ModuleResult]]:
+    from lorascope.cluster import run_tasks
+
+    paths = _recording_paths(recs)
+    if paths is None:
+        raise UsageError("a report drawn on a Dask cluster needs finished recordings opened from files: "
+                         "the workers open each file by its path")
+    run_names = [r.run_name for r in recs]
+    done = [0]
+
+    def finished(i: int, result: ModuleResult) -> None:
+        done[0] += 1
+        on_done(done[0], names[i])
+
+    results = run_tasks(address, _render_task, [(paths, run_names, plan, i, name) for i, name in enumerate(names)],
+                        finished)
+    yield from enumerate(results)
+
+
+def _render_task(paths: list[Path], run_names: list[str], plan: RenderPlan, index: int, name: str) -> ModuleResult:
+    """On a Dask worker: one module, the recordings opened here and closed after it."""
+    import lorascope
+
+    with ExitStack() as stack:
+        recs = [NamedRecording(stack.enter_context(lorascope.open(p)), n) for p, n in zip(paths, run_names)]
+        return render_module(recs, name, index, plan, Canvas())
 
 
 _WORKER: dict[str, Any] = {}

@@ -19,7 +19,9 @@ import torch
 import lorascope
 from lorascope.train.amp import resolve_device, resolve_precision
 from lorascope.config import RunConfig, config_to_dict
-from lorascope.train.distributed import init_distributed, shard_batches, shutdown, wrap_model
+from lorascope.train.distributed import (
+    PARALLEL, full_trainable_state, init_distributed, shard_batches, shutdown, wrap_model,
+)
 from lorascope.errors import LorascopeError, UsageError
 from lorascope.outputs import OutputLock, side_files
 from lorascope.runs.resume import check_resume
@@ -139,6 +141,12 @@ def _run(cfg: RunConfig, output: Path, dist_info, device: torch.device, resume: 
 
     side = side_files(output)
     adapters_path, state_path = side.adapters, side.state
+    # FSDP2 turns the parameters into shards: every rank then records (joining the gathers),
+    # and reading the adapters whole is a collective
+    parallel = PARALLEL.get(cfg.parallel)  # an unknown name fails here, listing the known ones
+    sharded = dist_info.enabled and parallel.shards_parameters
+    if sharded and resume:
+        raise UsageError(f"--resume is not supported with parallel = {cfg.parallel}; start a new run")
     seed_everything(cfg.seed)
     precision = resolve_precision(cfg.amp, device)
 
@@ -151,6 +159,8 @@ def _run(cfg: RunConfig, output: Path, dist_info, device: torch.device, resume: 
         add_lora(model, cfg.lora)
         heads = _train_new_head(model, cfg)
     model.to(device)
+    if sharded:  # before the optimizer is built: it must hold the sharded parameters
+        model = wrap_model(model, dist_info, device, cfg.parallel)
     data = build_data(cfg.data, tokenizer, seed=cfg.seed, task=cfg.data.task)
     optimizer = build_optimizer(model, cfg.optim)
     scheduler = build_schedule(optimizer, cfg.optim, cfg.optim.steps)
@@ -166,25 +176,28 @@ def _run(cfg: RunConfig, output: Path, dist_info, device: torch.device, resume: 
         if state.step > cfg.optim.steps or (state.step == cfg.optim.steps and (finished or not output.exists())):
             raise UsageError(f"{output} already reached step {state.step} of {cfg.optim.steps}; raise --steps to train further")
     first_step = state.step
-    train_model = wrap_model(model, dist_info, device)
+    train_model = model if sharded else wrap_model(model, dist_info, device, cfg.parallel)
 
     recorder = None
     if cfg.head_only:
         log("head-only run: there is no LoRA to record; the adapters file keeps the trained head")
-    elif dist_info.is_main:  # only rank 0 records
+    elif dist_info.is_main or sharded:  # rank 0 records; under FSDP the other ranks join its gathers
         recorder = Recorder(
             output, model, config=cfg.record, run_name=cfg.run_name(), run_config=config_to_dict(cfg),
             environment=environment(device, precision.mode, dist_info.world_size, model),
             total_steps=cfg.optim.steps, resume=resume, heads=heads,
         )
-        planned = recorder.estimate_bytes(cfg.optim.grad_accum)
-        # resuming writes a fresh copy of the old file beside it before replacing it
-        _check_space(output, planned + (output.stat().st_size if resume and output.exists() else 0))
-        log(f"recording {len(recorder.modules)} modules to {output} (about {planned / 2**20:.1f} MiB)")
+        if dist_info.is_main:
+            planned = recorder.estimate_bytes(cfg.optim.grad_accum)
+            # resuming writes a fresh copy of the old file beside it before replacing it
+            _check_space(output, planned + (output.stat().st_size if resume and output.exists() else 0))
+            log(f"recording {len(recorder.modules)} modules to {output} (about {planned / 2**20:.1f} MiB)")
 
     status = "failed"
     result = None
     final_eval: dict[str, float] = {}
+    samples: list[tuple[str, str]] = []
+    wants_samples = cfg.data.task != "classification" and cfg.generate_samples > 0
     try:
         if recorder is not None:
             recorder.start(optimizer=optimizer, step=state.step)
@@ -206,6 +219,10 @@ def _run(cfg: RunConfig, output: Path, dist_info, device: torch.device, resume: 
             recorder.log_eval(result.state.step, final_eval)
         # stopped in the final evaluation: every step is in, but the run did not finish
         result.interrupted = result.interrupted or (stop.requested and not final_eval)
+        if sharded and wants_samples and not result.interrupted:
+            # every rank generates alike, while the process group is up: each forward gathers
+            # weights from all of them
+            samples = _samples(model, tokenizer, data, cfg.generate_samples, device, keep=dist_info.is_main)
         status = "interrupted" if result.interrupted else "complete"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -213,28 +230,36 @@ def _run(cfg: RunConfig, output: Path, dist_info, device: torch.device, resume: 
     finally:
         with stop.protect():  # a signal now waits for the file and the checkpoint to be whole
             saves = None
+            # a sharded model's adapters are gathered on every rank first; not after a failure,
+            # when a rank may be gone and the gather would wait for it
+            whole = full_trainable_state(model) if sharded and status != "failed" else None
             # a resume that took no step (refused as the file opened, or stopped in setup) keeps
             # the checkpoint it started from: it still matches the recording
-            if dist_info.is_main and (state.step > first_step or not resume):
-                saves = (lambda: _save_adapters(model, adapters_path, save_adapters),
-                         lambda: _save_state(state_path, state, optimizer, scheduler, scaler), state_path)
+            if dist_info.is_main and (whole is not None or not sharded) and (state.step > first_step or not resume):
+                # a sharded run cannot resume: no trainer state is kept, and none of an older run
+                save_state = ((lambda: state_path.unlink(missing_ok=True)) if sharded else
+                              (lambda: _save_state(state_path, state, optimizer, scheduler, scaler)))
+                saves = (lambda: _save_adapters(model, adapters_path, save_adapters, whole), save_state, state_path)
             failure = _close_and_save(recorder, status, saves)
             shutdown(dist_info)
     if failure is not None:  # reached only when nothing else is on its way out
         raise failure
 
-    samples = []
-    if (cfg.data.task != "classification" and cfg.generate_samples > 0 and not result.interrupted
-            and not stop.requested and dist_info.is_main):
-        pairs = data.sample_pairs(cfg.generate_samples)
-        generated = generate_samples(model, tokenizer, [prompt for prompt, _ in pairs], device)
-        samples = [(reference, text) for (_, reference), text in zip(pairs, generated)]
+    if not sharded and wants_samples and not result.interrupted and not stop.requested and dist_info.is_main:
+        samples = _samples(model, tokenizer, data, cfg.generate_samples, device, keep=True)
     return RunSummary(
         recording=output, adapters=adapters_path, steps=result.state.step, interrupted=result.interrupted,
         final_loss=result.losses[-1] if result.losses else float("nan"), eval=final_eval, samples=samples,
         wall_time=result.wall_time, recording_bytes=output.stat().st_size if output.exists() else 0,
         stop_signal=stop.signum if result.interrupted else None,
     )
+
+
+def _samples(model, tokenizer, data, n: int, device: torch.device, keep: bool) -> list[tuple[str, str]]:
+    """``n`` (reference, generated) pairs from validation prompts; [] unless ``keep``."""
+    pairs = data.sample_pairs(n)
+    generated = generate_samples(model, tokenizer, [prompt for prompt, _ in pairs], device)
+    return [(reference, text) for (_, reference), text in zip(pairs, generated)] if keep else []
 
 
 def _close_and_save(recorder, status: str, saves) -> LorascopeError | None:
@@ -296,8 +321,8 @@ def _free_space(folder: Path) -> str:
         return "free space unknown"
 
 
-def _save_adapters(model: torch.nn.Module, path: Path, save_adapters) -> None:
-    _write_atomically(path, lambda tmp: save_adapters(model, tmp), "adapters")
+def _save_adapters(model: torch.nn.Module, path: Path, save_adapters, values: dict | None = None) -> None:
+    _write_atomically(path, lambda tmp: save_adapters(model, tmp, values), "adapters")
 
 
 def _train_head_only(model: torch.nn.Module) -> None:
