@@ -56,3 +56,28 @@ def test_the_snapshot_count_is_arithmetic_not_a_list():
         assert schedule.steps(total) == listed and schedule.snapshot_count(total) == len(listed)
     assert EveryN(1, 0).snapshot_count(10**9) == 10**9 + 1  # instant: no list of a billion steps
     assert LogSpaced(10, 1000).snapshot_count(1000) == len(LogSpaced(10, 1000).steps(1000))
+
+
+@pytest.mark.parametrize("command", ["report", "analyze"])
+def test_a_bin_count_beyond_what_a_figure_shows_is_refused_with_its_memory(tmp_path, command):
+    """`report --bins 100000000` ran out of memory; it is refused with the figure it would need,
+    before any file is read whole."""
+    import resource
+
+    from typer.testing import CliRunner
+
+    from lorascope.analysis.options import MAX_BINS
+    from lorascope.cli import app
+    from tests.h5_fakes import write_recording
+
+    path = write_recording(tmp_path / "rec.h5").path
+    out = tmp_path / ("report" if command == "report" else "t.csv")
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    result = CliRunner().invoke(app, [command, str(path), "-o", str(out), "--bins", "100000000"])
+    assert result.exit_code == 2, result.output
+    assert "GiB per module" in result.output and f"at most {MAX_BINS:,}" in result.output
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 200_000  # KiB: nothing allocated for it
+    ok_out = tmp_path / ("ok" if command == "report" else "ok.csv")
+    ok = CliRunner().invoke(app, [command, str(path), "-o", str(ok_out), "--bins", str(MAX_BINS)]
+                            + (["--max-modules", "1"] if command == "report" else []))
+    assert ok.exit_code == 0, ok.output

@@ -8,9 +8,14 @@ from lorascope.analysis.health import Thresholds
 from lorascope.analysis.stats import DEFAULT_QUANTILES
 from lorascope.errors import UsageError
 
-__all__ = ["KEYS", "Options"]
+__all__ = ["KEYS", "MAX_BINS", "Options"]
 
 KEYS = ["run", "module", "layer", "role", "matrix", "step"]
+
+
+# More bins than a histogram panel has pixels (or a LoRA matrix has entries) show nothing more;
+# 2**14 of them keep a module's counts near 40 MiB at 100 snapshots.
+MAX_BINS = 1 << 14
 
 
 @dataclass(frozen=True)
@@ -52,6 +57,13 @@ class Options:
             raise UsageError(f"workers must be at least 1, got {self.workers}")
         if self.bins < 1:
             raise UsageError(f"the number of histogram bins must be at least 1, got {self.bins}")
+        if self.bins > MAX_BINS:
+            counts = self.bins * 8 * 3 * (self.max_steps or 100)  # int64 counts of A, B and ΔW per snapshot
+            raise UsageError(
+                f"{self.bins:,} histogram bins would take {counts / 2**30:,.1f} GiB per module and run "
+                f"({self.max_steps or 100} snapshots of A, B and ΔW), and no figure shows more bins than "
+                f"it has pixels; use at most {MAX_BINS:,}"
+            )
         if self.read_steps is not None and self.read_steps < 2:
             raise UsageError(f"read_steps must be at least 2 (the first and the last snapshot), got {self.read_steps}")
         if self.intruder_k < 1:
