@@ -56,7 +56,8 @@ def _sweep_run(tmp_path, **overrides):
     return base, planned
 
 
-def test_a_finished_run_is_skipped_only_when_its_config_is_this_runs(tmp_path, monkeypatch):
+def _fake_session(monkeypatch) -> list[str]:
+    """Replaces training by writing a stand-in file; returns the names of the runs started."""
     started: list[str] = []
 
     def fake_run(cfg, log=print, **kwargs):
@@ -65,6 +66,11 @@ def test_a_finished_run_is_skipped_only_when_its_config_is_this_runs(tmp_path, m
         return session.RunSummary(cfg.output_path(), cfg.output_path(), 1, False, 0.5)
 
     monkeypatch.setattr(session, "run", fake_run)
+    return started
+
+
+def test_a_finished_run_is_skipped_only_when_its_config_is_this_runs(tmp_path, monkeypatch):
+    started = _fake_session(monkeypatch)
     base, planned = _sweep_run(tmp_path, **{"optim.steps": 20})
     planned.path.parent.mkdir(parents=True)
     write_recording(planned.path, config=config_to_dict(planned.config))
@@ -80,14 +86,7 @@ def test_a_finished_run_is_skipped_only_when_its_config_is_this_runs(tmp_path, m
 
 
 def test_an_interrupted_run_of_another_config_is_redone(tmp_path, monkeypatch):
-    started: list[str] = []
-
-    def fake_run(cfg, log=print, **kwargs):
-        started.append(cfg.name)
-        cfg.output_path().write_bytes(b"new")
-        return session.RunSummary(cfg.output_path(), cfg.output_path(), 1, False, 0.5)
-
-    monkeypatch.setattr(session, "run", fake_run)
+    started = _fake_session(monkeypatch)
     base, planned = _sweep_run(tmp_path)
     planned.path.parent.mkdir(parents=True)
     write_recording(planned.path, config={"seed": 1}, status="interrupted")
