@@ -31,13 +31,15 @@ def _lora_layers(model) -> list[str]:
             and any(a in m.r for a in m.active_adapters)]
 
 
-def _plain_loop(case, path):
-    """The README's "Recording from your own loop", with the case's model and data."""
+def _plain_loop(case, path, config: RecordConfig | None = None):
+    """The README's "Recording from your own loop", with the case's model and data (W0 recorded
+    unless `config` says otherwise)."""
     from lorascope.record import Recorder
 
     model = case.model.train()
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    with Recorder(path, model, RecordConfig(every=1, base_weights=True), total_steps=STEPS) as rec:
+    config = config or RecordConfig(every=1, base_weights=True)
+    with Recorder(path, model, config, total_steps=STEPS) as rec:
         rec.start(optimizer)
         for step in range(1, STEPS + 1):
             out = model(**case.batch(step))
@@ -93,17 +95,8 @@ def test_recorded_delta_w_is_peft_delta_w(case_name, recorder, tmp_path):
 def test_dora_stores_magnitude_and_w0_and_is_format_v2(tmp_path):
     case = CASES["dora"]()
     path = tmp_path / "dora.h5"
-    model = case.model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
-    from lorascope.record import Recorder
-
-    with Recorder(path, model, RecordConfig(every=1)) as rec:  # base_weights off
-        rec.start(optimizer)
-        for step in range(1, STEPS + 1):
-            model(**case.batch(step))["loss"].backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            rec.on_optimizer_step(step, {})
+    model = case.model
+    _plain_loop(case, path, RecordConfig(every=1))  # base_weights off: DoRA keeps W0 anyway
     with lorascope.open(path) as rec:
         assert rec.format_version == 2
         q = rec.modules["base_model.model.model.layers.0.self_attn.q_proj"]

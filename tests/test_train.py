@@ -3,23 +3,19 @@ step does must be exactly what the loop's contract says."""
 from __future__ import annotations
 
 import copy
+import functools
 import math
 
 import torch
 
 from lorascope.train.amp import resolve_precision
 from lorascope.train.loop import LoopState, StopOnSignal, train_loop
+from tests.amp_helpers import lm_batches
 
 CPU = torch.device("cpu")
 
 
-def batches(n, batch_size=4, length=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    out = []
-    for _ in range(n):
-        ids = torch.randint(0, 128, (batch_size, length), generator=g)
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
-    return out
+batches = functools.partial(lm_batches, length=8)
 
 
 class Hooks:
