@@ -25,16 +25,22 @@ ARGS = ["record", "--model", "tiny-llama", "--task", "causal_lm", "--steps", "3"
 FULL = ["--set", "record.grads=true", "--set", "record.optimizer_state=true", "--set", "record.base_weights=true"]
 
 
-def run(cmd, cwd):
+def run(cmd, cwd) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=400)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done
 
 
 def torchrun(*args: str) -> list[str]:
     # --standalone: a free port of its own, so that parallel runs of the suite never collide
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
             str(ROOT / "cli.py"), *args]
+
+
+def assert_one_voice(done: subprocess.CompletedProcess) -> None:
+    """Rank 0 alone prints the run's outcome."""
+    assert done.stdout.count("next: lorascope report") == 1, done.stdout
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +62,7 @@ def assert_same_weights(one, two, atol: float, rtol: float) -> None:
 @pytest.mark.slow
 def test_two_processes_record_what_one_process_records(tmp_path, single):
     ddp = tmp_path / "ddp.h5"
-    run(torchrun(*ARGS, "-o", str(ddp)), tmp_path)
+    assert_one_voice(run(torchrun(*ARGS, "-o", str(ddp)), tmp_path))
     with lorascope.open(single) as one, lorascope.open(ddp) as two:
         assert_same_weights(one, two, atol=2e-6, rtol=1e-4)
     assert sorted(p.name for p in tmp_path.glob("ddp*")) == ["ddp.adapters.safetensors", "ddp.h5", "ddp.state.pt"]
@@ -67,7 +73,7 @@ def test_fsdp2_training_records_what_one_process_records(tmp_path, single):
     from safetensors.numpy import load_file
 
     fsdp = tmp_path / "fsdp.h5"
-    run(torchrun(*ARGS, *FULL, "--set", "parallel=fsdp", "-o", str(fsdp)), tmp_path)
+    assert_one_voice(run(torchrun(*ARGS, *FULL, "--set", "parallel=fsdp", "-o", str(fsdp)), tmp_path))
     with lorascope.open(single) as one, lorascope.open(fsdp) as two:
         assert_same_weights(one, two, atol=1e-5, rtol=1e-5)
         np.testing.assert_allclose(two.scalars["grad_norm"], one.scalars["grad_norm"], rtol=1e-5)
@@ -86,3 +92,33 @@ def test_fsdp2_training_records_what_one_process_records(tmp_path, single):
     assert sorted(saved) == sorted(reference)
     for key, value in reference.items():
         np.testing.assert_allclose(saved[key], value, atol=1e-5, rtol=1e-5)
+
+
+class _Exited(Exception):
+    pass
+
+
+@pytest.mark.parametrize("outcome, code, printed", [(None, 0, ""), (0, 0, ""), (2, 2, ""), ("error: bad", 1, "error: bad\n")])
+def test_a_torchrun_process_ends_without_interpreter_shutdown(monkeypatch, capsys, outcome, code, printed):
+    """Under torchrun (WORLD_SIZE > 1) the command line ends with os._exit and the exit code the
+    command gave, its output flushed; alone, it returns as any program does."""
+    import lorascope.cli as cli
+
+    def app():
+        print("done")
+        raise SystemExit(outcome)
+
+    def exit_now(status):
+        raise _Exited(status)
+
+    monkeypatch.setattr(cli, "app", app)
+    monkeypatch.setattr(os, "_exit", exit_now)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(_Exited) as ended:
+        cli.main()
+    assert ended.value.args == (code,)
+    out = capsys.readouterr()
+    assert out.out == "done\n" and out.err == printed
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    with pytest.raises(SystemExit):
+        cli.main()

@@ -86,6 +86,15 @@ def record(
     cfg = build_config(base, set_ or [], {k: v.value if isinstance(v, Enum) else v for k, v in flags.items()})
     summary = run(cfg, resume=resume, log=lambda line: typer.echo(line, err=True))
 
+    if summary.speaks:
+        _print_outcome(summary)
+    if summary.interrupted:
+        # the shell's convention for a command stopped by a signal (130 for Ctrl-C, 143 for
+        # SIGTERM): `lorascope record ... && lorascope report ...` does not go on with half a run
+        raise typer.Exit(128 + (summary.stop_signal or signal.SIGINT))
+
+
+def _print_outcome(summary) -> None:
     state = "interrupted at" if summary.interrupted else "finished"
     typer.echo(f"{state} step {summary.steps} in {summary.wall_time:.1f} s, final loss {summary.final_loss:.4f}")
     for key, value in summary.eval.items():
@@ -98,7 +107,3 @@ def record(
     typer.echo(f"adapters:  {summary.adapters}")
     if summary.recording_bytes:
         typer.echo(f"next: lorascope report {shlex.quote(str(summary.recording))}")  # pasteable as it is
-    if summary.interrupted:
-        # the shell's convention for a command stopped by a signal (130 for Ctrl-C, 143 for
-        # SIGTERM): `lorascope record ... && lorascope report ...` does not go on with half a run
-        raise typer.Exit(128 + (summary.stop_signal or signal.SIGINT))

@@ -44,6 +44,7 @@ class RunSummary:
     wall_time: float = 0.0
     recording_bytes: int = 0
     stop_signal: int | None = None  # the signal that stopped an interrupted run (SIGINT, SIGTERM, SIGHUP)
+    speaks: bool = True  # rank 0 (or the only process): the one that prints the run's outcome
 
 
 def seed_everything(seed: int) -> None:
@@ -251,7 +252,7 @@ def _run(cfg: RunConfig, output: Path, dist_info, device: torch.device, resume: 
         recording=output, adapters=adapters_path, steps=result.state.step, interrupted=result.interrupted,
         final_loss=result.losses[-1] if result.losses else float("nan"), eval=final_eval, samples=samples,
         wall_time=result.wall_time, recording_bytes=output.stat().st_size if output.exists() else 0,
-        stop_signal=stop.signum if result.interrupted else None,
+        stop_signal=stop.signum if result.interrupted else None, speaks=dist_info.is_main,
     )
 
 
