@@ -130,14 +130,18 @@ def wall_time(rec: Any) -> float:
     return final_value(rec.scalar_columns, "time")
 
 
-def runs_table(recordings: Sequence[Any]) -> pd.DataFrame:
-    """One column per run, one row per quantity compared; config rows are the differences only."""
+def runs_table(recordings: Sequence[Any], labels: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """One column per run, one row per quantity compared; config rows are the differences only.
+    With `labels` (run name → the short name figures give it), they are the first row, so that
+    a legend's label leads to the run's full name."""
     import pandas as pd
 
     names = [r.run_name for r in recordings]
     flats = [flatten_config(r.config or {}) for r in recordings]
     scalars = [r.scalar_columns for r in recordings]
     rows: dict[str, list[Any]] = {}
+    if labels:
+        rows["label in figures"] = [labels.get(n, n) for n in names]
     for key in config_differences([r.config or {} for r in recordings]):
         rows[key] = [_display(f.get(key, "—")) for f in flats]
     rows["status"] = [r.status for r in recordings]
