@@ -14,6 +14,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
+from lorascope.analysis.labels import run_labels
 from lorascope.analysis.overview import eval_columns
 from lorascope.analysis.seeds import SeedGroup, has_seed_groups, seed_curves, seed_groups, seed_summary
 from lorascope.report import figures
@@ -75,6 +76,14 @@ def summary_cells(summary: pd.DataFrame, groups: Sequence[SeedGroup]) -> pd.Data
     return table.reindex(columns=[header[g.label] for g in groups])
 
 
+def _group_labels(recs: Sequence[Any], groups: Sequence[SeedGroup]) -> list[str]:
+    """Each group's legend label: what differs between the groups' configs, the seed aside."""
+    config = {r.run_name: r.config or {} for r in recs}
+    firsts = [{**config[g.runs[0]], "seed": None} for g in groups]
+    labels = run_labels([g.label for g in groups], firsts)
+    return [labels[g.label] for g in groups]
+
+
 def seed_view(recs: Sequence[Any], out: Path, canvas: Canvas) -> SeedView:
     """The figure, its CSV and the summary table when some runs differ only by seed; an empty
     view otherwise."""
@@ -94,7 +103,7 @@ def seed_view(recs: Sequence[Any], out: Path, canvas: Canvas) -> SeedView:
         else:
             plot_band(ax, tables[column], colors, ylabel=label, title=label)
     panels.figure.suptitle("Training across seeds: mean, min–max band")
-    legend = {f"{g.label} ×{len(g.runs)}": colors[g.label] for g in groups}
+    legend = {f"{short} ×{len(g.runs)}": colors[g.label] for g, short in zip(groups, _group_labels(recs, groups))}
     figure = save_figure(FigureContext(out, canvas, legend), panels, "training_seeds.png",
                          "Loss and evaluation metrics over optimizer steps: each group's mean across "
                          "its seeds, with the min–max band (error bars at evaluation points); data in "
