@@ -25,7 +25,7 @@ from lorascope.analysis.overview import runs_table
 from lorascope.analysis.stats import run_edges
 from lorascope.report import MODULE_FIGURES, figures
 from lorascope.report.build import _training_figures, split_evaluations
-from lorascope.report.canvas import SLIDE_IN, Canvas, columns_that_fit, figure_width
+from lorascope.report.canvas import MIN_PANEL_IN, SLIDE_IN, Canvas, columns_that_fit, figure_width
 from lorascope.report.html import Page, render_page
 from lorascope.report.module_figures import HISTOGRAM_PANEL, FigureContext, histogram_layout
 from lorascope.report.spectral_figures import final_similarity
@@ -240,7 +240,8 @@ def test_histogram_strips_wrap_within_a_slide(steps):
 def test_columns_that_fit_a_slide():
     assert columns_that_fit(12, 1.0) == 5  # never more than five in a row
     assert columns_that_fit(2, 1.0) == 2
-    assert columns_that_fit(4, 20.0) == 1  # a panel wider than a slide still gets a column
+    assert columns_that_fit(4, 20.0) == columns_that_fit(4, MIN_PANEL_IN) == 3  # wide panels are narrowed
+    assert columns_that_fit(1, 20.0) == 1
 
 
 # --- runs of different scales -----------------------------------------------------------------
@@ -313,3 +314,50 @@ def test_the_drawn_baseline_is_the_mean_phi_of_random_subspaces(tmp_path):
     assert sorted(drawn.colorbar_lines) == pytest.approx(sorted([6 / 24] * 2 + [6 / 16] * 2))  # edge + line
     assert drawn.xlabels == [f"random subspaces: φ ≈ {6 / 16:.3f} (line on the bar)",
                              f"random subspaces: φ ≈ {6 / 24:.3f} (line on the bar)"]
+
+
+def test_every_figure_fits_a_slide(tmp_path):
+    recs = [fake_recording(name, seed=k) for k, name in enumerate("abcd")]
+    drawn = _draw(recs, MODULE_FIGURES.names(), tmp_path)
+    canvas = RecordingCanvas()
+    _training_figures(recs, FigureContext(tmp_path, canvas, figures.run_colors(list("abcd"))))
+    drawn.update(canvas.drawn)
+    assert {name: figure.width for name, figure in drawn.items() if figure.width > SLIDE_IN + 1e-9} == {}
+    assert all(figure.grid[1] <= 5 for figure in drawn.values())
+
+
+# --- what a reader tripped on in the browser --------------------------------------------------
+
+def test_runs_with_the_same_curve_show_as_nested_lines():
+    ax = matplotlib.figure.Figure().subplots()
+    same = np.array([1.0, 2.0, 3.0])
+    figures.plot_series(ax, {r: (np.arange(3), same) for r in "abc"}, dict.fromkeys("abc", "#000000"), ylabel="y")
+    widths = [line.get_linewidth() for line in ax.get_lines()]
+    assert widths == sorted(widths, reverse=True) and len(set(widths)) == 3
+    ax = matplotlib.figure.Figure().subplots()
+    figures.plot_histogram_overlay(ax, np.arange(4.0), {r: np.array([1, 3, 1]) for r in "ab"},
+                                   dict.fromkeys("ab", "#000000"))
+    assert ax.get_lines()[0].get_linewidth() > ax.get_lines()[1].get_linewidth()
+
+
+def test_empty_panels_side_by_side_keep_their_messages_apart(tmp_path):
+    canvas = Canvas()
+    panels = canvas.grid(1, 3, panel=(3.6, 2.7), legend=True)
+    for ax in panels.flat(3):
+        figures.mark_empty(ax, "no W0 in the recording: record with --set record.base_weights=true")
+    canvas.save(panels, tmp_path / "empty.png")
+    renderer = panels.figure.canvas.get_renderer()
+    boxes = [ax.texts[0].get_window_extent(renderer) for ax in panels.axes.flat]
+    assert all(left.x1 < right.x0 for left, right in zip(boxes, boxes[1:]))
+
+
+def test_the_figure_title_clears_the_first_row_of_a_tall_figure(tmp_path):
+    canvas = Canvas()
+    panels = canvas.grid(4, 3, panel=(2.6, 2.3), legend=True)
+    for ax in panels.flat(12):
+        ax.set_title("a panel title", fontsize=10, y=1.0, pad=4)
+    panels.figure.suptitle("a module · LoRA B")
+    canvas.save(panels, tmp_path / "tall.png")
+    renderer = panels.figure.canvas.get_renderer()
+    title = panels.figure._suptitle.get_window_extent(renderer)
+    assert all(title.y0 > ax.title.get_window_extent(renderer).y1 for ax in panels.axes[0])

@@ -34,6 +34,7 @@ _LEGEND_IN = 2.2  # room right of the grid for the run legend (labels wrapped at
 # (1400 less its padding), so a figure no wider shows in the browser at its own size.
 SLIDE_IN = 13.33
 MAX_COLUMNS = 5  # panels in a row, at most: more and each is too small to read on a slide
+MIN_PANEL_IN = 2.6  # a panel is not narrowed below this to fit a slide: its tick labels would collide
 
 
 def figure_width(ncols: int, panel_width: float, *, colorbar: bool = False, legend: bool = False,
@@ -43,12 +44,24 @@ def figure_width(ncols: int, panel_width: float, *, colorbar: bool = False, lege
     return left + _RIGHT + ncols * panel_width + (ncols - 1) * _WSPACE_IN + extra
 
 
+def fitted_panel_width(ncols: int, panel_width: float, *, colorbar: bool = False, legend: bool = False,
+                       left: float = _LEFT) -> float:
+    """`panel_width`, narrowed (to `MIN_PANEL_IN` at the least) where `ncols` of them would make
+    the figure wider than a slide."""
+    if figure_width(ncols, panel_width, colorbar=colorbar, legend=legend, left=left) <= SLIDE_IN:
+        return panel_width
+    room = SLIDE_IN - figure_width(ncols, 0.0, colorbar=colorbar, legend=legend, left=left)
+    return max(room / ncols, min(panel_width, MIN_PANEL_IN))
+
+
 def columns_that_fit(count: int, panel_width: float, *, colorbar: bool = False, legend: bool = False,
                      left: float = _LEFT, most: int = MAX_COLUMNS) -> int:
-    """How many of `count` panels to put in a row: as many as fit a slide's width (`SLIDE_IN`), at
-    most `most`, at least one; the rest wrap to more rows."""
+    """How many of `count` panels to put in a row: as many as fit a slide's width (`SLIDE_IN`)
+    with panels narrowed no further than `MIN_PANEL_IN`, at most `most`, at least one; the rest
+    wrap to more rows."""
+    width = min(panel_width, MIN_PANEL_IN)
     fits = [n for n in range(1, min(count, most) + 1)
-            if figure_width(n, panel_width, colorbar=colorbar, legend=legend, left=left) <= SLIDE_IN]
+            if figure_width(n, width, colorbar=colorbar, legend=legend, left=left) <= SLIDE_IN]
     return max(fits, default=1)
 
 
@@ -114,6 +127,9 @@ class Canvas:
         colorbar and/or the run legend; `margins` = (left, bottom) in inches, wider for long
         tick labels. `share_x`: every panel's x axis is the same quantity (optimizer steps), so
         the panels share one range and only the bottom row is labelled."""
+        # as wide as asked where the figure fits a slide, narrower panels where it would not
+        width = fitted_panel_width(ncols, panel[0], colorbar=colorbar, legend=legend, left=margins[0])
+        panel = (width, panel[1])
         key = (nrows, ncols, panel, colorbar, legend, margins, share_x)
         panels = self._layouts.get(key)
         if panels is None:

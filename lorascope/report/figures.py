@@ -128,12 +128,15 @@ def plot_histogram_overlay(
     title: str = "",
     xlabel: str = "value",
 ) -> None:
-    """Histograms of several runs on the same bins, drawn as outlines so every run stays visible."""
-    for run, c in counts.items():
+    """Histograms of several runs on the same bins, drawn as outlines so every run stays visible:
+    the first run's widest, each later one narrower, so that runs with the same histogram (the
+    same init, before training moves them apart) show as nested outlines, not as one."""
+    n = len(counts)
+    for k, (run, c) in enumerate(counts.items()):
         # A steps-post line is the outline `stairs` draws, without the patch bookkeeping that
         # made autoscaling the largest cost of a histogram panel.
         ax.plot(edges, np.append(c, c[-1] if len(c) else 0), drawstyle="steps-post",
-                color=colors[run], linewidth=1.4, label=plain_text(run))
+                color=colors[run], linewidth=1.0 + 1.2 * (n - 1 - k) / max(n - 1, 1), label=plain_text(run))
     ax.set_xlim(edges[0], edges[-1])
     _value_ticks(ax.xaxis)
     ax.set_ylim(bottom=0)
@@ -187,12 +190,15 @@ def plot_series(
     title: str = "",
     logy: bool = False,
 ) -> None:
-    """One line per run, (x, y) each; runs overlaid in their colours. NaN gaps stay gaps. An x
-    axis of optimizer steps (the default `xlabel`) gets whole-step ticks."""
-    for run, (x, y) in series.items():
+    """One line per run, (x, y) each; runs overlaid in their colours. NaN gaps stay gaps. The
+    first run's line is the widest and each later one narrower, so that runs with the same curve
+    (the same learning rate schedule) show as nested lines, not as one. An x axis of optimizer
+    steps (the default `xlabel`) gets whole-step ticks."""
+    n = len(series)
+    for k, (run, (x, y)) in enumerate(series.items()):
         marker = "o" if len(x) <= 12 else None  # a few eval points read better as markers
-        ax.plot(x, y, color=colors[run], linewidth=1.3, marker=marker, markersize=3,
-                label=plain_text(run))
+        ax.plot(x, y, color=colors[run], linewidth=1.1 + 1.4 * (n - 1 - k) / max(n - 1, 1), marker=marker,
+                markersize=3, label=plain_text(run))
     if logy and _has_positive(series):
         _log_y(ax)
     if xlabel == STEP_LABEL:
@@ -391,7 +397,10 @@ def _title(ax: Axes, title: str) -> None:
 
 
 def mark_empty(ax: Axes, message: str) -> None:
-    """A panel with nothing to draw says why, instead of showing empty axes."""
+    """A panel with nothing to draw says why, instead of showing empty axes; the message wrapped
+    on whole words to the panel's width (matplotlib's own wrap stops at the figure's edge, so the
+    messages of panels side by side ran into each other)."""
     ax.set_axis_off()
-    ax.text(0.5, 0.5, plain_text(message, 80), ha="center", va="center", fontsize=9,
-            transform=ax.transAxes, wrap=True)
+    chars = max(12, int(ax.get_position().width * ax.figure.get_figwidth() * 72 / (0.6 * 9)))
+    ax.text(0.5, 0.5, "\n".join(_word_lines(plain_text(message, 120), chars)), ha="center",
+            va="center", fontsize=9, transform=ax.transAxes)

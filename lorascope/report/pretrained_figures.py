@@ -48,13 +48,14 @@ def intruders(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef
     table = view.tables["intruders"]
     eps = float(table["epsilon"].iloc[0]) if len(table) else float("nan")
     k = int(table["k"].iloc[0]) if len(table) else 0
+    caption = (f"Intruder dimensions (Shuttleworth et al. 2024): of W0 + ΔW's top {k} left-singular vectors, "
+               f"those whose largest |cos| with any singular vector of W0 is below ε = {eps:g}, and the "
+               "smallest such largest |cos|, over steps." if len(table) else
+               "Intruder dimensions (Shuttleworth et al. 2024) need W0: " + NO_W0 + ".")
     return _figure(view, ctx, "intruders", "W", [
         ("count", f"intruders among the top {k}", "intruder dimensions", False),
         ("worst_similarity", "largest |cos| with W0, worst vector", f"worst similarity (ε = {eps:g})", False),
-    ], f"{slug}-intruders.png", "intruder dimensions",
-        f"Intruder dimensions (Shuttleworth et al. 2024): of W0 + ΔW's top {k} left-singular vectors, "
-        f"those whose largest |cos| with any singular vector of W0 is below ε = {eps:g}, and the "
-        "smallest such largest |cos|, over steps.")
+    ], f"{slug}-intruders.png", "intruder dimensions", caption)
 
 
 def magnitude_direction(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef]:

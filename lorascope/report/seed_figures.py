@@ -18,7 +18,7 @@ from lorascope.analysis.labels import run_labels
 from lorascope.analysis.overview import eval_columns
 from lorascope.analysis.seeds import SeedGroup, has_seed_groups, seed_curves, seed_groups, seed_summary
 from lorascope.report import figures
-from lorascope.report.canvas import Canvas
+from lorascope.report.canvas import Canvas, columns_that_fit
 from lorascope.report.html import FigureRef, format_number
 from lorascope.report.module_figures import FigureContext, save_figure
 from lorascope.report.paths import inside
@@ -95,8 +95,8 @@ def seed_view(recs: Sequence[Any], out: Path, canvas: Canvas) -> SeedView:
     columns += [(c, "eval " + c.removeprefix("eval_").replace("_", " ")) for c in evals]
     tables = {column: seed_curves(recs, column, groups) for column, _ in columns}
     colors = figures.run_colors([g.label for g in groups])
-    ncols = min(len(columns), 3)
-    panels = canvas.grid(math.ceil(len(columns) / ncols), ncols, panel=(4.2, 2.8), legend=True, share_x=True)
+    ncols = columns_that_fit(len(columns), 4.0, legend=True)
+    panels = canvas.grid(math.ceil(len(columns) / ncols), ncols, panel=(4.0, 2.6), legend=True, share_x=True)
     for ax, (column, label) in zip(panels.flat(len(columns)), columns):
         if tables[column].empty:
             figures.mark_empty(ax, f"no {label} recorded")

@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from lorascope.report import MODULE_FIGURES, figures
+from lorascope.report.canvas import columns_that_fit
 from lorascope.report.html import FigureRef
 from lorascope.report.module_figures import FigureContext, FigureKind, save_figure
 from lorascope.report.view import ModuleView
@@ -30,7 +31,7 @@ def spectrum(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef]
     """ΔW's singular values over steps, one panel per run, then its effective rank (the `spectra`
     table) and ‖ΔW‖_F (the `stats` table) with the runs overlaid."""
     n = len(view.runs)
-    ncols = min(n + 2, 4)
+    ncols = columns_that_fit(n + 2, 3.6, legend=True)
     nrows = math.ceil((n + 2) / ncols)
     panels = ctx.canvas.grid(nrows, ncols, panel=(3.6, 2.7), legend=True, share_x=True)
     axes = panels.flat(n + 2)
