@@ -193,6 +193,14 @@ def test_single_evaluations_share_one_panel_of_markers(tmp_path):
     assert drawn.xlabels[:2] == [figures.STEP_LABEL] * 2
 
 
+def test_metrics_of_one_scale_share_a_panel():
+    finals = {"eval loss": {"a": 5.56, "b": 5.55}, "eval perplexity": {"a": 259.0, "b": 258.0},
+              "eval accuracy": {"a": 0.31, "b": 0.35}, "eval f1": {"a": 0.0, "b": 0.0}}
+    assert figures.scale_groups(finals) == [["eval accuracy", "eval f1"], ["eval loss"], ["eval perplexity"]]
+    assert figures.scale_groups({"eval loss": {"a": 0.7}, "eval accuracy": {"a": 0.5}}) == [
+        ["eval loss", "eval accuracy"]]
+
+
 def test_metrics_evaluated_more_than_once_stay_curves():
     recs = [fake_recording("a"), _evaluated_at_the_end("b", 1)]  # a evaluates every 4 steps
     curves, once = split_evaluations(recs)
@@ -361,3 +369,12 @@ def test_the_figure_title_clears_the_first_row_of_a_tall_figure(tmp_path):
     renderer = panels.figure.canvas.get_renderer()
     title = panels.figure._suptitle.get_window_extent(renderer)
     assert all(title.y0 > ax.title.get_window_extent(renderer).y1 for ax in panels.axes[0])
+
+
+def test_a_log_axis_over_many_decades_ticks_the_decades_only():
+    ax = matplotlib.figure.Figure().subplots()
+    figures.plot_series(ax, {"a": (np.arange(3), np.array([2e-9, 1e-4, 1e-2]))}, {"a": "#000000"},
+                        ylabel="σ", logy=True)
+    ticks = ax.yaxis.get_major_locator().tick_values(2e-9, 1e-2)
+    assert np.allclose(np.log10(ticks), np.round(np.log10(ticks)))  # 1e-9, 1e-8, ...: no 2s and 5s
+    assert len(ax.yaxis.get_major_locator().tick_values(0.5, 50)) > 4  # a few decades keep 1, 2, 5

@@ -182,8 +182,8 @@ def _eval_label(column: str) -> str:
 
 def split_evaluations(recs: Sequence[Any]) -> tuple[list[str], list[str]]:
     """The evaluation metrics drawn as curves over steps (some run evaluated them more than once)
-    and those every run evaluated at most once (at the end), which one shared panel shows as
-    markers instead of a mostly empty panel each."""
+    and those every run evaluated at most once (at the end), which shared panels show as markers
+    instead of a mostly empty panel each."""
     columns = dict.fromkeys(c for r in recs for c in eval_columns(r.scalar_columns))
     once = [c for c in columns if all(len(x) <= 1 for x, _ in scalar_series(recs, c).values())]
     return [c for c in columns if c not in once], once
@@ -191,11 +191,14 @@ def split_evaluations(recs: Sequence[Any]) -> tuple[list[str], list[str]]:
 
 def _training_figures(recs: Sequence[Any], ctx: FigureContext) -> list[FigureRef]:
     """Loss, learning rate and every evaluation metric over steps, runs overlaid, in one figure;
-    metrics evaluated once per run share one last panel."""
+    metrics evaluated once per run share the last panel (one per scale of metric)."""
     curves, once = split_evaluations(recs)
     columns = [("loss", "training loss"), ("lr", "learning rate")]
     columns += [(c, _eval_label(c)) for c in curves]
-    count = len(columns) + bool(once)
+    finals = {_eval_label(c): {run: float(y[-1]) for run, (_, y) in scalar_series(recs, c).items()}
+              for c in once}
+    groups = figures.scale_groups(finals)
+    count = len(columns) + len(groups)
     ncols = columns_that_fit(count, TRAINING_PANEL[0], legend=True)
     nrows = math.ceil(count / ncols)
     # the panel of final metrics has metrics, not steps, along x: then no panel shares its x axis
@@ -208,11 +211,11 @@ def _training_figures(recs: Sequence[Any], ctx: FigureContext) -> list[FigureRef
         else:
             figures.mark_empty(ax, f"no {label} recorded")
     caption = "Training loss, learning rate" + (" and evaluation metrics" if curves else "") + " over optimizer steps"
+    for ax, group in zip(axes[len(columns):], groups):
+        figures.plot_final_metrics(ax, {m: finals[m] for m in group}, ctx.colors,
+                                   title="evaluated once, at the end")
     if once:
-        finals = {_eval_label(c): {run: float(y[-1]) for run, (_, y) in scalar_series(recs, c).items()}
-                  for c in once}
-        figures.plot_final_metrics(axes[-1], finals, ctx.colors, title="evaluated once, at the end")
-        caption += ("; the last panel holds the metrics each run evaluated once, at its end (a "
-                    "marker per run)")
+        caption += ("; the metrics each run evaluated once, at its end, are markers (a marker per run; "
+                    "metrics of one scale share a panel)")
     panels.figure.suptitle("Training, runs overlaid")
     return [save_figure(ctx, panels, "training.png", caption + ".")]

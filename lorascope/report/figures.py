@@ -4,6 +4,7 @@ Histograms arrive as counts on shared edges: computing them once and drawing onl
 the cheap way (PERF_NOTES.md), and shared edges are what make runs comparable on one axis."""
 from __future__ import annotations
 
+import math
 import re
 from typing import Mapping, Sequence
 
@@ -27,6 +28,7 @@ __all__ = [
     "plot_histogram_heatmap",
     "plot_series",
     "plot_final_metrics",
+    "scale_groups",
     "plot_family_timeline",
     "plot_marks",
     "plot_singular_spectrum",
@@ -219,8 +221,8 @@ def plot_final_metrics(
 ) -> None:
     """Metrics evaluated once per run (at the end), side by side in one panel: a metric per
     position on x, a marker per run in its colour, nudged apart so runs with equal values stay
-    visible (the runs table has the numbers). A log y axis when the values are positive and span
-    more than 10× (a perplexity beside an accuracy)."""
+    visible (the runs table has the numbers). Metrics of one scale (`scale_groups`) share a
+    panel, so that the runs' differences stay visible on its linear axis."""
     metrics = list(values)
     runs = list(dict.fromkeys(run for per_run in values.values() for run in per_run))
     n = max(len(runs), 1)
@@ -230,15 +232,33 @@ def plot_final_metrics(
         x = [i + offset for i, m in enumerate(metrics) if run in values[m]]
         y = [values[m][run] for m in metrics if run in values[m]]
         ax.scatter(x, y, s=36, color=colors[run], zorder=3, label=plain_text(run))
-    shown = np.array([v for per_run in values.values() for v in per_run.values()], dtype=float)
-    shown = shown[np.isfinite(shown)]
-    if len(shown) and shown.min() > 0 and shown.max() > 10 * shown.min():
-        _log_y(ax)
     ax.set_xticks(range(len(metrics)), [plain_text(m, 20) for m in metrics])
     ax.set_xlim(-0.5, len(metrics) - 0.5)
     ax.set_ylabel("value")
     _title(ax, title)
     ax.grid(alpha=0.25, axis="y")
+
+
+def scale_groups(values: Mapping[str, Mapping[str, float]], ratio: float = 10.0) -> list[list[str]]:
+    """The metrics split into groups whose largest |value| are within `ratio` of each other
+    (accuracy, F1 and a loss near 0.7 together; a perplexity of 250 apart), smallest scale first:
+    one axis for a perplexity and an accuracy would flatten every difference between runs."""
+    def scale(metric: str) -> float:
+        finite = [abs(v) for v in values[metric].values() if math.isfinite(v)]
+        return max(finite, default=0.0)
+
+    groups: list[list[str]] = []
+    low = 0.0  # the scale of the current group's first metric
+    for metric in sorted(values, key=scale):
+        s = scale(metric)
+        if groups and (low == 0.0 or s <= ratio * low):
+            groups[-1].append(metric)
+            low = low or s  # a group that began with zeros takes the first non-zero scale
+        else:
+            groups.append([metric])
+            low = s
+    order = {metric: k for k, metric in enumerate(values)}
+    return [sorted(group, key=order.__getitem__) for group in groups]  # a group in the given order
 
 
 def plot_marks(
@@ -263,11 +283,25 @@ def plot_marks(
         ax.text(0.02, 0.03, plain_text(note, 60), transform=ax.transAxes, fontsize=SMALL_FONT, va="bottom", ha="left")
 
 
+class _ReadableLogLocator(LogLocator):
+    """Ticks at 1, 2 and 5 per decade over a few decades, at the decades alone over more: a
+    spectrum spanning seven decades got 21 labels, written over each other."""
+
+    def __init__(self) -> None:
+        super().__init__(subs=(1.0, 2.0, 5.0))
+
+    def tick_values(self, vmin, vmax):
+        if vmin > 0 and vmax > 0 and abs(math.log10(vmax / vmin)) > 3:
+            return LogLocator(subs=(1.0,)).tick_values(vmin, vmax)
+        return super().tick_values(vmin, vmax)
+
+
 def _log_y(ax: Axes) -> None:
-    """A log y axis with ticks at 1, 2 and 5 per decade written as plain numbers, and no minor
-    ticks: matplotlib's default minor ticks were a third of a figure's drawing time."""
+    """A log y axis with ticks at 1, 2 and 5 per decade (the decades alone over more than three)
+    written as plain numbers, and no minor ticks: matplotlib's default minor ticks were a third
+    of a figure's drawing time."""
     ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_locator(_ReadableLogLocator())
     ax.yaxis.set_minor_locator(NullLocator())
     ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 
@@ -327,7 +361,8 @@ def plot_singular_spectrum(
         # One line of text instead of a legend: an axes legend measures and lays out a box on
         # every draw, and six of them were a fifth of this figure's drawing time.
         ax.text(0.02, 0.97, f"σ₁ darkest … σ{r} lightest", transform=ax.transAxes,
-                fontsize=SMALL_FONT, va="top", ha="left")
+                fontsize=SMALL_FONT, va="top", ha="left",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.5})
 
 
 def plot_similarity_matrix(
