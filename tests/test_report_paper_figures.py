@@ -378,3 +378,21 @@ def test_a_log_axis_over_many_decades_ticks_the_decades_only():
     ticks = ax.yaxis.get_major_locator().tick_values(2e-9, 1e-2)
     assert np.allclose(np.log10(ticks), np.round(np.log10(ticks)))  # 1e-9, 1e-8, ...: no 2s and 5s
     assert len(ax.yaxis.get_major_locator().tick_values(0.5, 50)) > 4  # a few decades keep 1, 2, 5
+
+
+def test_counts_tick_whole_numbers_and_correlations_name_their_run(tmp_path):
+    recs = [fake_recording("a", seed=0), fake_recording("b", seed=1)]
+    canvas = RecordingCanvas()
+    ctx = FigureContext(tmp_path, canvas, figures.run_colors(["a", "b"]))
+    view = _view(recs, ["intruders", "magnitude_direction"])
+    MODULE_FIGURES.get("intruders").draw(view, "m", ctx)
+    panels = next(iter(canvas._layouts.values()))
+    count_axis = panels.axes[0, 0]
+    assert _integer(count_axis.yaxis.get_major_locator())
+    MODULE_FIGURES.get("magnitude_direction").draw(view, "m", ctx)
+    ax = canvas._layouts[max(canvas._layouts, key=lambda k: k[1])].axes[0, 2]
+    notes = {t.get_text(): t.get_color() for t in ax.texts}
+    table = view.tables["magnitude_direction"]
+    for run in ("a", "b"):
+        r = float(table[table["run"] == run]["correlation"].iloc[0])
+        assert notes[f"r = {r:+.2f}"] == ctx.colors[run]

@@ -22,6 +22,8 @@ __all__ = [
     "plain_text",
     "wrap_label",
     "step_axis",
+    "integer_y",
+    "note_per_run",
     "STEP_LABEL",
     "SMALL_FONT",
     "plot_histogram_overlay",
@@ -112,6 +114,19 @@ def _value_ticks(axis) -> None:
     the default labels of a narrow panel ran into each other."""
     axis.set_major_locator(MaxNLocator(nbins=4))
     axis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.3g}"))
+
+
+def integer_y(ax: Axes) -> None:
+    """Whole-number ticks on a y axis of counts."""
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def note_per_run(ax: Axes, notes: Mapping[str, str], colors: Mapping[str, str]) -> None:
+    """One short line per run in its colour, top left inside the panel."""
+    for k, (run, note) in enumerate(notes.items()):
+        ax.text(0.03, 0.96 - 0.09 * k, plain_text(note, 30), color=colors[run], transform=ax.transAxes,
+                fontsize=SMALL_FONT + 0.5, va="top", ha="left",
+                bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "none", "pad": 1.0})
 
 
 def step_axis(ax: Axes, label: str = STEP_LABEL) -> None:
