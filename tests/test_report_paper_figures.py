@@ -134,11 +134,12 @@ def test_wrapped_labels_keep_every_word_whole(text):
     wrapped = figures.wrap_label(text, 14)
     lines = wrapped.split("\n")
     assert "".join(lines).replace(" ", "") == text.replace(" ", "")  # nothing dropped
-    words = [w for w in text.replace("·", " ").split() for w in w.replace("_", "_ ").replace("-", "- ").split()]
+    def pieces(s: str) -> list[str]:  # the unbreakable runs of characters between break points
+        return s.replace("·", " ").replace("_", "_ ").replace("-", "- ").split()
+
+    words = pieces(text)
     for line in lines:
-        for word in line.replace("·", " ").split():
-            for piece in word.replace("_", "_ ").replace("-", "- ").split():
-                assert piece in words  # a line holds whole words, broken only after a separator
+        assert all(piece in words for piece in pieces(line))  # broken only after a separator
     assert all(len(line.removesuffix(" ·")) <= 14 for line in lines if len(line.split()) > 1)
 
 
