@@ -21,8 +21,8 @@ from lorascope.analysis.selection import nearest
 __all__ = ["SIMILARITY_COLUMNS", "HISTOGRAM_COLUMNS", "STEP_HISTOGRAM_COLUMNS"]
 
 SIMILARITY_COLUMNS = (*KEYS, "reference", "other_run", "other_step", "i", "j", "phi", "baseline", "status")
-HISTOGRAM_COLUMNS = (*KEYS, "bin", "left", "right", "count", "outside")
-STEP_HISTOGRAM_COLUMNS = (*KEYS, "at_step", "bin", "left", "right", "count", "outside")
+HISTOGRAM_COLUMNS = (*KEYS, "bin", "left", "right", "count", "outside", "shared")
+STEP_HISTOGRAM_COLUMNS = (*KEYS, "at_step", "bin", "left", "right", "count", "outside", "shared")
 MATRICES = ("A", "B")
 
 
@@ -125,9 +125,10 @@ def _sampled(ma: ModuleAnalysis, matrix: str, idx: np.ndarray, keep: bool) -> _S
                     np.array(X) if keep else None, getattr(ma.module, matrix), ma.index[idx])
 
 
-def _counts(name: str, s: _Sampled, matrix: str, edges: np.ndarray, X: np.ndarray, steps: np.ndarray,
-            extra: dict | None = None) -> dict[str, np.ndarray]:
-    """Long-form counts of the snapshots X (at `steps`) of one run on the given edges, as columns."""
+def _counts(name: str, s: _Sampled, matrix: str, edges: np.ndarray, shared: bool, X: np.ndarray,
+            steps: np.ndarray, extra: dict | None = None) -> dict[str, np.ndarray]:
+    """Long-form counts of the snapshots X (at `steps`) of one run on the given edges, as columns;
+    `shared`: whether the other runs have the same edges."""
     h = _stats.histogram_counts(X, edges)
     bins, T = len(edges) - 1, len(X)
     n = bins * T
@@ -137,14 +138,16 @@ def _counts(name: str, s: _Sampled, matrix: str, edges: np.ndarray, X: np.ndarra
         **{k: np.full(n, v) for k, v in (extra or {}).items()},
         "bin": np.tile(np.arange(bins), T), "left": np.tile(edges[:-1], T),
         "right": np.tile(edges[1:], T), "count": h.counts.reshape(-1),
-        "outside": np.repeat(h.outside, bins),
+        "outside": np.repeat(h.outside, bins), "shared": np.full(n, shared),
     }
 
 
 class _HistogramRows(Rows):
     """Histograms of A and B on bin edges shared by every run and snapshot of a module (so they
     overlay and subtract), at up to `max_steps` snapshots; long form with bin edges `left`,
-    `right` and `count`, plus `outside` (NaN/Inf values, never silently dropped)."""
+    `right` and `count`, plus `outside` (NaN/Inf values, never silently dropped). Where the runs'
+    scales differ by more than `stats.SCALE_RATIO`, each run gets bins of its own over all its
+    snapshots instead (`shared` False), so that each stays readable."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -169,9 +172,9 @@ class _HistogramRows(Rows):
             ranges = [s.value_range for s in runs]
             if all(r is None for r in ranges):
                 continue
-            edges = _stats.shared_edges(ranges, self.options.bins)
-            for s in runs:  # one run's snapshots in memory at a time
-                frames.append(pd.DataFrame(_counts(self.name, s, matrix, edges, s.read(), s.steps)))
+            edges, shared = _stats.run_edges(ranges, self.options.bins)
+            for s, e in zip(runs, edges):  # one run's snapshots in memory at a time
+                frames.append(pd.DataFrame(_counts(self.name, s, matrix, e, shared, s.read(), s.steps)))
         return frames
 
 
@@ -180,7 +183,8 @@ class _StepHistogramRows(Rows):
     run's first and last step), each run at its snapshot nearest to a step, on bins shared by the
     runs at that step only: an early, narrow distribution keeps its resolution where the
     `histograms` table's bins, shared over all steps, would put it in a few of them. `at_step` is
-    the step asked for, `step` the snapshot's."""
+    the step asked for, `step` the snapshot's. Where the runs' scales at a step differ by more than
+    `stats.SCALE_RATIO`, each run gets bins of its own at that step (`shared` False)."""
 
     def __init__(self, options: Options) -> None:
         self.options = options
@@ -206,9 +210,9 @@ class _StepHistogramRows(Rows):
                 ranges = [_stats.value_range(s.values[k]) for s in runs]
                 if all(r is None for r in ranges):
                     continue  # nothing finite at this step in any run: no bins to share
-                edges = _stats.shared_edges(ranges, self.options.bins)
-                parts.extend(_counts(self.name, s, matrix, edges, s.values[k:k + 1], s.steps[k:k + 1],
-                                     {"at_step": target}) for s in runs)
+                edges, shared = _stats.run_edges(ranges, self.options.bins)
+                parts.extend(_counts(self.name, s, matrix, e, shared, s.values[k:k + 1], s.steps[k:k + 1],
+                                     {"at_step": target}) for s, e in zip(runs, edges))
             if parts:  # one frame per matrix: a frame per step and run cost more than the counts
                 frames.append(pd.DataFrame({c: np.concatenate([p[c] for p in parts]) for c in parts[0]}))
         return frames

@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "HIGHLIGHTS", "QUICK", "flatten_config", "config_differences", "eval_columns", "final_value",
+    "HIGHLIGHTS", "QUICK", "flatten_config", "config_differences", "is_bookkeeping", "eval_columns",
+    "final_value",
     "best_value", "lora_parameters", "wall_time", "runs_table", "scalar_series", "quick_findings", "describe",
 ]
 
@@ -73,8 +74,24 @@ def _display(value: Any) -> Any:
     return value
 
 
+# What a trainer logs about itself rather than about the model: Hugging Face's Trainer logs
+# eval_runtime, eval_samples_per_second and eval_steps_per_second beside every evaluation, and
+# epoch, total_flos, train_runtime, train_samples_per_second, ... at the end. They describe the
+# machine and the schedule, so no figure or table treats them as a finding.
+BOOKKEEPING_NAMES = frozenset({"epoch", "total_flos"})
+BOOKKEEPING_SUFFIXES = ("_runtime", "_samples_per_second", "_steps_per_second", "_flos", "_epoch")
+
+
+def is_bookkeeping(column: str) -> bool:
+    """Whether a scalar column is a trainer's bookkeeping (time, throughput, epoch, FLOPs)."""
+    name = str(column)
+    return name in BOOKKEEPING_NAMES or name.endswith(BOOKKEEPING_SUFFIXES)
+
+
 def eval_columns(scalars: Mapping) -> list[str]:
-    return [c for c in scalars if str(c).startswith("eval_")]
+    """The evaluation metrics among the scalar columns (`eval_<metric>`), in their order: the one
+    definition every figure, table and summary reads, without the trainer's bookkeeping."""
+    return [c for c in scalars if str(c).startswith("eval_") and not is_bookkeeping(c)]
 
 
 def _values(scalars: Mapping, column: str) -> np.ndarray:
@@ -113,14 +130,18 @@ def wall_time(rec: Any) -> float:
     return final_value(rec.scalar_columns, "time")
 
 
-def runs_table(recordings: Sequence[Any]) -> pd.DataFrame:
-    """One column per run, one row per quantity compared; config rows are the differences only."""
+def runs_table(recordings: Sequence[Any], labels: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """One column per run, one row per quantity compared; config rows are the differences only.
+    With `labels` (run name → the short name figures give it), they are the first row, so that
+    a legend's label leads to the run's full name."""
     import pandas as pd
 
     names = [r.run_name for r in recordings]
     flats = [flatten_config(r.config or {}) for r in recordings]
     scalars = [r.scalar_columns for r in recordings]
     rows: dict[str, list[Any]] = {}
+    if labels:
+        rows["label in figures"] = [labels.get(n, n) for n in names]
     for key in config_differences([r.config or {} for r in recordings]):
         rows[key] = [_display(f.get(key, "—")) for f in flats]
     rows["status"] = [r.status for r in recordings]

@@ -21,6 +21,8 @@ __all__ = [
     "lowrank_dynamics",
     "value_range",
     "shared_edges",
+    "SCALE_RATIO",
+    "run_edges",
     "Histograms",
     "histogram_counts",
 ]
@@ -508,6 +510,24 @@ def shared_edges(ranges, bins: int = 64) -> np.ndarray:
     if lo == hi:
         lo, hi = lo - 0.5, hi + 0.5
     return np.linspace(lo, hi, bins + 1)
+
+
+# Runs whose scales (largest |value|) differ by more than this factor get bins of their own: on
+# bins wide enough for the widest run, a run 100× narrower falls into one or two of them.
+SCALE_RATIO = 10.0
+
+
+def run_edges(ranges, bins: int = 64, ratio: float = SCALE_RATIO) -> tuple[list[np.ndarray], bool]:
+    """Bin edges for each run's (lo, hi) range and whether they are shared: one set of
+    `shared_edges` for all while the runs' scales max(|lo|, |hi|) are within `ratio` of each
+    other, else each run's own edges over its own range (a run with no finite value keeps the
+    shared ones). Runs that are all zero have no scale to compare and never split the bins."""
+    shared = shared_edges(ranges, bins)
+    scales = [max(abs(r[0]), abs(r[1])) for r in ranges if r is not None]
+    scales = [s for s in scales if s > 0]
+    if not scales or max(scales) <= ratio * min(scales):
+        return [shared] * len(ranges), True
+    return [shared if r is None else shared_edges([r], bins) for r in ranges], False
 
 
 @dataclass(frozen=True)

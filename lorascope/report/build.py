@@ -14,12 +14,13 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from lorascope.analysis import analyze
+from lorascope.analysis.labels import run_labels
 from lorascope.analysis.overview import eval_columns, runs_table, scalar_series
 from lorascope.analysis.selection import common_modules
 from lorascope.errors import UsageError
 from lorascope.outputs import OutputGuard, writing
 from lorascope.report import DEFAULT_MAX_MODULES, DEFAULT_MAX_STEPS, MODULE_FIGURES, figures
-from lorascope.report.canvas import Canvas
+from lorascope.report.canvas import Canvas, columns_that_fit
 from lorascope.report.html import FigureRef, ModuleBlock, ModuleGroup, Page, render_page
 from lorascope.report.module_figures import FigureContext, save_figure
 from lorascope.report.paths import inside
@@ -29,9 +30,10 @@ from lorascope.report.render import (
 )
 from lorascope.report.view import panel_steps, report_options
 
-__all__ = ["build_report", "Progress"]
+__all__ = ["build_report", "Progress", "split_evaluations", "TRAINING_PANEL"]
 
 Progress = Callable[[int, int, str], None]  # (done, total, what is being drawn)
+TRAINING_PANEL = (4.0, 2.6)  # inches: two columns of them and the legend fit a slide (canvas.SLIDE_IN)
 
 
 def _unique_names(names: Sequence[str]) -> list[str]:
@@ -108,15 +110,16 @@ def build_report(
         with writing(out, "choose another --output folder you can write to"):
             out.mkdir(parents=True, exist_ok=True)
         colors = figures.run_colors([r.run_name for r in recs])
+        labels = run_labels([r.run_name for r in recs], [r.config for r in recs])
         canvas = Canvas()
         options = report_options(max_steps, bins, panel_steps(recs, early_steps))
         drawn = tuple(k for k in kinds if len(recs) >= MODULE_FIGURES.get(k).min_runs)
-        plan = RenderPlan(out, colors, drawn, options, guard)
+        plan = RenderPlan(out, colors, drawn, options, guard, labels)
         total = 1 + len(shown)
         tick = progress or (lambda done, total, what: None)
 
         tick(0, total, "training curves")
-        training = _training_figures(recs, FigureContext(out, canvas, colors, guard))
+        training = _training_figures(recs, FigureContext(out, canvas, colors, guard, labels))
         tick(1, total, "training curves")
         seeds = seed_view(recs, out, canvas)  # empty unless some runs differ only by seed
         results: list[ModuleResult | None] = [None] * len(shown)
@@ -149,7 +152,8 @@ def build_report(
         page = Page(
             title=title or "lorascope report: " + ", ".join(r.run_name for r in recs),
             run_colors=colors,
-            runs_table=runs_table(recs),
+            run_labels=labels,
+            runs_table=runs_table(recs, labels),
             training_figures=training,
             groups=[ModuleGroup(_group_title(layer, blocks), blocks) for layer, blocks in groups.items()],
             summary_table=pd.DataFrame(summary_rows),
@@ -172,20 +176,46 @@ def _group_title(layer: int | None, blocks: list[ModuleBlock]) -> str:
     return f"{where} · {roles}"
 
 
+def _eval_label(column: str) -> str:
+    return "eval " + column.removeprefix("eval_").replace("_", " ")
+
+
+def split_evaluations(recs: Sequence[Any]) -> tuple[list[str], list[str]]:
+    """The evaluation metrics drawn as curves over steps (some run evaluated them more than once)
+    and those every run evaluated at most once (at the end), which shared panels show as markers
+    instead of a mostly empty panel each."""
+    columns = dict.fromkeys(c for r in recs for c in eval_columns(r.scalar_columns))
+    once = [c for c in columns if all(len(x) <= 1 for x, _ in scalar_series(recs, c).values())]
+    return [c for c in columns if c not in once], once
+
+
 def _training_figures(recs: Sequence[Any], ctx: FigureContext) -> list[FigureRef]:
-    """Loss, learning rate and every evaluation metric over steps, runs overlaid, in one figure."""
-    columns = [("loss", "training loss", False), ("lr", "learning rate", False)]
-    evals = dict.fromkeys(c for r in recs for c in eval_columns(r.scalar_columns))
-    columns += [(c, "eval " + c.removeprefix("eval_").replace("_", " "), False) for c in evals]
-    ncols = min(len(columns), 3)
-    nrows = math.ceil(len(columns) / ncols)
-    panels = ctx.canvas.grid(nrows, ncols, panel=(4.2, 2.8), legend=True, share_x=True)
-    for ax, (column, label, logy) in zip(panels.flat(len(columns)), columns):
+    """Loss, learning rate and every evaluation metric over steps, runs overlaid, in one figure;
+    metrics evaluated once per run share the last panel (one per scale of metric)."""
+    curves, once = split_evaluations(recs)
+    columns = [("loss", "training loss"), ("lr", "learning rate")]
+    columns += [(c, _eval_label(c)) for c in curves]
+    finals = {_eval_label(c): {run: float(y[-1]) for run, (_, y) in scalar_series(recs, c).items()}
+              for c in once}
+    groups = figures.scale_groups(finals)
+    count = len(columns) + len(groups)
+    ncols = columns_that_fit(count, TRAINING_PANEL[0], legend=True)
+    nrows = math.ceil(count / ncols)
+    # the panel of final metrics has metrics, not steps, along x: then no panel shares its x axis
+    panels = ctx.canvas.grid(nrows, ncols, panel=TRAINING_PANEL, legend=True, share_x=not once)
+    axes = panels.flat(count)
+    for ax, (column, label) in zip(axes, columns):
         series = scalar_series(recs, column)
         if series:
-            figures.plot_series(ax, series, ctx.colors, ylabel=label, title=label, logy=logy)
+            figures.plot_series(ax, series, ctx.colors, ylabel=label, title=label)
         else:
             figures.mark_empty(ax, f"no {label} recorded")
+    caption = "Training loss, learning rate" + (" and evaluation metrics" if curves else "") + " over optimizer steps"
+    for ax, group in zip(axes[len(columns):], groups):
+        figures.plot_final_metrics(ax, {m: finals[m] for m in group}, ctx.colors,
+                                   title="evaluated once, at the end")
+    if once:
+        caption += ("; the metrics each run evaluated once, at its end, are markers (a marker per run; "
+                    "metrics of one scale share a panel)")
     panels.figure.suptitle("Training, runs overlaid")
-    return [save_figure(ctx, panels, "training.png",
-                        "Training loss, learning rate and evaluation metrics over optimizer steps.")]
+    return [save_figure(ctx, panels, "training.png", caption + ".")]

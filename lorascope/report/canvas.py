@@ -22,13 +22,47 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.transforms import Bbox  # noqa: E402
 
-__all__ = ["Canvas", "Panels", "empty_axes"]
+__all__ = ["Canvas", "Panels", "empty_axes", "SLIDE_IN", "MAX_COLUMNS", "figure_width", "columns_that_fit"]
 
 # Margins in inches, so that labels keep their room whatever the number of panels.
 _LEFT, _RIGHT, _BOTTOM, _TOP = 0.95, 0.2, 0.6, 0.55
 _WSPACE_IN, _HSPACE_IN = 0.95, 0.7
+_SUPTITLE_IN = 0.08  # the figure title's top below the figure's top edge
 _COLORBAR_IN = 0.9  # the bar, its tick labels and its rotated label, which 0.6 clipped
-_LEGEND_IN = 2.2  # room right of the grid for the run legend (names cut to 28 characters)
+_LEGEND_IN = 2.2  # room right of the grid for the run legend (labels wrapped at 24 characters)
+# A 16:9 slide's width in inches; at the report's 100 dpi also about the page's width in pixels
+# (1400 less its padding), so a figure no wider shows in the browser at its own size.
+SLIDE_IN = 13.33
+MAX_COLUMNS = 5  # panels in a row, at most: more and each is too small to read on a slide
+MIN_PANEL_IN = 2.6  # a panel is not narrowed below this to fit a slide: its tick labels would collide
+
+
+def figure_width(ncols: int, panel_width: float, *, colorbar: bool = False, legend: bool = False,
+                 left: float = _LEFT) -> float:
+    """The width in inches of a grid of `ncols` panels with these extras (as `Canvas.grid` lays it out)."""
+    extra = (_COLORBAR_IN if colorbar else 0.0) + (_LEGEND_IN if legend else 0.0)
+    return left + _RIGHT + ncols * panel_width + (ncols - 1) * _WSPACE_IN + extra
+
+
+def fitted_panel_width(ncols: int, panel_width: float, *, colorbar: bool = False, legend: bool = False,
+                       left: float = _LEFT) -> float:
+    """`panel_width`, narrowed (to `MIN_PANEL_IN` at the least) where `ncols` of them would make
+    the figure wider than a slide."""
+    if figure_width(ncols, panel_width, colorbar=colorbar, legend=legend, left=left) <= SLIDE_IN:
+        return panel_width
+    room = SLIDE_IN - figure_width(ncols, 0.0, colorbar=colorbar, legend=legend, left=left)
+    return max(room / ncols, min(panel_width, MIN_PANEL_IN))
+
+
+def columns_that_fit(count: int, panel_width: float, *, colorbar: bool = False, legend: bool = False,
+                     left: float = _LEFT, most: int = MAX_COLUMNS) -> int:
+    """How many of `count` panels to put in a row: as many as fit a slide's width (`SLIDE_IN`)
+    with panels narrowed no further than `MIN_PANEL_IN`, at most `most`, at least one; the rest
+    wrap to more rows."""
+    width = min(panel_width, MIN_PANEL_IN)
+    fits = [n for n in range(1, min(count, most) + 1)
+            if figure_width(n, width, colorbar=colorbar, legend=legend, left=left) <= SLIDE_IN]
+    return max(fits, default=1)
 
 
 @dataclass
@@ -44,10 +78,15 @@ class Panels:
 
     def flat(self, count: int) -> list[Axes]:
         """The first `count` axes, row-major; the rest of the grid is hidden."""
+        return self.cells(range(count))
+
+    def cells(self, indices) -> list[Axes]:
+        """The axes at these row-major positions, in that order; the rest of the grid is hidden."""
         cells = list(self.axes.flat)
-        for ax in cells[count:]:
-            ax.set_visible(False)
-        return cells[:count]
+        wanted = list(indices)
+        for k in set(range(len(cells))) - set(wanted):
+            cells[k].set_visible(False)
+        return [cells[k] for k in wanted]
 
     def label_outer_x(self) -> None:
         """With a shared x axis, only the lowest shown panel of each column keeps its x tick labels
@@ -88,6 +127,9 @@ class Canvas:
         colorbar and/or the run legend; `margins` = (left, bottom) in inches, wider for long
         tick labels. `share_x`: every panel's x axis is the same quantity (optimizer steps), so
         the panels share one range and only the bottom row is labelled."""
+        # as wide as asked where the figure fits a slide, narrower panels where it would not
+        width = fitted_panel_width(ncols, panel[0], colorbar=colorbar, legend=legend, left=margins[0])
+        panel = (width, panel[1])
         key = (nrows, ncols, panel, colorbar, legend, margins, share_x)
         panels = self._layouts.get(key)
         if panels is None:
@@ -105,12 +147,22 @@ class Canvas:
 
     def save(self, panels: Panels, path: Path) -> Path:
         panels.label_outer_x()
+        _pin_suptitle(panels.figure)
         panels.figure.savefig(path, format="png", dpi=self.dpi,
                               pil_kwargs={"compress_level": self.compress_level})
         return path
 
     def close(self) -> None:
         self._layouts.clear()
+
+
+def _pin_suptitle(figure: Figure) -> None:
+    """The figure's title a fixed distance below its top edge, inside the top margin, whatever the
+    figure's height: matplotlib places it at 98% of the height, which on a figure of several rows
+    is low enough to run into the first row's panel titles."""
+    title = getattr(figure, "_suptitle", None)  # the Text that Figure.suptitle made, if any
+    if title is not None:
+        title.set(y=1 - _SUPTITLE_IN / figure.get_figheight(), va="top")
 
 
 def empty_axes(ax: Axes) -> None:
@@ -159,7 +211,7 @@ def _new_panels(
     pw, ph = panel
     left, bottom = margins
     extra = (_COLORBAR_IN if colorbar else 0.0) + (_LEGEND_IN if legend else 0.0)
-    width = left + _RIGHT + ncols * pw + (ncols - 1) * _WSPACE_IN + extra
+    width = figure_width(ncols, pw, colorbar=colorbar, legend=legend, left=left)
     height = bottom + _TOP + nrows * ph + (nrows - 1) * _HSPACE_IN
     figure = Figure(figsize=(width, height))
     FigureCanvasAgg(figure)

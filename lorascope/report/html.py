@@ -50,6 +50,7 @@ class Page:
     warnings: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     generated: str = ""
+    run_labels: dict[str, str] = field(default_factory=dict)  # run name → its label in the figures
 
 
 _CSS = """
@@ -81,7 +82,7 @@ def render_page(page: Page) -> str:
     ]
     if page.generated:
         parts.append(f'<p class="muted">{escape(page.generated)}</p>')
-    parts.append(_run_legend(page.run_colors))
+    parts.append(_run_legend(page.run_colors, page.run_labels))
     parts.append("<h2>Runs side by side</h2>")
     parts.append(render_table(page.runs_table, index_header=""))
     if page.seed_table is not None:
@@ -107,9 +108,12 @@ def render_page(page: Page) -> str:
     return "\n".join(p for p in parts if p)
 
 
-def _run_legend(colors: dict[str, str]) -> str:
+def _run_legend(colors: dict[str, str], labels: dict[str, str]) -> str:
+    """Each run's colour, its label in the figures (where it has one) and its full name."""
     items = "".join(
-        f'<li><span class="swatch" style="background:{escape(color)}"></span>{escape(run)}</li>'
+        f'<li><span class="swatch" style="background:{escape(color)}"></span>'
+        + (f"<b>{escape(labels[run])}</b> " if labels.get(run, run) != run else "")
+        + f"{escape(run)}</li>"
         for run, color in colors.items()
     )
     return f'<ul class="runs">{items}</ul>'

@@ -12,9 +12,10 @@ from typing import Callable
 
 import numpy as np
 
+from lorascope.analysis.stats import SCALE_RATIO
 from lorascope.outputs import OutputGuard, writing
 from lorascope.report import MODULE_FIGURES, figures
-from lorascope.report.canvas import Canvas
+from lorascope.report.canvas import Canvas, columns_that_fit
 from lorascope.report.html import FigureRef
 from lorascope.report.paths import inside
 from lorascope.report.view import ModuleView
@@ -30,6 +31,11 @@ class FigureContext:
     canvas: Canvas
     colors: dict[str, str]
     guard: OutputGuard = field(default_factory=lambda: OutputGuard(()))  # the report's inputs: never written over
+    labels: dict[str, str] = field(default_factory=dict)  # run name → its short label (analysis.labels)
+
+    def label(self, run: str) -> str:
+        """What a figure calls a run: its short label, or its name where it has none."""
+        return self.labels.get(run, run)
 
 
 @dataclass(frozen=True)
@@ -44,7 +50,7 @@ class FigureKind:
 def save_figure(ctx: FigureContext, panels, file: str, caption: str) -> FigureRef:
     """Adds the run legend where the layout reserved room for it, writes the PNG inside the
     output folder and returns what the page shows."""
-    figures.run_legend(panels, ctx.colors)
+    figures.run_legend(panels, ctx.colors, ctx.labels)
     path = ctx.guard.check(inside(ctx.out_dir, file))
     with writing(path, "free some space or choose another --output"):
         ctx.canvas.save(panels, path)
@@ -57,52 +63,81 @@ def edges_of(rows) -> np.ndarray:
     return np.append(first["left"].to_numpy(), first["right"].to_numpy()[-1])
 
 
+HISTOGRAM_PANEL = (2.6, 2.3)  # inches: three in a row and the legend fit a slide
+HEATMAP_PANEL = (3.6, 2.6)
+
+
+def histogram_layout(steps: int, runs: int, shared: bool) -> tuple[int, int, list[list[int]]]:
+    """(rows, columns, cells) of a strip of `steps` histograms, wrapped after as many columns as
+    fit a slide (`canvas.columns_that_fit`, at most five): runs overlaid in one strip when their
+    bins are shared, else one strip per run, each starting on a new row. `cells[r][k]` is the
+    row-major position of strip r's k-th step."""
+    strips = 1 if shared else runs
+    ncols = columns_that_fit(max(steps, 1), HISTOGRAM_PANEL[0], legend=True)
+    per_strip = math.ceil(max(steps, 1) / ncols)
+    cells = [[r * per_strip * ncols + k for k in range(steps)] for r in range(strips)]
+    return strips * per_strip, ncols, cells
+
+
 def histograms(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef]:
-    """A and B at the chosen steps, runs overlaid on bins shared by the runs at each step (the
-    `step_histograms` table)."""
+    """A and B at the chosen steps on the bins of the `step_histograms` table: runs overlaid where
+    the runs share bins at every step, else a strip per run on its own bins (their scales differ
+    by more than `stats.SCALE_RATIO`, and shared bins would squeeze the narrow run into a bin or two)."""
     refs = []
     table = view.tables["step_histograms"]
     targets = list(dict.fromkeys(table["at_step"])) if len(table) else []
     for matrix in MATRICES:
-        n = max(len(targets), 1)
-        panels = ctx.canvas.grid(1, n, panel=(3.3, 2.6), legend=True)
-        axes = panels.flat(n)
-        for k, (ax, target) in enumerate(zip(axes, targets)):
-            rows = {run: view.rows("step_histograms", run, matrix) for run in view.runs}
-            rows = {run: r[r["at_step"] == target] for run, r in rows.items()}
-            rows = {run: r for run, r in rows.items() if len(r)}
-            if not rows:
-                figures.mark_empty(ax, f"no finite {matrix} values near step {target}")
-                continue
-            shown = sorted({int(r["step"].iloc[0]) for r in rows.values()})
-            label = "/".join(str(s) for s in shown)
-            title = f"final (step {label})" if k == len(targets) - 1 else f"step {label}"
-            counts = {run: r["count"].to_numpy() for run, r in rows.items()}
-            figures.plot_histogram_overlay(ax, edges_of(next(iter(rows.values()))), counts, ctx.colors,
-                                           title=title, xlabel=f"{matrix} value")
+        rows = {run: view.rows("step_histograms", run, matrix) for run in view.runs}
+        at = [{run: r[r["at_step"] == t] for run, r in rows.items() if (r["at_step"] == t).any()}
+              for t in targets]
+        shared = all(bool(r["shared"].all()) for r in rows.values() if len(r))
+        nrows, ncols, cells = histogram_layout(len(targets), len(view.runs), shared)
+        panels = ctx.canvas.grid(nrows, ncols, panel=HISTOGRAM_PANEL, legend=True)
+        strips = [list(view.runs)] if shared else [[run] for run in view.runs]
+        axes = panels.cells([c for strip in cells for c in strip] or [0])
+        for s, runs in enumerate(strips):
+            for k, target in enumerate(targets):
+                ax = axes[s * len(targets) + k]
+                found = {run: at[k][run] for run in runs if run in at[k]}
+                if not found:
+                    figures.mark_empty(ax, f"no finite {matrix} values near step {target}")
+                    continue
+                shown = "/".join(str(v) for v in sorted({int(r["step"].iloc[0]) for r in found.values()}))
+                title = f"final (step {shown})" if k == len(targets) - 1 else f"step {shown}"
+                if not shared:
+                    title = f"{ctx.label(runs[0])}: {title}"
+                counts = {run: r["count"].to_numpy() for run, r in found.items()}
+                figures.plot_histogram_overlay(ax, edges_of(next(iter(found.values()))), counts, ctx.colors,
+                                               title=title, xlabel=f"{matrix} value")
         if not targets:
             figures.mark_empty(axes[0], f"no finite {matrix} values to draw")
         panels.figure.suptitle(figures.plain_text(f"{view.name} · LoRA {matrix}", 90))
+        how = ("runs overlaid on bins shared by the runs at each step" if shared else
+               "one row per run on bins of its own: the runs' scales (largest |value|) differ by more "
+               f"than {SCALE_RATIO:g}× at some step, and shared bins would put the narrower run in a bin "
+               "or two")
         refs.append(save_figure(ctx, panels, f"{slug}-hist-{matrix}.png",
-                                f"Histograms of {matrix} at chosen steps, runs overlaid on shared bins."))
+                                f"Histograms of {matrix} at chosen steps, {how}."))
     return refs
 
 
 def heatmap(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef]:
-    """A histogram per snapshot, as a heatmap over steps, one panel per run on the bins the
-    `histograms` table shares by every run and snapshot, and one shared colour scale."""
+    """A histogram per snapshot, as a heatmap over steps, one panel per run on the bins of the
+    `histograms` table (shared by every run and snapshot unless the runs' scales differ by more
+    than `stats.SCALE_RATIO`), and one shared colour scale."""
     refs = []
     n = len(view.runs)
-    ncols = min(n, 3)
+    ncols = columns_that_fit(n, HEATMAP_PANEL[0], colorbar=True)
     nrows = math.ceil(n / ncols)
     for matrix in MATRICES:
-        panels = ctx.canvas.grid(nrows, ncols, panel=(4.0, 2.8), colorbar=True, share_x=True)
-        grids = {}
+        panels = ctx.canvas.grid(nrows, ncols, panel=HEATMAP_PANEL, colorbar=True, share_x=True)
+        grids, shared = {}, True
         for run in view.runs:
             rows = view.rows("histograms", run, matrix)
             if len(rows):
                 steps = rows["step"].to_numpy()[::int(rows["bin"].max()) + 1]
                 grids[run] = (steps, edges_of(rows), rows["count"].to_numpy().reshape(len(steps), -1))
+                shared = shared and bool(rows["shared"].all())
         vmax = max((int(c.max(initial=0)) for _, _, c in grids.values()), default=1)
         mesh = None
         for ax, run in zip(panels.flat(n), view.runs):
@@ -110,14 +145,16 @@ def heatmap(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef]:
                 figures.mark_empty(ax, f"no finite {matrix} values in {run}")
                 continue
             steps, edges, counts = grids[run]
-            mesh = figures.plot_histogram_heatmap(ax, steps, edges, counts, vmax=vmax, title=run,
+            mesh = figures.plot_histogram_heatmap(ax, steps, edges, counts, vmax=vmax, title=ctx.label(run),
                                                   ylabel=f"{matrix} value")
         if mesh is not None and panels.colorbar_ax is not None:
             figures.log_colorbar(panels.figure, mesh, panels.colorbar_ax, "count per bin (log scale)")
         panels.figure.suptitle(figures.plain_text(f"{view.name} · LoRA {matrix} over steps", 90))
         refs.append(save_figure(ctx, panels, f"{slug}-heatmap-{matrix}.png",
-                                f"Distribution of {matrix} over steps, one panel per run (shared bins "
-                                "and colour scale)."))
+                                f"Distribution of {matrix} over steps, one panel per run ("
+                                + ("shared bins and colour scale)." if shared else
+                                   f"a shared colour scale; each run on bins of its own, since the runs' "
+                                   f"scales differ by more than {SCALE_RATIO:g}×).")))
     return refs
 
 

@@ -39,6 +39,8 @@ def _figure(view: ModuleView, ctx: FigureContext, table: str, matrix: str,
             figures.mark_empty(ax, empty)
             continue
         figures.plot_series(ax, series, ctx.colors, ylabel=ylabel, title=panel_title, logy=logy)
+        if np.issubdtype(view.tables[table][column].dtype, np.integer):
+            figures.integer_y(ax)  # a count: no tick at 0.25 of an intruder
     panels.figure.suptitle(figures.plain_text(f"{view.name} · {title}", 90))
     return [save_figure(ctx, panels, file, caption)]
 
@@ -48,13 +50,14 @@ def intruders(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef
     table = view.tables["intruders"]
     eps = float(table["epsilon"].iloc[0]) if len(table) else float("nan")
     k = int(table["k"].iloc[0]) if len(table) else 0
+    caption = (f"Intruder dimensions (Shuttleworth et al. 2024): of W0 + ΔW's top {k} left-singular vectors, "
+               f"those whose largest |cos| with any singular vector of W0 is below ε = {eps:g}, and the "
+               "smallest such largest |cos|, over steps." if len(table) else
+               "Intruder dimensions (Shuttleworth et al. 2024) need W0: " + NO_W0 + ".")
     return _figure(view, ctx, "intruders", "W", [
         ("count", f"intruders among the top {k}", "intruder dimensions", False),
         ("worst_similarity", "largest |cos| with W0, worst vector", f"worst similarity (ε = {eps:g})", False),
-    ], f"{slug}-intruders.png", "intruder dimensions",
-        f"Intruder dimensions (Shuttleworth et al. 2024): of W0 + ΔW's top {k} left-singular vectors, "
-        f"those whose largest |cos| with any singular vector of W0 is below ε = {eps:g}, and the "
-        "smallest such largest |cos|, over steps.")
+    ], f"{slug}-intruders.png", "intruder dimensions", caption)
 
 
 def magnitude_direction(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef]:
@@ -72,8 +75,9 @@ def magnitude_direction(view: ModuleView, slug: str, ctx: FigureContext) -> list
         figures.plot_series(axes[1], dd, ctx.colors, ylabel="ΔD", title="direction change ΔD")
         path = {run: (dm[run][1], dd[run][1]) for run in dm}
         corr = {run: float(table[table["run"] == run]["correlation"].iloc[0]) for run in dm}
-        figures.plot_series(axes[2], path, ctx.colors, ylabel="ΔD", xlabel="ΔM",
-                            title="ΔD against ΔM: " + ", ".join(f"r = {c:+.2f}" for c in corr.values()))
+        figures.plot_series(axes[2], path, ctx.colors, ylabel="ΔD", xlabel="ΔM", title="ΔD against ΔM")
+        # each run's correlation in its own colour: a list of bare r values did not say whose it was
+        figures.note_per_run(axes[2], {run: f"r = {c:+.2f}" for run, c in corr.items()}, ctx.colors)
     panels.figure.suptitle(figures.plain_text(f"{view.name} · magnitude and direction (DoRA)", 90))
     return [save_figure(ctx, panels, f"{slug}-magnitude-direction.png",
                         "DoRA's weight decomposition analysis (Liu et al. 2024): the mean change of the "

@@ -47,6 +47,7 @@ class RenderPlan:
     kinds: tuple[str, ...]
     options: Options  # the analysis of each module (view.report_options)
     guard: OutputGuard = field(default_factory=lambda: OutputGuard(()))  # the report's inputs: never written over
+    labels: dict[str, str] = field(default_factory=dict)  # run name → legend label
 
     @property
     def tables(self) -> tuple[str, ...]:
@@ -81,7 +82,7 @@ def render_module(recs: Sequence[Any], name: str, index: int, plan: RenderPlan,
                   canvas: Canvas) -> ModuleResult:
     """Analyses module `name` of every run, writes its PNGs and returns its part of the page."""
     view = module_view(recs, name, plan.tables, plan.options)
-    ctx = FigureContext(plan.out_dir, canvas, plan.colors, plan.guard)
+    ctx = FigureContext(plan.out_dir, canvas, plan.colors, plan.guard, plan.labels)
     slug = f"m{index:03d}-{safe_name(name, 'module')}"
     refs = [ref for kind in plan.kinds for ref in MODULE_FIGURES.get(kind).draw(view, slug, ctx)]
     first = recs[0].modules[name]

@@ -14,10 +14,11 @@ import pandas as pd
 from matplotlib.axes import Axes
 from matplotlib.ticker import MaxNLocator
 
+from lorascope.analysis.labels import run_labels
 from lorascope.analysis.overview import eval_columns
 from lorascope.analysis.seeds import SeedGroup, has_seed_groups, seed_curves, seed_groups, seed_summary
 from lorascope.report import figures
-from lorascope.report.canvas import Canvas
+from lorascope.report.canvas import Canvas, columns_that_fit
 from lorascope.report.html import FigureRef, format_number
 from lorascope.report.module_figures import FigureContext, save_figure
 from lorascope.report.paths import inside
@@ -75,6 +76,14 @@ def summary_cells(summary: pd.DataFrame, groups: Sequence[SeedGroup]) -> pd.Data
     return table.reindex(columns=[header[g.label] for g in groups])
 
 
+def _group_labels(recs: Sequence[Any], groups: Sequence[SeedGroup]) -> list[str]:
+    """Each group's legend label: what differs between the groups' configs, the seed aside."""
+    config = {r.run_name: r.config or {} for r in recs}
+    firsts = [{**config[g.runs[0]], "seed": None} for g in groups]
+    labels = run_labels([g.label for g in groups], firsts)
+    return [labels[g.label] for g in groups]
+
+
 def seed_view(recs: Sequence[Any], out: Path, canvas: Canvas) -> SeedView:
     """The figure, its CSV and the summary table when some runs differ only by seed; an empty
     view otherwise."""
@@ -86,15 +95,15 @@ def seed_view(recs: Sequence[Any], out: Path, canvas: Canvas) -> SeedView:
     columns += [(c, "eval " + c.removeprefix("eval_").replace("_", " ")) for c in evals]
     tables = {column: seed_curves(recs, column, groups) for column, _ in columns}
     colors = figures.run_colors([g.label for g in groups])
-    ncols = min(len(columns), 3)
-    panels = canvas.grid(math.ceil(len(columns) / ncols), ncols, panel=(4.2, 2.8), legend=True, share_x=True)
+    ncols = columns_that_fit(len(columns), 4.0, legend=True)
+    panels = canvas.grid(math.ceil(len(columns) / ncols), ncols, panel=(4.0, 2.6), legend=True, share_x=True)
     for ax, (column, label) in zip(panels.flat(len(columns)), columns):
         if tables[column].empty:
             figures.mark_empty(ax, f"no {label} recorded")
         else:
             plot_band(ax, tables[column], colors, ylabel=label, title=label)
     panels.figure.suptitle("Training across seeds: mean, min–max band")
-    legend = {f"{g.label} ×{len(g.runs)}": colors[g.label] for g in groups}
+    legend = {f"{short} ×{len(g.runs)}": colors[g.label] for g, short in zip(groups, _group_labels(recs, groups))}
     figure = save_figure(FigureContext(out, canvas, legend), panels, "training_seeds.png",
                          "Loss and evaluation metrics over optimizer steps: each group's mean across "
                          "its seeds, with the min–max band (error bars at evaluation points); data in "

@@ -9,6 +9,7 @@ import math
 import numpy as np
 
 from lorascope.report import MODULE_FIGURES, figures
+from lorascope.report.canvas import columns_that_fit
 from lorascope.report.html import FigureRef
 from lorascope.report.module_figures import FigureContext, FigureKind, save_figure
 from lorascope.report.view import ModuleView
@@ -30,13 +31,13 @@ def spectrum(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef]
     """ΔW's singular values over steps, one panel per run, then its effective rank (the `spectra`
     table) and ‖ΔW‖_F (the `stats` table) with the runs overlaid."""
     n = len(view.runs)
-    ncols = min(n + 2, 4)
+    ncols = columns_that_fit(n + 2, 3.6, legend=True)
     nrows = math.ceil((n + 2) / ncols)
     panels = ctx.canvas.grid(nrows, ncols, panel=(3.6, 2.7), legend=True, share_x=True)
     axes = panels.flat(n + 2)
     for ax, run in zip(axes, view.runs):
         steps, sv = _singular_values(view, run)
-        figures.plot_singular_spectrum(ax, steps, sv, color=ctx.colors[run], title=run)
+        figures.plot_singular_spectrum(ax, steps, sv, color=ctx.colors[run], title=ctx.label(run))
     ranks = {run: view.series("spectra", run, "dW", "effective_rank") for run in view.runs}
     norms = {run: view.series("stats", run, "dW", "frobenius") for run in view.runs}
     figures.plot_series(axes[n], ranks, ctx.colors, ylabel="effective rank of ΔW",
@@ -71,23 +72,36 @@ def final_similarity(view: ModuleView, matrix: str) -> tuple[np.ndarray, list[fl
     return grid, baselines
 
 
+def _chance(baselines: list[float]) -> str:
+    lo, hi = min(baselines), max(baselines)
+    return f"{lo:.3f}" if lo == hi else f"{lo:.3f}–{hi:.3f}"
+
+
 def similarity(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef]:
-    """Run-by-run subspace similarity of A and of B at the final step (two runs or more)."""
-    panels = ctx.canvas.grid(1, 2, panel=(3.2, 3.2), colorbar=True, margins=(1.3, 1.1))
+    """Run-by-run subspace similarity of A and of B at the final step (two runs or more), with
+    the random baseline of each pair drawn: a line on the colour bar and the value under each
+    panel, so a φ can be read against what unrelated subspaces give."""
+    panels = ctx.canvas.grid(1, 2, panel=(3.2, 3.2), colorbar=True, margins=(1.3, 1.3))
     image = None
-    chance = []
+    chance: dict[str, list[float]] = {}
     for ax, matrix in zip(panels.flat(2), ("A", "B")):
         grid, baselines = final_similarity(view, matrix)
-        if baselines:
-            lo, hi = min(baselines), max(baselines)
-            chance.append(f"{matrix} {lo:.3f}" if lo == hi else f"{matrix} {lo:.3f}–{hi:.3f}")
         side = "input (row space of A)" if matrix == "A" else "output (column space of B)"
-        image = figures.plot_similarity_matrix(ax, grid, view.runs, title=f"{matrix}: {side}")
+        image = figures.plot_similarity_matrix(ax, grid, [ctx.label(r) for r in view.runs],
+                                               title=f"{matrix}: {side}")
+        if baselines:
+            chance[matrix] = baselines
+            ax.set_xlabel(f"random subspaces: φ ≈ {_chance(baselines)} (line on the bar)", labelpad=6)
     if image is not None and panels.colorbar_ax is not None:
         panels.figure.colorbar(image, cax=panels.colorbar_ax, label="subspace similarity φ")
+        figures.mark_levels(panels.colorbar_ax, sorted({b for bs in chance.values() for b in bs}))
     panels.figure.suptitle(figures.plain_text(f"{view.name} · final-step subspaces between runs", 90))
-    caption = "Subspace similarity φ = ‖U₁ᵀU₂‖²_F / min(r₁, r₂) between runs at their final step (1 = same subspace"
-    caption += ("; two random subspaces give about " + ", ".join(chance) + ")." if chance else ").")
+    caption = ("Subspace similarity φ = ‖U₁ᵀU₂‖²_F / min(r₁, r₂) between runs at their final step (1 = the "
+               "same subspace, 0 = orthogonal).")
+    if chance:
+        caption += (" Two uniformly random subspaces of the same dimensions r₁, r₂ in R^d give φ = "
+                    "max(r₁, r₂)/d on average (" + ", ".join(f"{m}: {_chance(b)}" for m, b in chance.items())
+                    + "), marked by a line on the colour bar; a φ near it says the runs' subspaces are unrelated.")
     return [save_figure(ctx, panels, f"{slug}-similarity.png", caption)]
 
 
