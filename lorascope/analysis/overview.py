@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "HIGHLIGHTS", "QUICK", "flatten_config", "config_differences", "eval_columns", "final_value",
+    "EVAL_EXAMPLES", "HIGHLIGHTS", "QUICK", "flatten_config", "config_differences", "eval_columns", "final_value",
     "best_value", "lora_parameters", "wall_time", "runs_table", "scalar_series", "quick_findings", "describe",
 ]
 
@@ -73,8 +73,13 @@ def _display(value: Any) -> Any:
     return value
 
 
+# how many held-out examples an evaluation covered: logged beside the eval metrics, not one of them
+EVAL_EXAMPLES = "eval_examples"
+
+
 def eval_columns(scalars: Mapping) -> list[str]:
-    return [c for c in scalars if str(c).startswith("eval_")]
+    """The eval metrics among the scalar columns (not the eval set size)."""
+    return [c for c in scalars if str(c).startswith("eval_") and c != EVAL_EXAMPLES]
 
 
 def _values(scalars: Mapping, column: str) -> np.ndarray:
@@ -130,6 +135,8 @@ def runs_table(recordings: Sequence[Any]) -> pd.DataFrame:
     rows["best loss"] = [best_value(s, "loss") for s in scalars]
     for column in dict.fromkeys(c for s in scalars for c in eval_columns(s)):
         rows[f"final {column}"] = [final_value(s, column) for s in scalars]
+    if any(EVAL_EXAMPLES in s for s in scalars):
+        rows["eval examples"] = [final_value(s, EVAL_EXAMPLES) for s in scalars]
     rows["trainable parameters"] = [
         (r.environment or {}).get("trainable_parameters", math.nan) for r in recordings
     ]
@@ -217,6 +224,9 @@ def describe(rec: Any, path: Path | None = None, *, health: bool = True, max_ste
     scalars = rec.scalar_columns
     training = [f"  {c:<24} final {final_value(scalars, c):.4g}   best {best_value(scalars, c):.4g}"
                 for c in ("loss", *eval_columns(scalars)) if math.isfinite(final_value(scalars, c))]
+    examples = final_value(scalars, EVAL_EXAMPLES)
+    if math.isfinite(examples):
+        training.append(f"  {'eval examples':<24} {examples:.0f} held-out examples in the last evaluation")
     if training:
         lines.append("training")
         lines.extend(training)
