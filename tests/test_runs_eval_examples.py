@@ -69,3 +69,11 @@ def test_the_seed_table_shows_the_eval_set_size():
     assert "final eval_examples" not in summary.index
     quantities = list(summary.index)
     assert quantities.index("eval examples") == quantities.index("final eval_accuracy") + 1
+
+
+def test_info_shows_the_eval_set_size(recordings):
+    from lorascope.analysis.overview import describe
+
+    with lorascope.open(recordings[3]) as rec:
+        text = describe(rec, health=False)
+    assert f"eval examples            {3 * BATCH} held-out examples in the last evaluation" in text
