@@ -1,6 +1,8 @@
 """A PEFT LoRA GPT-2 trained by transformers.Trainer, recorded by LorascopeCallback, read back."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -113,3 +115,18 @@ def test_an_fp16_trainer_step_records_its_loss_scale_skips_and_true_gradients(tm
     B = lora_pairs(model)[name].B
     index = next(i for i, p in enumerate(params) if p is B)
     np.testing.assert_allclose(recorded, true_grads[0][index].numpy(), rtol=1e-5, atol=1e-8)
+
+
+def test_the_eval_set_size_is_recorded_only_where_the_trainer_log_has_it(tmp_path):
+    from lorascope.record import LorascopeCallback
+
+    logged: list[dict] = []
+    callback = LorascopeCallback(tmp_path / "hf.h5")
+    callback.recorder = SimpleNamespace(log_scalars=lambda step, values: logged.append(values))
+    state = SimpleNamespace(global_step=3)
+    # what Trainer.evaluate logs: a rate of examples per second, no count
+    callback.on_log(None, state, None, logs={"eval_loss": 0.5, "eval_runtime": 0.25, "eval_samples_per_second": 1024.0})
+    # what the transformers example scripts add: the eval set's size
+    callback.on_log(None, state, None, logs={"eval_loss": 0.5, "eval_samples": 256})
+    assert "eval_examples" not in logged[0]
+    assert logged[1] == {"eval_loss": 0.5, "eval_examples": 256.0}

@@ -98,7 +98,7 @@ def _print_outcome(summary) -> None:
     state = "interrupted at" if summary.interrupted else "finished"
     typer.echo(f"{state} step {summary.steps} in {summary.wall_time:.1f} s, final loss {summary.final_loss:.4f}")
     for key, value in summary.eval.items():
-        typer.echo(f"  eval {key}: {value:.4f}")
+        typer.echo(f"  eval {key}: {value:.0f}" if key == "examples" else f"  eval {key}: {value:.4f}")
     for reference, generated in summary.samples:
         typer.echo(f"  sample  reference: {reference.strip()[:100]}")
         typer.echo(f"          generated: {generated.strip()[:100]}")

@@ -24,8 +24,10 @@ from lorascope.record.recorder import Recorder, group_lrs
 
 __all__ = ["LorascopeCallback"]
 
-# the Trainer's log names → lorascope's scalar names
-_RENAMES = {"learning_rate": "lr"}
+# the Trainer's log names → lorascope's scalar names. `eval_samples` (the eval set size) is in the
+# log only when the user's script puts it there, as the transformers example scripts do; the
+# Trainer itself logs only a rate of examples per second, from which no count is derived
+_RENAMES = {"learning_rate": "lr", "eval_samples": "eval_examples"}
 
 
 class LorascopeCallback(TrainerCallback):

@@ -35,14 +35,15 @@ def evaluate(
     max_batches: int = 0,
     stop: Callable[[], bool] | None = None,
 ) -> dict[str, float]:
-    """Metrics over up to ``max_batches`` held-out batches (all when 0). ``stop`` is asked before
+    """Metrics over up to ``max_batches`` held-out batches (all when 0), with ``examples``, how
+    many held-out examples they cover (a metric means little without it). ``stop`` is asked before
     each batch: when it says so (a signal) the evaluation ends at once with no metrics, since a
     part of the held-out set measures something else."""
     if data is None:  # no held-out data (data.val_fraction = 0): nothing to evaluate
         return {}
     was_training = model.training
     model.eval()
-    total_loss, batches = 0.0, 0
+    total_loss, batches, examples = 0.0, 0, 0
     predictions, labels = [], []
     for i, batch in enumerate(data):
         if max_batches and i >= max_batches:
@@ -55,6 +56,7 @@ def evaluate(
             out = model(**batch)
         total_loss += float(out.loss)
         batches += 1
+        examples += int(batch["input_ids"].shape[0])
         if task == "classification":
             predictions.append(out.logits.argmax(-1).cpu())
             labels.append(batch["labels"].cpu())
@@ -62,7 +64,7 @@ def evaluate(
     if batches == 0:
         return {}
     loss = total_loss / batches
-    metrics = {"loss": loss}
+    metrics = {"loss": loss, "examples": float(examples)}
     if task == "classification":
         num_labels = int(getattr(model.config, "num_labels", 2))
         metrics.update(classification_metrics(torch.cat(predictions), torch.cat(labels), num_labels))
