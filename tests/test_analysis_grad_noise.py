@@ -19,7 +19,7 @@ from lorascope.record import Recorder
 from lorascope.train.amp import resolve_precision
 from lorascope.train.loop import train_loop
 
-from analysis_fakes import lora_run
+from analysis_fakes import lora_run, with_gradients
 from amp_helpers import OverflowAt, lm_batches
 from record_helpers import tiny_lora_gpt2
 
@@ -159,20 +159,8 @@ def test_counts_that_do_not_describe_the_rows_are_refused():
 
 # --- the table ---
 
-def _with_gradients(rec, K_per_step: dict[int, int], seed: int = 0):
-    """Gives a fake run micro-step gradients of A and B: K_per_step[s] rows for step s."""
-    rng = np.random.default_rng(seed)
-    steps = np.concatenate([np.full(k, s) for s, k in K_per_step.items()]).astype(np.int64)
-    rec.grad_steps = steps
-    rec.grad_micro_steps = np.arange(1, len(steps) + 1)
-    for m in rec.modules.values():
-        m.grad_A = rng.normal(size=(len(steps), *m.A.shape[1:])).astype(np.float32)
-        m.grad_B = rng.normal(size=(len(steps), *m.B.shape[1:])).astype(np.float32)
-    return rec
-
-
 def test_the_table_has_a_row_per_module_matrix_and_accumulated_step():
-    rec = _with_gradients(lora_run(), {1: 3, 2: 3, 3: 3, 4: 1})
+    rec = with_gradients(lora_run(), {1: 3, 2: 3, 3: 3, 4: 1})
     result = analysis.analyze(rec, ("grad_noise",), health=False)
     table = result.tables["grad_noise"]
     assert list(table.columns) == list(GRAD_NOISE_COLUMNS) and not result.notes
@@ -189,7 +177,7 @@ def test_the_table_has_a_row_per_module_matrix_and_accumulated_step():
 
 
 def test_a_quick_look_reads_evenly_spaced_steps():
-    rec = _with_gradients(lora_run(), {s: 2 for s in range(1, 11)})
+    rec = with_gradients(lora_run(), {s: 2 for s in range(1, 11)})
     full = analysis.analyze(rec, ("grad_noise",), health=False).tables["grad_noise"]
     quick = analysis.analyze(rec, ("grad_noise",), analysis.Options(read_steps=4), health=False).tables["grad_noise"]
     assert sorted(set(quick.step)) == [1, 4, 7, 10]
@@ -201,7 +189,7 @@ def test_a_quick_look_reads_evenly_spaced_steps():
 def test_no_rows_and_a_note_when_no_step_has_two_micro_steps(K_per_step, why):
     rec = lora_run("plain")
     if K_per_step is not None:
-        _with_gradients(rec, K_per_step)
+        with_gradients(rec, K_per_step)
     result = analysis.analyze(rec, ("grad_noise",), health=False)
     assert len(result.tables["grad_noise"]) == 0
     assert list(result.tables["grad_noise"].columns) == list(GRAD_NOISE_COLUMNS)

@@ -110,7 +110,10 @@ def build_report(
         colors = figures.run_colors([r.run_name for r in recs])
         canvas = Canvas()
         options = report_options(max_steps, bins, panel_steps(recs, early_steps))
-        drawn = tuple(k for k in kinds if len(recs) >= MODULE_FIGURES.get(k).min_runs)
+        # a kind whose data no recording holds (micro-step gradients) is left out, with a
+        # note when it was asked for by name
+        missing = {k: why for k in kinds if (why := MODULE_FIGURES.get(k).missing(recs))}
+        drawn = tuple(k for k in kinds if len(recs) >= MODULE_FIGURES.get(k).min_runs and k not in missing)
         plan = RenderPlan(out, colors, drawn, options, guard)
         total = 1 + len(shown)
         tick = progress or (lambda done, total, what: None)
@@ -141,6 +144,8 @@ def build_report(
             "updates and their cosines compare consecutive snapshots of that sample; fits use up "
             f"to {options.fit_steps} of them."
         ]
+        if figure_kinds:
+            notes.extend(f"No {k} figures: {why}." for k, why in missing.items())
         if omitted:
             notes.append(
                 f"{len(omitted)} more modules in common are not drawn (--max-modules {max_modules}): "
