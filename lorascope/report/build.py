@@ -20,6 +20,7 @@ from lorascope.errors import UsageError
 from lorascope.outputs import OutputGuard, writing
 from lorascope.report import DEFAULT_MAX_MODULES, DEFAULT_MAX_STEPS, MODULE_FIGURES, figures
 from lorascope.report.canvas import Canvas
+from lorascope.report.findings import finding_lines
 from lorascope.report.html import FigureRef, ModuleBlock, ModuleGroup, Page, render_page
 from lorascope.report.module_figures import FigureContext, save_figure
 from lorascope.report.paths import inside
@@ -128,7 +129,8 @@ def build_report(
             results[i] = result
         # the run-level findings (the loss); each module's come with its result
         warnings: dict[str, list[str]] = {r.run_name: [] for r in recs}
-        for f in analyze(recs, (), options, health=True, modules=[]).findings:
+        run_health = analyze(recs, (), options, health=True, modules=[]).findings
+        for f in run_health:
             warnings[f.run].append(str(replace(f, run=None)))
         groups: dict[Any, list[ModuleBlock]] = {}
         summary_rows = []
@@ -163,6 +165,7 @@ def build_report(
             seed_note=seeds.note,
             warnings=warnings,
             notes=notes,
+            findings=finding_lines(recs, results, [*training, *seeds.figures], run_health),
             generated=f"generated {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC} from "
             f"{len(recs)} recording(s), {len(shown)} of {len(names)} common modules",
         )
