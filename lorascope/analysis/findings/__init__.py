@@ -25,6 +25,7 @@ SENTENCES: Registry = Registry("finding kind", declared={
     "metrics": "final eval metrics per group with their seed spread, and the step each group reaches a level",
     "stall": "the update per step falling to a few % of its peak while the loss stops improving",
     "wall_time": "wall time per group where runs differ in it",
+    "grad_noise": "how noisy a step's micro-batch gradients are against their mean, per matrix, against pure noise",
     "health": "the health checks' findings, one sentence each",
 }, provider="lorascope.analysis.findings.catalog")
 
@@ -33,6 +34,7 @@ SENTENCES: Registry = Registry("finding kind", declared={
 TABLES_NEEDED: dict[str, tuple[str, ...]] = {
     "stats": ("run", "module", "matrix", "step", "frobenius", "update_size"),
     "fits": ("run", "module", "matrix", "step", "family", "best", "method", "shape"),
+    "grad_noise": ("run", "module", "role", "matrix", "step", "micro_steps", "ratio", "status"),
 }
 
 __getattr__, __dir__ = lazy_exports(__name__, {

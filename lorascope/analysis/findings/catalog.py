@@ -2,4 +2,4 @@
 provider), in the files that implement them."""
 from __future__ import annotations
 
-from lorascope.analysis.findings import health, training, weights  # noqa: F401 - they register themselves
+from lorascope.analysis.findings import gradients, health, training, weights  # noqa: F401 - they register themselves
