@@ -52,8 +52,13 @@ def test_undefined_steps_are_left_out_of_the_median_and_counted():
     table = _table(["a"], lambda r, role, x, s: np.nan if (x == "A" and s == 1) else 1.0 + s,
                    status=lambda r, role, x, s: "zero_signal" if (x == "A" and s == 1) else "ok")
     a, _ = _sentences([_run("a")], table)
-    assert a.numbers["median_ratio"] == 3.5 and a.numbers["undefined"] == 4
-    assert a.text.endswith("; 4 module-steps have no ratio (a zero mean or an fp16 overflow)")
+    assert a.numbers["median_ratio"] == 3.5 and a.numbers["zero_signal_steps"] == 4
+    assert a.text.endswith("; no ratio at 4 module-steps with a zero mean gradient (as A's while B = 0)")
+    table.loc[(table.matrix == "A") & (table.step == 2) & (table.role == "q"), ["ratio", "status"]] = [np.nan, "nonfinite"]
+    a, _ = _sentences([_run("a")], table)
+    assert a.numbers["median_ratio"] == 3.5 + 0.5 and a.numbers["nonfinite_steps"] == 2
+    assert a.text.endswith("; no ratio at 4 module-steps with a zero mean gradient (as A's while B = 0) and "
+                           "2 module-steps with an Inf/NaN micro-step (an fp16 overflow)")
 
 
 def test_a_matrix_without_any_ratio_says_so():

@@ -15,6 +15,11 @@ if TYPE_CHECKING:
 __all__ = ["grad_noise"]
 
 
+# Why a module-step has no ratio, by the table's status, in a sentence's words.
+_UNDEFINED = {"zero_signal": "a zero mean gradient (as A's while B = 0)",
+              "nonfinite": "an Inf/NaN micro-step (an fp16 overflow)"}
+
+
 def _prefix(ev: Evidence, label: str) -> str:
     return f"{label}: " if len(ev.groups) > 1 else ""
 
@@ -36,10 +41,12 @@ def _sentence(ev: Evidence, label: str, matrix: str, rows: pd.DataFrame) -> Sent
         text += (f", highest in {top} ({number(by_role.iloc[-1], 2)}), "
                  f"lowest in {bottom} ({number(by_role.iloc[0], 2)})")
         numbers.update(highest_role_ratio=float(by_role.iloc[-1]), lowest_role_ratio=float(by_role.iloc[0]))
-    undefined = len(rows) - len(ok)
-    if undefined:
-        text += f"; {undefined} module-steps have no ratio (a zero mean or an fp16 overflow)"
-        numbers["undefined"] = float(undefined)
+    undefined = rows["status"].value_counts()
+    said = [(f"{int(undefined[status])} module-steps with {why}", status)
+            for status, why in _UNDEFINED.items() if status in undefined]
+    if said:
+        text += "; no ratio at " + " and ".join(words for words, _ in said)
+        numbers.update({f"{status}_steps": float(undefined[status]) for _, status in said})
     noisiest = ok.groupby(["run", "module"], sort=False)["ratio"].median().idxmax()[1]
     return Sentence("grad_noise", text, numbers, Link("grad_noise", str(noisiest)), label)
 
