@@ -73,6 +73,7 @@ def test_the_figure_draws_the_ratio_on_a_log_axis_with_k_dashed(tmp_path):
         run_line, level = ax.get_lines()
         np.testing.assert_array_equal(run_line.get_ydata(), noise_panel(view, matrix).ratio["a"][1])
         assert level.get_linestyle() == "--" and list(level.get_ydata()) == [4, 4, 4, 4, 2]
+        assert [t.get_text() for t in ax.texts] == ["dashed: pure noise, K = 2–4"]
 
 
 def test_pure_noise_draws_near_its_level():

@@ -55,6 +55,13 @@ def noise_panel(view: ModuleView, matrix: str) -> NoisePanel:
     return NoisePanel(ratio, list(levels.values()), without)
 
 
+def _levels(panel: NoisePanel) -> str:
+    """The pure-noise levels drawn, in words: '4', or '2–4' where steps differ in K."""
+    values = np.unique(np.concatenate([K for _, K in panel.levels]))
+    low, high = int(values.min()), int(values.max())
+    return f"{low}" if low == high else f"{low}–{high}"
+
+
 def grad_noise(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRef]:
     """The ratio noise / signal of A's and B's micro-step gradients over steps (log scale), runs
     overlaid, with the pure-noise level K dashed."""
@@ -71,8 +78,8 @@ def grad_noise(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRe
                             title=f"{matrix}: gradient noise within a step", logy=True)
         for steps, K in panel.levels:
             ax.plot(steps, K, color="grey", linewidth=1.0, linestyle="--", drawstyle="steps-mid")
-        ax.text(0.98, 0.03, "dashed: K, pure noise", transform=ax.transAxes, fontsize=7, ha="right",
-                va="bottom", color="dimgrey")
+        ax.text(0.98, 0.03, f"dashed: pure noise, K = {_levels(panel)}", transform=ax.transAxes, fontsize=7,
+                ha="right", va="bottom", color="dimgrey")
     panels.figure.suptitle(figures.plain_text(f"{view.name} · gradient noise within a step", 90))
     caption = ("The gradient noise within an optimizer step: over the K micro-batches of a step, the "
                "variance of their gradients (summed over the entries) divided by the squared norm of "
