@@ -143,7 +143,7 @@ def test_blocks_of_steps_give_the_numbers_of_one_pass():
 
 
 def test_picked_steps_keep_their_rows():
-    G, steps = random_gradients(2)
+    _, steps = random_gradients(2)
     groups = gn.step_groups(steps).pick(np.array([0, 4]))
     assert groups.steps.tolist() == [1, 6] and groups.counts.tolist() == [4, 2]
     assert (steps[groups.rows] == np.repeat([1, 6], [4, 2])).all()

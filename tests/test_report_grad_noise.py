@@ -99,7 +99,7 @@ def test_left_out_without_micro_step_gradients(tmp_path):
 
 def test_drawn_in_a_report_of_a_recording_with_micro_steps(tmp_path):
     build_report(_runs(), tmp_path, max_modules=1, figure_kinds=["grad_noise"])
-    assert [p.name for p in tmp_path.glob("*grad-noise*")] == [f"m000-h.0.attn.c_attn-grad-noise.png"]
+    assert [p.name for p in tmp_path.glob("*grad-noise*")] == ["m000-h.0.attn.c_attn-grad-noise.png"]
 
 
 def test_a_reused_canvas_draws_the_same_pixels_as_a_fresh_one(tmp_path):
