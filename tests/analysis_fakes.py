@@ -27,3 +27,16 @@ def lora_run(name: str = "run", seed: int = 0, T: int = 6, rank: int = 4, shape=
     steps = np.arange(T, dtype=np.int64) * 5
     scal = pd.DataFrame({"step": np.arange(1, steps[-1] + 1), "loss": np.linspace(3, 2, steps[-1])})
     return FakeRecording(name, steps, mods, scal)
+
+
+def with_gradients(rec: FakeRecording, micro_steps: dict[int, int], seed: int = 0) -> FakeRecording:
+    """Gives a fake run Gaussian micro-step gradients of A and B, `micro_steps[s]` rows for
+    optimizer step s (the reading API's `grad_steps`, `grad_micro_steps`, `grad_A`, `grad_B`)."""
+    rng = np.random.default_rng(seed)
+    steps = np.concatenate([np.full(k, s) for s, k in micro_steps.items()]).astype(np.int64)
+    rec.grad_steps = steps
+    rec.grad_micro_steps = np.arange(1, len(steps) + 1)
+    for m in rec.modules.values():
+        m.grad_A = rng.normal(size=(len(steps), *m.A.shape[1:])).astype(np.float32)
+        m.grad_B = rng.normal(size=(len(steps), *m.B.shape[1:])).astype(np.float32)
+    return rec

@@ -39,9 +39,12 @@ def record_tiny_run(
     base_weights: bool = True,
     close: bool = True,
     flush_every_steps: int = 10,
+    grad_accum: int = 1,
+    grads: bool = False,
 ):
-    """Trains and records a tiny run; returns the path (or the open Recorder when close=False,
-    to test readers of a file that is still being written)."""
+    """Trains and records a tiny run (`grad_accum` micro-batches per step, each one's gradient
+    recorded with `grads`); returns the path (or the open Recorder when close=False, to test
+    readers of a file that is still being written)."""
     model = tiny_gpt2_model(seed)
     lora = LoraConfig(rank=rank, alpha=2.0 * rank, targets=list(targets))
     add_lora(model, lora)
@@ -51,16 +54,18 @@ def record_tiny_run(
     run_config.optim.steps = steps
     params = [p for p in model.parameters() if p.requires_grad]
     opt = _OPTIMIZERS[optimizer](params, lr)
-    rec = Recorder(path, model, RecordConfig(base_weights=base_weights, flush_every_steps=flush_every_steps), run_name=name,
+    rec = Recorder(path, model, RecordConfig(base_weights=base_weights, flush_every_steps=flush_every_steps, grads=grads),
+                   run_name=name,
                    run_config=config_to_dict(run_config), total_steps=steps)
     rec.start(optimizer=opt)
     generator = torch.Generator().manual_seed(seed)
     model.train()
     for step in range(1, steps + 1):
-        tokens = torch.randint(0, 64, (4, 16), generator=generator)
-        loss = model(input_ids=tokens, labels=tokens).loss
-        loss.backward()
-        rec.on_micro_step(step)
+        for micro in range(grad_accum):
+            tokens = torch.randint(0, 64, (4, 16), generator=generator)
+            loss = model(input_ids=tokens, labels=tokens).loss
+            (loss / grad_accum).backward()
+            rec.on_micro_step((step - 1) * grad_accum + micro + 1)
         opt.step()
         opt.zero_grad()
         rec.on_optimizer_step(step, {"loss": float(loss.detach()), "lr": lr})

@@ -30,8 +30,9 @@ def cluster():
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cluster")
-    # small on purpose: the suite runs on 2 shared cores; attn only: 4 modules per run
-    return [record_tiny_run(folder / "a.h5", "a", steps=5, seed=0, targets=("attn",)),
+    # small on purpose: the suite runs on 2 shared cores; attn only: 4 modules per run; run a
+    # with two micro-steps per step and their gradients, so that grad_noise has rows
+    return [record_tiny_run(folder / "a.h5", "a", steps=5, seed=0, targets=("attn",), grad_accum=2, grads=True),
             record_tiny_run(folder / "b.h5", "b", steps=5, seed=1, optimizer="sgd", targets=("attn",))]
 
 

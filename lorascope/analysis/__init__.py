@@ -16,8 +16,8 @@ from lorascope.registry import Registry
 
 # Every table `analyze` builds, with the one line `lorascope analyze --help` shows. The
 # implementations register themselves in tables.py (one run's module), pretrained_tables.py (the
-# update's geometry), multirun.py (a module across runs) and derived.py (from other tables);
-# catalog.py imports all four.
+# update's geometry), gradient_tables.py (the recorded gradients), multirun.py (a module across
+# runs) and derived.py (from other tables); catalog.py imports all five.
 TABLES: Registry = Registry("analysis table", declared={
     "stats": "moments, quantiles, norms, distance from the first snapshot, update size and cosine per snapshot",
     "spectra": "spectral norm, effective and stable rank, top-k energy, condition number of A, B and ΔW",
@@ -28,6 +28,8 @@ TABLES: Registry = Registry("analysis table", declared={
                            "(needs W0)",
     "amplification": "how ΔW amplifies directions of W0 per snapshot, with the random baseline (needs W0)",
     "asymmetry": "how far A and B move from their init, and how much of A's row space stays",
+    "grad_noise": "the gradient noise within each optimizer step: the micro-step gradients' variance against "
+                  "their mean's norm, and their leave-one-out agreement (needs record.grads and grad_accum >= 2)",
     "similarity": "subspace similarity φ of A and B against the final snapshot and between runs",
     "histograms": "histograms of A and B on bins shared by every run and snapshot of a module",
     "step_histograms": "histograms of A and B at chosen steps, bins shared by the runs at each step",
@@ -35,7 +37,7 @@ TABLES: Registry = Registry("analysis table", declared={
     "findings": "the health findings, one row each",
 }, provider="lorascope.analysis.catalog")
 
-_SUBMODULES = ("batch", "fits", "geometry", "health", "lowrank", "spectra", "stats")
+_SUBMODULES = ("batch", "fits", "geometry", "grad_noise", "health", "lowrank", "spectra", "stats")
 _EXPORTS = {
     "Finding": "lorascope.analysis.health",
     "KEYS": "lorascope.analysis.options",
@@ -50,6 +52,7 @@ _EXPORTS = {
     "magnitude_direction_table": "lorascope.analysis.driver",
     "amplification_table": "lorascope.analysis.driver",
     "asymmetry_table": "lorascope.analysis.driver",
+    "grad_noise_table": "lorascope.analysis.driver",
     "similarity_table": "lorascope.analysis.driver",
     "histogram_table": "lorascope.analysis.driver",
     "step_histogram_table": "lorascope.analysis.driver",

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Analysis", "analyze", "stats_table", "fits_table", "spectra_table", "singular_values_table",
     "intruders_table", "magnitude_direction_table", "amplification_table", "asymmetry_table",
-    "similarity_table", "histogram_table", "step_histogram_table", "health_findings",
+    "grad_noise_table", "similarity_table", "histogram_table", "step_histogram_table", "health_findings",
 ]
 
 
@@ -416,6 +416,13 @@ def asymmetry_table(recs, options: Options | None = None) -> pd.DataFrame:
     """Zhu et al. 2024's asymmetry per snapshot: how far A and B are from their init (absolute
     and relative to the init's norm) and φ of A's row space against its init."""
     return _one("asymmetry", recs, options)
+
+
+def grad_noise_table(recs, options: Options | None = None) -> pd.DataFrame:
+    """The gradient noise within each optimizer step that has two or more recorded micro-step
+    gradients: K, ‖ḡ‖², the micro-steps' summed variance, their ratio (pure noise ≈ K) and the
+    leave-one-out cosine, per module, matrix and step (`lorascope.analysis.grad_noise`)."""
+    return _one("grad_noise", recs, options)
 
 
 def similarity_table(recs, options: Options | None = None) -> pd.DataFrame:

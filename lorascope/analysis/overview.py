@@ -261,9 +261,21 @@ def describe(rec: Any, path: Path | None = None, *, health: bool = True, max_ste
     if not_recorded:
         lines.append(f"not recorded {len(not_recorded)} layer(s) that train or are saved")
         lines.extend(f"  {n.get('module', '?'):<40} {n.get('type', '')}: {n.get('reason', '')}" for n in not_recorded)
-    if health:
-        # one run is in view: the findings need not name it
-        found = [str(replace(f, run=None)) for f in quick_findings(rec, max_steps)]
-        lines.append("health")
-        lines.extend(f"  {f}" for f in found or ["no findings"])
+    lines.extend(_finding_lines(rec, quick_findings(rec, max_steps) if health else None))
     return "\n".join(lines)
+
+
+def _finding_lines(rec: Any, checked: list[Finding] | None) -> list[str]:
+    """The findings' sentences of this one run (those a quick look can make without the analysis
+    tables, and a line naming the kinds it leaves out), then, when the health checks ran, their
+    findings: the same sentences `lorascope analyze` and the report print."""
+    from lorascope.analysis.findings import evidence, find
+
+    found = find(evidence([rec], health=checked or ()))
+    lines = ["findings", *(f"  {s}" for s in found.sentences if s.kind != "health")]
+    if found.left_out:
+        lines.append(f"  {found.left_out_note()} (lorascope analyze --tables stats,fits or lorascope report)")
+    if checked is not None:
+        lines.append("health")
+        lines.extend(f"  {s}" for s in [s.text for s in found.sentences if s.kind == "health"] or ["no findings"])
+    return lines

@@ -16,7 +16,7 @@ from lorascope.outputs import OutputGuard
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["analyze", "write_table", "output_paths", "check_output_folder"]
+__all__ = ["analyze", "write_table", "write_text", "output_paths", "findings_path", "check_output_folder"]
 
 _WRITERS: dict[str, Callable[[pd.DataFrame, Path], None]] = {
     ".csv": lambda df, p: df.to_csv(p, index=False),
@@ -63,6 +63,18 @@ def write_table(df: pd.DataFrame, path: Path) -> None:
         raise UsageError(f"could not write {path} ({exc.strerror or exc}); free some space or choose another --output") from None
 
 
+def findings_path(output: Path) -> Path:
+    """Where the findings' sentences go: `<stem>.findings.txt` beside the tables."""
+    return output.with_name(f"{output.stem}.findings.txt")
+
+
+def write_text(lines: list[str], path: Path) -> None:
+    try:
+        path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"could not write {path} ({exc.strerror or exc}); free some space or choose another --output") from None
+
+
 def _parse_tables(spec: str) -> list[str]:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if names == ["all"]:
@@ -96,16 +108,23 @@ def analyze(
     health: Annotated[bool, typer.Option(help="Run the health checks and print what they find.")] = True,
     scheduler: Annotated[Optional[str], typer.Option(help="Address of a Dask scheduler (tcp://host:8786) whose workers analyse the modules, each task opening the recordings by path (the same tables); the files must be at the same paths there. Needs pip install 'lorascope[dask]'.")] = None,
 ) -> None:
-    """Write tidy analysis tables (one row per run x module x matrix x step) for recordings."""
+    """Write tidy analysis tables (one row per run x module x matrix x step) for recordings.
+
+    It also prints the findings (the sentences the report opens with, each with its numbers,
+    for the runs given) and writes them to <out>.findings.txt beside the tables. The kinds that
+    read a table not asked for (stats: when B leaves zero, stalls; fits: distribution families)
+    are named as left out.
+    """
     import lorascope
     from lorascope.analysis import Options, analyze as run_analysis
+    from lorascope.analysis.findings import evidence, find
     from lorascope.analysis.selection import module_names
     from lorascope.progress import StepProgress
 
     names = _parse_tables(tables)
     paths = output_paths(output, names)
     guard = OutputGuard(recordings)  # no table is written over a recording (run.csv -o run.csv)
-    for path in paths.values():
+    for path in (*paths.values(), findings_path(output)):
         guard.check(path)
     if criterion not in ("aic", "bic"):
         raise UsageError(f"--criterion takes aic or bic, got {criterion!r}")
@@ -126,6 +145,7 @@ def analyze(
         with StepProgress(total, label="module") as bar:
             result = run_analysis(recs, names, options, health=health, modules=modules, scheduler=scheduler,
                                   progress=lambda done, _total, _label: bar.update(done))
+        found = find(evidence(recs, result.tables, result.findings))
     finally:
         for r in recs:
             close = getattr(r, "close", None)
@@ -134,6 +154,14 @@ def analyze(
     for name in names:
         write_table(result.tables[name], paths[name])
         typer.echo(f"{name}: {len(result.tables[name])} rows -> {paths[name]}")
+    sentences = findings_path(output)
+    write_text(found.lines(), sentences)
+    typer.echo(f"findings: {len(found.sentences)} sentences -> {sentences}")
+    for sentence in found.sentences:
+        if sentence.kind != "health":  # the health findings' sentences go to stderr below
+            typer.echo(f"  {sentence}")
+    if found.left_out:
+        typer.echo(f"  {found.left_out_note()} (add them to --tables)")
     for note in result.notes:  # modules a table has no rows for, and why
         typer.echo(f"note: {note}", err=True)
     for finding in result.findings:

@@ -19,7 +19,13 @@ def info(
     health: Annotated[bool, typer.Option(help="Run the health checks (reads up to --max-steps snapshots per module).")] = True,
     max_steps: Annotated[int, typer.Option(help="Snapshots per module the health checks read.")] = 50,
 ) -> None:
-    """Summarise a recording: run, status, config, modules, snapshots, size and health."""
+    """Summarise a recording: run, status, config, modules, snapshots, size and health.
+
+    Its findings are the sentences the report opens with, for this one run: its final and best
+    eval metrics and its health. The kinds that need the analysis tables (when B or A leaves
+    zero, the distribution families, stalls of the update) are left out, and named: lorascope
+    analyze --tables stats,fits and lorascope report state them.
+    """
     import lorascope
     from lorascope.analysis.overview import describe
 

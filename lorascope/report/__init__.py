@@ -14,8 +14,8 @@ __all__ = ["MODULE_FIGURES", "DEFAULT_MAX_STEPS", "DEFAULT_MAX_MODULES", "build_
 DEFAULT_MAX_STEPS = 120
 DEFAULT_MAX_MODULES = 24
 
-# The figures drawn for each module; implemented in module_figures.py, spectral_figures.py and
-# pretrained_figures.py.
+# The figures drawn for each module; implemented in module_figures.py, spectral_figures.py,
+# pretrained_figures.py and gradient_figures.py.
 MODULE_FIGURES: Registry = Registry("report figure kind", declared={
     "histograms": "A and B at the first, a few early and the last step, runs overlaid",
     "heatmap": "the distribution of A and B over steps, one panel per run",
@@ -27,6 +27,8 @@ MODULE_FIGURES: Registry = Registry("report figure kind", declared={
     "magnitude_direction": "DoRA's magnitude and direction change against W0 over steps (needs W0)",
     "amplification": "how ΔW amplifies directions of W0 over steps (needs W0)",
     "asymmetry": "how far A and B move from their init, and A's row space kept",
+    "grad_noise": "the gradient noise within a step of A and B over steps, against pure noise (needs "
+                  "micro-step gradients: record.grads and grad_accum >= 2)",
 }, provider="lorascope.report.figure_kinds")
 
 __getattr__, __dir__ = lazy_exports(__name__, {"build_report": "lorascope.report.build"})

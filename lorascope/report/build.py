@@ -21,6 +21,7 @@ from lorascope.errors import UsageError
 from lorascope.outputs import OutputGuard, writing
 from lorascope.report import DEFAULT_MAX_MODULES, DEFAULT_MAX_STEPS, MODULE_FIGURES, figures
 from lorascope.report.canvas import Canvas, columns_that_fit
+from lorascope.report.findings import finding_lines
 from lorascope.report.html import FigureRef, ModuleBlock, ModuleGroup, Page, render_page
 from lorascope.report.module_figures import FigureContext, save_figure
 from lorascope.report.paths import inside
@@ -113,7 +114,10 @@ def build_report(
         labels = run_labels([r.run_name for r in recs], [r.config for r in recs])
         canvas = Canvas()
         options = report_options(max_steps, bins, panel_steps(recs, early_steps))
-        drawn = tuple(k for k in kinds if len(recs) >= MODULE_FIGURES.get(k).min_runs)
+        # a kind whose data no recording holds (micro-step gradients) is left out, with a
+        # note when it was asked for by name
+        missing = {k: why for k in kinds if (why := MODULE_FIGURES.get(k).missing(recs))}
+        drawn = tuple(k for k in kinds if len(recs) >= MODULE_FIGURES.get(k).min_runs and k not in missing)
         plan = RenderPlan(out, colors, drawn, options, guard, labels)
         total = 1 + len(shown)
         tick = progress or (lambda done, total, what: None)
@@ -128,7 +132,8 @@ def build_report(
             results[i] = result
         # the run-level findings (the loss); each module's come with its result
         warnings: dict[str, list[str]] = {r.run_name: [] for r in recs}
-        for f in analyze(recs, (), options, health=True, modules=[]).findings:
+        run_health = analyze(recs, (), options, health=True, modules=[]).findings
+        for f in run_health:
             warnings[f.run].append(str(replace(f, run=None)))
         groups: dict[Any, list[ModuleBlock]] = {}
         summary_rows = []
@@ -144,6 +149,8 @@ def build_report(
             "updates and their cosines compare consecutive snapshots of that sample; fits use up "
             f"to {options.fit_steps} of them."
         ]
+        if figure_kinds:
+            notes.extend(f"No {k} figures: {why}." for k, why in missing.items())
         if omitted:
             notes.append(
                 f"{len(omitted)} more modules in common are not drawn (--max-modules {max_modules}): "
@@ -162,6 +169,7 @@ def build_report(
             seed_note=seeds.note,
             warnings=warnings,
             notes=notes,
+            findings=finding_lines(recs, results, [*training, *seeds.figures], run_health),
             generated=f"generated {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC} from "
             f"{len(recs)} recording(s), {len(shown)} of {len(names)} common modules",
         )

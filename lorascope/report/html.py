@@ -10,7 +10,7 @@ from html import escape
 import pandas as pd
 
 __all__ = [
-    "FigureRef", "ModuleBlock", "ModuleGroup", "Page", "render_page", "render_table", "format_number",
+    "FigureRef", "FindingLine", "ModuleBlock", "ModuleGroup", "Page", "render_page", "render_table", "format_number",
 ]
 
 
@@ -19,6 +19,11 @@ class FigureRef:
     file: str  # a file name inside the report folder (made by paths.safe_name)
     caption: str
 
+    @property
+    def anchor(self) -> str:
+        """The figure's id in the page (its file name without the extension: unique, and safe)."""
+        return self.file.rsplit(".", 1)[0]
+
 
 @dataclass
 class ModuleBlock:
@@ -26,12 +31,22 @@ class ModuleBlock:
     shape: str  # "rank 8 · 576 → 576"
     figures: list[FigureRef]
     role: str = ""  # "attn.c_attn": the module's job inside its block
+    anchor: str = ""  # the block's id in the page
 
 
 @dataclass
 class ModuleGroup:
     title: str  # "layer 28 · attn"
     modules: list[ModuleBlock]
+
+
+@dataclass
+class FindingLine:
+    """A sentence of the page's Findings and the place in the page that shows it (an element id,
+    "" when the figure is not drawn)."""
+    text: str
+    anchor: str = ""
+    where: str = ""  # what the link shows, in words ("fits of transformer.h.0.attn.c_attn")
 
 
 @dataclass
@@ -51,6 +66,7 @@ class Page:
     notes: list[str] = field(default_factory=list)
     generated: str = ""
     run_labels: dict[str, str] = field(default_factory=dict)  # run name → its label in the figures
+    findings: list[FindingLine] = field(default_factory=list)  # the sentences the page opens with
 
 
 _CSS = """
@@ -83,7 +99,8 @@ def render_page(page: Page) -> str:
     if page.generated:
         parts.append(f'<p class="muted">{escape(page.generated)}</p>')
     parts.append(_run_legend(page.run_colors, page.run_labels))
-    parts.append("<h2>Runs side by side</h2>")
+    parts.append(_findings(page.findings))
+    parts.append('<h2 id="runs">Runs side by side</h2>')
     parts.append(render_table(page.runs_table, index_header=""))
     if page.seed_table is not None:
         parts.append("<h2>Across seeds</h2>")
@@ -127,9 +144,21 @@ def _warnings(warnings: dict[str, list[str]]) -> str:
     return f"<h3>Health warnings</h3><ul>{items}</ul>"
 
 
+def _findings(lines: list[FindingLine]) -> str:
+    """The Findings section: one item per sentence, each linking to the figure it comes from."""
+    items = "".join(
+        f"<li>{escape(line.text)}"
+        + (f' <a href="#{escape(line.anchor)}">({escape(line.where)})</a>' if line.anchor else "")
+        + "</li>"
+        for line in lines
+    )
+    body = f"<ul>{items}</ul>" if lines else '<p class="muted">No findings with numbers behind them.</p>'
+    return f'<h2 id="findings">Findings</h2>{body}'
+
+
 def _figure(fig: FigureRef) -> str:
     return (
-        f'<figure><img src="{escape(fig.file)}" alt="{escape(fig.caption)}" loading="lazy">'
+        f'<figure id="{escape(fig.anchor)}"><img src="{escape(fig.file)}" alt="{escape(fig.caption)}" loading="lazy">'
         f"<figcaption>{escape(fig.caption)}</figcaption></figure>"
     )
 
@@ -141,8 +170,9 @@ def _group(group: ModuleGroup) -> str:
 
 def _module(block: ModuleBlock) -> str:
     figures = "".join(_figure(f) for f in block.figures)
+    anchor = f' id="{escape(block.anchor)}"' if block.anchor else ""
     return (
-        f"<details><summary>{escape(block.name)} "
+        f"<details{anchor}><summary>{escape(block.name)} "
         f'<span class="muted">{escape(block.shape)}</span></summary>{figures}</details>'
     )
 

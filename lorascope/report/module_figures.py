@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -40,11 +40,14 @@ class FigureContext:
 
 @dataclass(frozen=True)
 class FigureKind:
-    """A figure kind: the analysis tables it plots, how it draws one module's rows, and how many
-    runs it needs (a report of fewer leaves it out, and its tables uncomputed)."""
+    """A figure kind: the analysis tables it plots, how it draws one module's rows, how many
+    runs it needs (a report of fewer leaves it out, and its tables uncomputed), and `missing`:
+    why the recordings hold nothing it could draw (None: they do), for a kind that needs what
+    few recordings have (micro-step gradients); such a report leaves it out too."""
     draw: Callable[[ModuleView, str, FigureContext], list[FigureRef]]
     tables: tuple[str, ...]
     min_runs: int = 1
+    missing: Callable[[Sequence[Any]], str | None] = lambda recs: None
 
 
 def save_figure(ctx: FigureContext, panels, file: str, caption: str) -> FigureRef:

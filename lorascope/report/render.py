@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 from lorascope.analysis import Options
+from lorascope.analysis.findings import TABLES_NEEDED
 from lorascope.errors import UsageError
 from lorascope.outputs import OutputGuard
 from lorascope.report import MODULE_FIGURES
@@ -53,7 +54,7 @@ class RenderPlan:
     def tables(self) -> tuple[str, ...]:
         """The analysis tables the figure kinds and the summary table read."""
         kinds = [MODULE_FIGURES.get(kind).tables for kind in self.kinds]
-        return tuple(dict.fromkeys(t for tables in (*kinds, SUMMARY_TABLES) for t in tables))
+        return tuple(dict.fromkeys(t for tables in (*kinds, SUMMARY_TABLES, tuple(TABLES_NEEDED)) for t in tables))
 
 
 @dataclass
@@ -64,6 +65,11 @@ class ModuleResult:
     layer: int | None
     findings: dict[str, list[str]] = field(default_factory=dict)  # run → health warnings
     summary: list[dict] = field(default_factory=list)  # rows of the summary table
+    # what the page's Findings read of this module: its rows of the tables they need (only the
+    # columns they read), its health findings, and the anchor of each figure kind drawn
+    tables: dict[str, Any] = field(default_factory=dict)
+    health: list = field(default_factory=list)
+    anchors: dict[str, str] = field(default_factory=dict)
 
 
 class NamedRecording:
@@ -84,11 +90,15 @@ def render_module(recs: Sequence[Any], name: str, index: int, plan: RenderPlan,
     view = module_view(recs, name, plan.tables, plan.options)
     ctx = FigureContext(plan.out_dir, canvas, plan.colors, plan.guard, plan.labels)
     slug = f"m{index:03d}-{safe_name(name, 'module')}"
-    refs = [ref for kind in plan.kinds for ref in MODULE_FIGURES.get(kind).draw(view, slug, ctx)]
+    drawn = {kind: MODULE_FIGURES.get(kind).draw(view, slug, ctx) for kind in plan.kinds}
+    refs = [ref for kind_refs in drawn.values() for ref in kind_refs]
     first = recs[0].modules[name]
     shape = f"rank {first.rank} · {first.in_features} → {first.out_features}"
-    return ModuleResult(ModuleBlock(name, shape, refs, view.role), view.layer, view.findings,
-                        summary_rows(view))
+    block = ModuleBlock(name, shape, refs, view.role, anchor=f"module-{slug}")
+    kept = {t: view.tables[t][[c for c in columns if c in view.tables[t].columns]]
+            for t, columns in TABLES_NEEDED.items() if t in view.tables}
+    anchors = {kind: kind_refs[0].anchor for kind, kind_refs in drawn.items() if kind_refs}
+    return ModuleResult(block, view.layer, view.findings, summary_rows(view), kept, view.health, anchors)
 
 
 def _recording_paths(recs: Sequence[Any]) -> list[Path] | None:

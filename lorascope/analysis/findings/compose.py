@@ -1,0 +1,63 @@
+"""The findings of a set of runs: `evidence` gathers what the kinds of finding read (from
+recordings, the analysis tables at hand and the health findings), `find` asks every registered
+kind for its sentences. A kind whose tables are not at hand is left out and named, never dropped
+in silence."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from lorascope.analysis.findings import SENTENCES
+from lorascope.analysis.findings.base import Evidence, RunFacts, Sentence
+from lorascope.analysis.health import Finding
+from lorascope.analysis.overview import wall_time
+from lorascope.analysis.seeds import seed_groups
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["Findings", "evidence", "find"]
+
+
+@dataclass
+class Findings:
+    """The sentences, in the registry's order of kinds, and the kinds left out with the tables
+    they would have needed."""
+    sentences: list[Sentence]
+    left_out: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def lines(self) -> list[str]:
+        """One line per sentence, then one naming the kinds left out (if any)."""
+        lines = [s.text for s in self.sentences]
+        if self.left_out:
+            lines.append(self.left_out_note())
+        return lines
+
+    def left_out_note(self) -> str:
+        kinds = "; ".join(f"{kind} (needs the {' and '.join(tables)} table{'s' if len(tables) > 1 else ''})"
+                          for kind, tables in self.left_out.items())
+        return f"not looked at here: {kinds}"
+
+
+def evidence(recordings: Sequence[Any], tables: Mapping[str, pd.DataFrame] | None = None,
+             health: Sequence[Finding] = ()) -> Evidence:
+    """What the findings read of `recordings` (anything with `run_name`, `config`,
+    `scalar_columns`, `times`), the analysis `tables` at hand and the health findings."""
+    groups = seed_groups(recordings)
+    label = {run: g.label for g in groups for run in g.runs}
+    runs = tuple(RunFacts(r.run_name, label[r.run_name], r.scalar_columns, wall_time(r)) for r in recordings)
+    return Evidence(runs, tuple(groups), dict(tables or {}), tuple(health))
+
+
+def find(ev: Evidence, kinds: Sequence[str] | None = None) -> Findings:
+    """The sentences of every kind (or of `kinds`) whose tables the evidence holds."""
+    sentences: list[Sentence] = []
+    left_out: dict[str, tuple[str, ...]] = {}
+    for kind in kinds or SENTENCES.names():
+        maker = SENTENCES.get(kind)
+        missing = tuple(t for t in maker.needs if t not in ev.tables)
+        if missing:
+            left_out[kind] = missing
+            continue
+        sentences.extend(maker.build(ev))
+    return Findings(sentences, left_out)
