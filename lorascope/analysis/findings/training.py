@@ -174,7 +174,9 @@ def _update_per_step(stats, run: str) -> tuple[np.ndarray, np.ndarray]:
     rows = stats[(stats["run"] == run) & (stats["matrix"] == "dW")]
     if not len(rows):
         return np.zeros(0), np.zeros(0)
-    grid = rows.pivot_table(index="step", columns="module", values="update_size", aggfunc="first").sort_index()
+    # pivot, not pivot_table: the first snapshot's row (no update yet, NaN) must stay, or the
+    # steps between the snapshots would be counted from the second
+    grid = rows.pivot(index="step", columns="module", values="update_size").sort_index()
     steps = grid.index.to_numpy(dtype=float)
     total = np.sqrt(np.nansum(grid.to_numpy(dtype=float) ** 2, axis=1))  # (snapshots,)
     per_step = total[1:] / np.diff(steps)
