@@ -57,14 +57,14 @@ def _series(scalars: Mapping[str, np.ndarray], column: str) -> tuple[np.ndarray,
 
 
 def _examples(runs: list[RunFacts]) -> tuple[str, dict[str, float]]:
-    """'; eval set 872 examples' where the recordings logged the eval set size, else nothing."""
-    sizes = sorted({final_value(r.scalars, EVAL_EXAMPLES) for r in runs} - {math.nan})
-    sizes = [s for s in sizes if math.isfinite(s)]
+    """'eval set 872 examples' where the recordings logged the eval set size (the last
+    evaluation's), else ''."""
+    sizes = sorted({v for v in (final_value(r.scalars, EVAL_EXAMPLES) for r in runs) if math.isfinite(v)})
     if not sizes:
         return "", {}
     if len(sizes) == 1:
-        return f"; eval set {number(sizes[0])} examples", {"eval_examples": sizes[0]}
-    return (f"; eval sets of {number(sizes[0])}–{number(sizes[-1])} examples",
+        return f"eval set {number(sizes[0])} examples", {"eval_examples": sizes[0]}
+    return (f"eval sets of {number(sizes[0])}–{number(sizes[-1])} examples",
             {"eval_examples_min": sizes[0], "eval_examples_max": sizes[-1]})
 
 
@@ -99,7 +99,7 @@ def _one_run(ev: Evidence, column: str) -> list[Sentence]:
     best = int(np.argmin(values) if lower else np.argmax(values))
     size, size_numbers = _examples([run])
     text = (f"final {_name(column)} {number(values[-1])} at step {int(steps[-1])} "
-            f"(best {number(values[best])} at step {int(steps[best])}{size})")
+            f"(best {number(values[best])} at step {int(steps[best])}" + (f"; {size})" if size else ")"))
     numbers = {"final": float(values[-1]), "final_step": float(steps[-1]), "best": float(values[best]),
                "best_step": float(steps[best]), **size_numbers}
     return [Sentence("metrics", text, numbers, _link(ev), run.name)]
@@ -144,8 +144,7 @@ def metrics(ev: Evidence) -> list[Sentence]:
         order = ranked(finals, lower)
         size, size_numbers = _examples(list(ev.runs))
         numbers = {k: v for label, s in order for k, v in s.numbers(f"{label}.").items()}
-        text = f"final {name}: " + ", ".join(f"{label} {s.text()}" for label, s in order) + size.replace("; ", " (", 1)
-        text += ")" if size else ""
+        text = f"final {name}: " + ", ".join(f"{label} {s.text()}" for label, s in order) + (f" ({size})" if size else "")
         out.append(Sentence("metrics", text, {**numbers, **size_numbers}, _link(ev)))
         out.extend(Sentence("metrics", t, n, _link(ev)) for t, n in weigh(f"final {name}", order,
                                                                           "lower" if lower else "higher"))
