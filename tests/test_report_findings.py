@@ -5,6 +5,8 @@ info` and `lorascope analyze` printing them."""
 from __future__ import annotations
 
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -59,9 +61,13 @@ def test_the_sentences_state_what_the_recordings_hold(paths):
             rec.close()
 
 
-def test_the_report_opens_with_the_same_sentences_each_linked_into_the_page(paths, tmp_path):
-    index = build_report(paths, tmp_path / "report", max_modules=2, figure_kinds=["moments", "fits"])
-    page = index.read_text(encoding="utf-8")
+@pytest.fixture(scope="module")
+def report(paths, tmp_path_factory) -> Path:
+    return build_report(paths, tmp_path_factory.mktemp("report"), max_modules=2, figure_kinds=["moments", "fits"])
+
+
+def test_the_report_opens_with_the_same_sentences_each_linked_into_the_page(paths, report):
+    page = report.read_text(encoding="utf-8")
     assert page.index('id="findings"') < page.index('id="runs"')  # the page opens with them
     section = page[page.index('id="findings"'):page.index('id="runs"')]
     ids = set(re.findall(r'id="([^"]+)"', page))
@@ -104,3 +110,21 @@ def test_analyze_prints_the_sentences_and_writes_them_beside_the_tables(paths, t
     for line in written:
         if not line.startswith(("warning", "error", "note")):
             assert f"  {line}\n" in result.stdout
+
+
+@pytest.mark.browser
+def test_a_link_opens_the_collapsed_module_that_holds_its_figure(report, tmp_path):
+    """The module figures sit in collapsed <details>: following a sentence's link must open them
+    (the HTML standard reveals a fragment's closed ancestors; the page has no script to do it)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("chromium is not installed (apt-get install -y chromium)")
+    page = report.read_text(encoding="utf-8")
+    section = page[page.index('id="findings"'):page.index('id="runs"')]
+    target = next(a for a in re.findall(r'href="#([^"]+)"', section) if a.startswith("m0"))
+    done = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=3000",
+                           f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", f"{report.resolve().as_uri()}#{target}"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    module = target.rsplit("-", 1)[0]
+    assert re.search(rf'<details id="module-{re.escape(module)}" open', done.stdout), done.stdout[:2000]
