@@ -281,3 +281,27 @@ def test_a_kind_whose_tables_are_missing_is_named_not_dropped():
 def test_every_declared_kind_is_implemented():
     SENTENCES.load()
     assert SENTENCES.names() == ["zero_start", "families", "metrics", "stall", "wall_time", "health"]
+
+
+def test_too_few_evaluations_give_no_step_to_reach_a_level():
+    def run(name, group, seed, final):
+        steps = np.arange(1, 41, dtype=float)
+        acc = np.full(40, np.nan)
+        acc[[19, 39]] = [0.5, final]  # two evaluations: no curve to reach a level on
+        return _run(name, seed, group, {"step": steps, "eval_accuracy": acc})
+
+    recs = [run("a-s0", "a", 0, 0.6), run("a-s1", "a", 1, 0.62), run("b-s0", "b", 0, 0.5), run("b-s1", "b", 1, 0.52)]
+    texts = _texts(find(evidence(recs), ["metrics"]), "metrics")
+    assert texts[0].startswith("final eval accuracy: a 0.61") and not any("reaches" in t for t in texts)
+
+
+def test_group_labels_lose_the_words_every_one_shares():
+    from lorascope.analysis.findings.compose import short_labels
+
+    assert short_labels(["study003-svd-lr0.0004", "study003-kaiming_uniform-lr0.0004"]) == ["svd", "kaiming_uniform"]
+    assert short_labels(["s-svd-lr1", "s-svd-lr2", "s-pissa-lr1"]) == ["svd-lr1", "svd-lr2", "pissa-lr1"]
+    assert short_labels(["adamw", "sgd-s2"]) == ["adamw", "sgd-s2"]  # nothing shared
+    assert short_labels(["x-a", "x-a-b"]) == ["a", "a-b"]
+    assert short_labels(["x-a", "x"]) == ["x-a", "x"]  # stripping would leave an empty label
+    recs = [_run(f"study-{g}-s{s}", s, g) for g in ("svd", "kaiming") for s in (0, 1)]
+    assert [g.label for g in evidence(recs).groups] == ["svd", "kaiming"]

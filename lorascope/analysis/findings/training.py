@@ -15,7 +15,7 @@ from lorascope.analysis.findings.spread import Spread, ranked, weigh
 from lorascope.analysis.overview import final_value
 
 __all__ = ["metrics", "stall", "wall_time", "metric_columns", "lower_is_better", "reach_step", "level",
-           "STALL_FRACTION", "LOSS_SHARE", "MIN_STALL_SHARE", "EVAL_EXAMPLES"]
+           "STALL_FRACTION", "LOSS_SHARE", "MIN_STALL_SHARE", "MIN_EVALUATIONS", "EVAL_EXAMPLES"]
 
 # How many held-out examples an evaluation covered: logged beside the eval metrics, not one of them.
 EVAL_EXAMPLES = "eval_examples"
@@ -24,6 +24,9 @@ EVAL_EXAMPLES = "eval_examples"
 NOT_METRICS = (EVAL_EXAMPLES, "eval_samples", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
 # Metrics where lower is better; every other eval metric (accuracy, F1, ...) is better higher.
 LOWER_IS_BETTER = ("loss", "perplexity", "error")
+
+# Evaluations every run needs before the step a level is reached at says anything.
+MIN_EVALUATIONS = 3
 
 # A stall: ΔW's update per step stays below this share of its peak from some step to the end ...
 STALL_FRACTION = 0.05
@@ -116,11 +119,15 @@ def _finals(ev: Evidence, column: str) -> dict[str, Spread]:
 
 def _reaching(ev: Evidence, column: str, target: float, lower: bool) -> dict[str, tuple[Spread, int, int]]:
     """Per group: the spread of the steps its seeds reach `target` at, and how many of how many
-    seeds reach it."""
+    seeds reach it; empty unless every run evaluated at least MIN_EVALUATIONS times (with fewer
+    there is no curve to reach a level on)."""
+    series = {r.name: _series(r.scalars, column) for r in ev.runs}
+    if any(len(steps) < MIN_EVALUATIONS for steps, _ in series.values()):
+        return {}
     out = {}
     for group in ev.groups:
         runs = ev.runs_of(group)
-        steps = [reach_step(*_series(r.scalars, column), target, lower) for r in runs]
+        steps = [reach_step(*series[r.name], target, lower) for r in runs]
         spread = Spread.of(steps)
         if spread is not None:
             out[group.label] = (spread, spread.n, len(runs))
