@@ -128,3 +128,51 @@ def test_a_link_opens_the_collapsed_module_that_holds_its_figure(report, tmp_pat
     assert done.returncode == 0, done.stderr[-2000:]
     module = target.rsplit("-", 1)[0]
     assert re.search(rf'<details id="module-{re.escape(module)}" open', done.stdout), done.stdout[:2000]
+
+
+def _record_schedule(path: Path, gamma: float, steps: int = 30) -> Path:
+    """A tiny run trained on one fixed batch (its loss falls, then flattens) under AdamW with
+    ExponentialLR(gamma): gamma < 1 is study 000's decaying schedule, gamma = 1 a constant lr."""
+    import torch
+
+    from lorascope.config import LoraConfig, RecordConfig, RunConfig, config_to_dict
+    from lorascope.lora import add_lora
+    from lorascope.record import Recorder
+    from report_recordings import tiny_gpt2_model
+
+    model = tiny_gpt2_model(0)
+    lora = LoraConfig(rank=4, alpha=8.0, targets=["attn"])
+    add_lora(model, lora)
+    config = RunConfig(name=path.stem, seed=0, lora=lora)
+    opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
+    schedule = torch.optim.lr_scheduler.ExponentialLR(opt, gamma)
+    tokens = torch.randint(0, 64, (8, 16), generator=torch.Generator().manual_seed(0))
+    with Recorder(path, model, RecordConfig(), run_name=path.stem, run_config=config_to_dict(config),
+                  total_steps=steps) as rec:
+        rec.start(optimizer=opt)
+        for step in range(1, steps + 1):
+            loss = model(input_ids=tokens, labels=tokens).loss
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            rec.on_optimizer_step(step, {"loss": float(loss.detach()), "lr": schedule.get_last_lr()[0]})
+            schedule.step()
+    return path
+
+
+def test_a_decaying_learning_rate_stalls_and_a_constant_one_does_not(tmp_path):
+    paths = [_record_schedule(tmp_path / "exponential.h5", 0.8), _record_schedule(tmp_path / "constant.h5", 1.0)]
+    recs = [lorascope.open(p) for p in paths]
+    try:
+        result = analyze(recs, ("stats",))
+        found = find(evidence(recs, result.tables, result.findings), ["stall"]).sentences
+        lr = recs[0].scalar_columns["lr"]
+    finally:
+        for rec in recs:
+            rec.close()
+    [stall] = found
+    assert stall.run == "exponential" and stall.text.startswith("exponential: ΔW's update per step falls below 5%")
+    # the lr there, as a share of its peak, is 0.8^(step - 1): read off the recorded lr column
+    step = int(stall.numbers["stall_step"])
+    assert stall.numbers["lr_share"] == pytest.approx(lr[step - 1] / lr.max())
+    assert stall.numbers["loss_after"] < 0.1 * stall.numbers["loss_before"]

@@ -236,7 +236,7 @@ def stall(ev: Evidence) -> list[Sentence]:
             text += f", the learning rate at {number(100 * lr_share, 2)}% of its peak"
             numbers["lr_share"] = lr_share
         text += (f"; the loss improves by {number(after, 2)} after step {int(since)} "
-                 f"against {number(before, 2)} before ({number(first)} → {number(at)} → {number(end)})")
+                 f"against {number(before, 2)} before ({number(first, 4)} → {number(at, 4)} → {number(end, 4)})")
         prefix = f"{run.name}: " if ev.several else ""
         out.append(Sentence("stall", prefix + text, numbers, Link("training"), run.name))
     return out
