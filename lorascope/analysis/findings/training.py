@@ -134,43 +134,56 @@ def _reaching(ev: Evidence, column: str, target: float, lower: bool) -> dict[str
     return out
 
 
+def _final_sentences(ev: Evidence, column: str, finals: dict[str, Spread]) -> list[Sentence]:
+    """Each group's final value with its seed spread (and the eval set size where recorded), then
+    the leader weighed against the others."""
+    lower, name = lower_is_better(column), _name(column)
+    order = ranked(finals, lower)
+    size, size_numbers = _examples(list(ev.runs))
+    numbers = {k: v for label, s in order for k, v in s.numbers(f"{label}.").items()}
+    text = f"final {name}: " + ", ".join(f"{label} {s.text()}" for label, s in order) + (f" ({size})" if size else "")
+    out = [Sentence("metrics", text, {**numbers, **size_numbers}, _link(ev))]
+    out.extend(Sentence("metrics", t, n, _link(ev))
+               for t, n in weigh(f"final {name}", order, "lower" if lower else "higher"))
+    return out
+
+
+def _reach_sentences(ev: Evidence, column: str, finals: dict[str, Spread]) -> list[Sentence]:
+    """The step at which each group's seeds first reach the level every group's mean ends at
+    (`level`), then the earliest weighed against the others."""
+    lower, name = lower_is_better(column), _name(column)
+    target = level([s.mean for s in finals.values()], lower)
+    reached = _reaching(ev, column, target, lower)
+    if len(reached) < 2:
+        return []
+    steps = ranked({label: s for label, (s, _, _) in reached.items()}, lower_is_better=True)
+    parts = []
+    for label, s in steps:
+        _, k, n = reached[label]
+        missed = f", {n - k} of {n} seeds never reach it" if k < n else ""
+        parts.append(f"{label} at step {s.text(note=missed)}")
+    numbers = {"level": target, **{k: v for label, s in steps for k, v in s.numbers(f"{label}.step_").items()}}
+    out = [Sentence("metrics", f"{name} reaches {number(target)}: " + ", ".join(parts), numbers, _link(ev))]
+    out.extend(Sentence("metrics", t, n, _link(ev))
+               for t, n in weigh(f"step to reach {name} {number(target)}", steps, "earlier"))
+    return out
+
+
 def metrics(ev: Evidence) -> list[Sentence]:
-    """Per eval metric: each group's final value with its seed spread (and the eval set size
-    where recorded), the leader weighed against the others by the seed-spread rule, and the step
-    at which each group first reaches the level every group's mean ends at, weighed the same way.
-    With one run in view: its final and best value."""
+    """Per eval metric: each group's final value with its seed spread, the leader weighed against
+    the others by the seed-spread rule, and the step at which each group first reaches the level
+    every group's mean ends at, weighed the same way. With one run in view: its final and best
+    value."""
     out = []
     for column in metric_columns(list(ev.runs)):
         if not ev.several:
             out.extend(_one_run(ev, column))
             continue
-        lower, name = lower_is_better(column), _name(column)
         finals = _finals(ev, column)
-        if not finals:
-            continue
-        order = ranked(finals, lower)
-        size, size_numbers = _examples(list(ev.runs))
-        numbers = {k: v for label, s in order for k, v in s.numbers(f"{label}.").items()}
-        text = f"final {name}: " + ", ".join(f"{label} {s.text()}" for label, s in order) + (f" ({size})" if size else "")
-        out.append(Sentence("metrics", text, {**numbers, **size_numbers}, _link(ev)))
-        out.extend(Sentence("metrics", t, n, _link(ev)) for t, n in weigh(f"final {name}", order,
-                                                                          "lower" if lower else "higher"))
-        if len(finals) < 2:
-            continue
-        target = level([s.mean for s in finals.values()], lower)
-        reached = _reaching(ev, column, target, lower)
-        if len(reached) < 2:
-            continue
-        steps = ranked({label: s for label, (s, _, _) in reached.items()}, lower_is_better=True)
-        parts = []
-        for label, s in steps:
-            _, k, n = reached[label]
-            missed = f", {n - k} of {n} seeds never reach it" if k < n else ""
-            parts.append(f"{label} at step {s.text(note=missed)}")
-        numbers = {"level": target, **{k: v for label, s in steps for k, v in s.numbers(f"{label}.step_").items()}}
-        out.append(Sentence("metrics", f"{name} reaches {number(target)}: " + ", ".join(parts), numbers, _link(ev)))
-        out.extend(Sentence("metrics", t, n, _link(ev))
-                   for t, n in weigh(f"step to reach {name} {number(target)}", steps, "earlier"))
+        if finals:
+            out.extend(_final_sentences(ev, column, finals))
+        if len(finals) > 1:
+            out.extend(_reach_sentences(ev, column, finals))
     return out
 
 
