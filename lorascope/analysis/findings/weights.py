@@ -48,7 +48,7 @@ def zero_start(ev: Evidence) -> list[Sentence]:
     zero and by which step ('at step s' when the snapshot read before it is step s-1)."""
     stats = ev.tables["stats"]
     per = _departures(stats)
-    # (run, matrix) -> how many modules have rows of it, whatever their start
+    # every (run, module, matrix) with rows of A or B, whatever its start: what "n of total" counts
     modules = stats.loc[stats["matrix"].isin(["A", "B"]), ["run", "module", "matrix"]].drop_duplicates()
     out = []
     for group in ev.groups:
