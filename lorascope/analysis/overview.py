@@ -274,7 +274,7 @@ def _finding_lines(rec: Any, checked: list[Finding] | None) -> list[str]:
     found = find(evidence([rec], health=checked or ()))
     lines = ["findings", *(f"  {s}" for s in found.sentences if s.kind != "health")]
     if found.left_out:
-        lines.append(f"  {found.left_out_note()} (lorascope analyze --tables stats,fits or lorascope report)")
+        lines.append(f"  {found.left_out_note()}; lorascope analyze --tables stats,fits and lorascope report state them")
     if checked is not None:
         lines.append("health")
         lines.extend(f"  {s}" for s in [s.text for s in found.sentences if s.kind == "health"] or ["no findings"])

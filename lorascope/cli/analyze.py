@@ -161,7 +161,7 @@ def analyze(
         if sentence.kind != "health":  # the health findings' sentences go to stderr below
             typer.echo(f"  {sentence}")
     if found.left_out:
-        typer.echo(f"  {found.left_out_note()} (add them to --tables)")
+        typer.echo(f"  {found.left_out_note()}; add it to --tables for them")
     for note in result.notes:  # modules a table has no rows for, and why
         typer.echo(f"note: {note}", err=True)
     for finding in result.findings:

@@ -15,7 +15,7 @@ from lorascope.analysis.findings.spread import Spread, ranked, weigh
 from lorascope.analysis.overview import final_value
 
 __all__ = ["metrics", "stall", "wall_time", "metric_columns", "lower_is_better", "reach_step", "level",
-           "STALL_FRACTION", "LOSS_SHARE", "MIN_STALL_SHARE", "EVAL_EXAMPLES"]
+           "STALL_FRACTION", "LOSS_SHARE", "MIN_STALL_SHARE", "MIN_EVALUATIONS", "EVAL_EXAMPLES"]
 
 # How many held-out examples an evaluation covered: logged beside the eval metrics, not one of them.
 EVAL_EXAMPLES = "eval_examples"
@@ -24,6 +24,9 @@ EVAL_EXAMPLES = "eval_examples"
 NOT_METRICS = (EVAL_EXAMPLES, "eval_samples", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
 # Metrics where lower is better; every other eval metric (accuracy, F1, ...) is better higher.
 LOWER_IS_BETTER = ("loss", "perplexity", "error")
+
+# Evaluations every run needs before the step a level is reached at says anything.
+MIN_EVALUATIONS = 3
 
 # A stall: ΔW's update per step stays below this share of its peak from some step to the end ...
 STALL_FRACTION = 0.05
@@ -57,14 +60,14 @@ def _series(scalars: Mapping[str, np.ndarray], column: str) -> tuple[np.ndarray,
 
 
 def _examples(runs: list[RunFacts]) -> tuple[str, dict[str, float]]:
-    """'; eval set 872 examples' where the recordings logged the eval set size, else nothing."""
-    sizes = sorted({final_value(r.scalars, EVAL_EXAMPLES) for r in runs} - {math.nan})
-    sizes = [s for s in sizes if math.isfinite(s)]
+    """'eval set 872 examples' where the recordings logged the eval set size (the last
+    evaluation's), else ''."""
+    sizes = sorted({v for v in (final_value(r.scalars, EVAL_EXAMPLES) for r in runs) if math.isfinite(v)})
     if not sizes:
         return "", {}
     if len(sizes) == 1:
-        return f"; eval set {number(sizes[0])} examples", {"eval_examples": sizes[0]}
-    return (f"; eval sets of {number(sizes[0])}–{number(sizes[-1])} examples",
+        return f"eval set {number(sizes[0])} examples", {"eval_examples": sizes[0]}
+    return (f"eval sets of {number(sizes[0])}–{number(sizes[-1])} examples",
             {"eval_examples_min": sizes[0], "eval_examples_max": sizes[-1]})
 
 
@@ -99,7 +102,7 @@ def _one_run(ev: Evidence, column: str) -> list[Sentence]:
     best = int(np.argmin(values) if lower else np.argmax(values))
     size, size_numbers = _examples([run])
     text = (f"final {_name(column)} {number(values[-1])} at step {int(steps[-1])} "
-            f"(best {number(values[best])} at step {int(steps[best])}{size})")
+            f"(best {number(values[best])} at step {int(steps[best])}" + (f"; {size})" if size else ")"))
     numbers = {"final": float(values[-1]), "final_step": float(steps[-1]), "best": float(values[best]),
                "best_step": float(steps[best]), **size_numbers}
     return [Sentence("metrics", text, numbers, _link(ev), run.name)]
@@ -116,55 +119,71 @@ def _finals(ev: Evidence, column: str) -> dict[str, Spread]:
 
 def _reaching(ev: Evidence, column: str, target: float, lower: bool) -> dict[str, tuple[Spread, int, int]]:
     """Per group: the spread of the steps its seeds reach `target` at, and how many of how many
-    seeds reach it."""
+    seeds reach it; empty unless every run evaluated at least MIN_EVALUATIONS times (with fewer
+    there is no curve to reach a level on)."""
+    series = {r.name: _series(r.scalars, column) for r in ev.runs}
+    if any(len(steps) < MIN_EVALUATIONS for steps, _ in series.values()):
+        return {}
     out = {}
     for group in ev.groups:
         runs = ev.runs_of(group)
-        steps = [reach_step(*_series(r.scalars, column), target, lower) for r in runs]
+        steps = [reach_step(*series[r.name], target, lower) for r in runs]
         spread = Spread.of(steps)
         if spread is not None:
             out[group.label] = (spread, spread.n, len(runs))
     return out
 
 
+def _final_sentences(ev: Evidence, column: str, finals: dict[str, Spread]) -> list[Sentence]:
+    """Each group's final value with its seed spread (and the eval set size where recorded), then
+    the leader weighed against the others."""
+    lower, name = lower_is_better(column), _name(column)
+    order = ranked(finals, lower)
+    size, size_numbers = _examples(list(ev.runs))
+    numbers = {k: v for label, s in order for k, v in s.numbers(f"{label}.").items()}
+    text = f"final {name}: " + ", ".join(f"{label} {s.text()}" for label, s in order) + (f" ({size})" if size else "")
+    out = [Sentence("metrics", text, {**numbers, **size_numbers}, _link(ev))]
+    out.extend(Sentence("metrics", t, n, _link(ev))
+               for t, n in weigh(f"final {name}", order, "lower" if lower else "higher"))
+    return out
+
+
+def _reach_sentences(ev: Evidence, column: str, finals: dict[str, Spread]) -> list[Sentence]:
+    """The step at which each group's seeds first reach the level every group's mean ends at
+    (`level`), then the earliest weighed against the others."""
+    lower, name = lower_is_better(column), _name(column)
+    target = level([s.mean for s in finals.values()], lower)
+    reached = _reaching(ev, column, target, lower)
+    if len(reached) < 2:
+        return []
+    steps = ranked({label: s for label, (s, _, _) in reached.items()}, lower_is_better=True)
+    parts = []
+    for label, s in steps:
+        _, k, n = reached[label]
+        missed = f", {n - k} of {n} seeds never reach it" if k < n else ""
+        parts.append(f"{label} at step {s.text(note=missed)}")
+    numbers = {"level": target, **{k: v for label, s in steps for k, v in s.numbers(f"{label}.step_").items()}}
+    out = [Sentence("metrics", f"{name} reaches {number(target)}: " + ", ".join(parts), numbers, _link(ev))]
+    out.extend(Sentence("metrics", t, n, _link(ev))
+               for t, n in weigh(f"step to reach {name} {number(target)}", steps, "earlier"))
+    return out
+
+
 def metrics(ev: Evidence) -> list[Sentence]:
-    """Per eval metric: each group's final value with its seed spread (and the eval set size
-    where recorded), the leader weighed against the others by the seed-spread rule, and the step
-    at which each group first reaches the level every group's mean ends at, weighed the same way.
-    With one run in view: its final and best value."""
+    """Per eval metric: each group's final value with its seed spread, the leader weighed against
+    the others by the seed-spread rule, and the step at which each group first reaches the level
+    every group's mean ends at, weighed the same way. With one run in view: its final and best
+    value."""
     out = []
     for column in metric_columns(list(ev.runs)):
         if not ev.several:
             out.extend(_one_run(ev, column))
             continue
-        lower, name = lower_is_better(column), _name(column)
         finals = _finals(ev, column)
-        if not finals:
-            continue
-        order = ranked(finals, lower)
-        size, size_numbers = _examples(list(ev.runs))
-        numbers = {k: v for label, s in order for k, v in s.numbers(f"{label}.").items()}
-        text = f"final {name}: " + ", ".join(f"{label} {s.text()}" for label, s in order) + size.replace("; ", " (", 1)
-        text += ")" if size else ""
-        out.append(Sentence("metrics", text, {**numbers, **size_numbers}, _link(ev)))
-        out.extend(Sentence("metrics", t, n, _link(ev)) for t, n in weigh(f"final {name}", order,
-                                                                          "lower" if lower else "higher"))
-        if len(finals) < 2:
-            continue
-        target = level([s.mean for s in finals.values()], lower)
-        reached = _reaching(ev, column, target, lower)
-        if len(reached) < 2:
-            continue
-        steps = ranked({label: s for label, (s, _, _) in reached.items()}, lower_is_better=True)
-        parts = []
-        for label, s in steps:
-            _, k, n = reached[label]
-            missed = f", {n - k} of {n} seeds never reach it" if k < n else ""
-            parts.append(f"{label} at step {s.text(note=missed)}")
-        numbers = {"level": target, **{k: v for label, s in steps for k, v in s.numbers(f"{label}.step_").items()}}
-        out.append(Sentence("metrics", f"{name} reaches {number(target)}: " + ", ".join(parts), numbers, _link(ev)))
-        out.extend(Sentence("metrics", t, n, _link(ev))
-                   for t, n in weigh(f"step to reach {name} {number(target)}", steps, "earlier"))
+        if finals:
+            out.extend(_final_sentences(ev, column, finals))
+        if len(finals) > 1:
+            out.extend(_reach_sentences(ev, column, finals))
     return out
 
 
@@ -174,7 +193,9 @@ def _update_per_step(stats, run: str) -> tuple[np.ndarray, np.ndarray]:
     rows = stats[(stats["run"] == run) & (stats["matrix"] == "dW")]
     if not len(rows):
         return np.zeros(0), np.zeros(0)
-    grid = rows.pivot_table(index="step", columns="module", values="update_size", aggfunc="first").sort_index()
+    # pivot, not pivot_table: the first snapshot's row (no update yet, NaN) must stay, or the
+    # steps between the snapshots would be counted from the second
+    grid = rows.pivot(index="step", columns="module", values="update_size").sort_index()
     steps = grid.index.to_numpy(dtype=float)
     total = np.sqrt(np.nansum(grid.to_numpy(dtype=float) ** 2, axis=1))  # (snapshots,)
     per_step = total[1:] / np.diff(steps)
@@ -228,7 +249,7 @@ def stall(ev: Evidence) -> list[Sentence]:
             text += f", the learning rate at {number(100 * lr_share, 2)}% of its peak"
             numbers["lr_share"] = lr_share
         text += (f"; the loss improves by {number(after, 2)} after step {int(since)} "
-                 f"against {number(before, 2)} before ({number(first)} → {number(at)} → {number(end)})")
+                 f"against {number(before, 2)} before ({number(first, 4)} → {number(at, 4)} → {number(end, 4)})")
         prefix = f"{run.name}: " if ev.several else ""
         out.append(Sentence("stall", prefix + text, numbers, Link("training"), run.name))
     return out

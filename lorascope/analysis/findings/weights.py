@@ -46,16 +46,17 @@ def zero_start(ev: Evidence) -> list[Sentence]:
     """'B leaves zero at step 1 in 14/14 modules': for each group and each matrix that starts at
     exactly zero (B under the usual inits, A under gaussian_b), how many of those modules leave
     zero and by which step ('at step s' when the snapshot read before it is step s-1)."""
-    per = _departures(ev.tables["stats"])
+    stats = ev.tables["stats"]
+    per = _departures(stats)
+    # every (run, module, matrix) with rows of A or B, whatever its start: what "n of total" counts
+    modules = stats.loc[stats["matrix"].isin(["A", "B"]), ["run", "module", "matrix"]].drop_duplicates()
     out = []
     for group in ev.groups:
         mine = per[per["run"].isin(group.runs)]
         for matrix, rows in mine.groupby("matrix", sort=True):
             left = rows[rows["left"].notna()]
             n, k = len(rows), len(left)
-            all_rows = ev.tables["stats"]
-            total = all_rows[(all_rows["matrix"] == matrix) & all_rows["run"].isin(group.runs)][["run", "module"]]
-            total = len(total.drop_duplicates())
+            total = int(((modules["matrix"] == matrix) & modules["run"].isin(group.runs)).sum())
             text = _prefix(ev, group.label)
             numbers = {"modules_at_zero": float(n), "modules": float(total), "left": float(k)}
             if k:
