@@ -280,7 +280,7 @@ def test_a_kind_whose_tables_are_missing_is_named_not_dropped():
 
 def test_every_declared_kind_is_implemented():
     SENTENCES.load()
-    assert SENTENCES.names() == ["zero_start", "families", "metrics", "stall", "wall_time", "health"]
+    assert SENTENCES.names() == ["zero_start", "families", "metrics", "stall", "wall_time", "grad_noise", "health"]
 
 
 def test_too_few_evaluations_give_no_step_to_reach_a_level():

@@ -14,9 +14,11 @@ from lorascope.analysis.findings import evidence, find
 from analysis_fakes import lora_run, with_gradients
 
 
-def _run(name: str, seed: int = 0, group: str = "g"):
+def _run(name: str, seed: int = 0, group: str = "g", grad_steps=np.repeat([1, 2, 3], 4)):
+    """A recording as the findings read it; by default with 4 micro-step gradients per step."""
     scalars = {"step": np.arange(1, 3, dtype=float), "loss": np.array([2.0, 1.0])}
-    return SimpleNamespace(run_name=name, config={"group": group, "seed": seed}, scalar_columns=scalars, times=None)
+    return SimpleNamespace(run_name=name, config={"group": group, "seed": seed}, scalar_columns=scalars, times=None,
+                           grad_steps=grad_steps)
 
 
 def _table(runs, ratio, K=4, steps=(1, 2, 3), status=None):
@@ -84,3 +86,14 @@ def test_from_recorded_gradients_through_analyze():
     assert [s.text[:3] for s in sentences] == ["A's", "B's"]
     for s in sentences:  # Gaussian micro-gradients with no common direction: about K
         assert 3.0 < s.numbers["median_ratio"] < 5.0 and s.numbers["steps"] == 8 and s.numbers["modules"] == 2
+
+
+def test_runs_without_micro_step_gradients_have_nothing_to_say_or_leave_out():
+    """Gradient noise is about micro-step gradients: runs without them (no gradients, or one per
+    step) get no sentence and no "not looked at" note; with them but without the table, the
+    kind is named as left out."""
+    for steps in (None, np.array([1, 2, 3])):
+        found = find(evidence([_run("a", grad_steps=steps)]), ["grad_noise"])
+        assert not found.sentences and not found.left_out
+    found = find(evidence([_run("a")]), ["grad_noise"])
+    assert found.left_out == {"grad_noise": ("grad_noise",)}

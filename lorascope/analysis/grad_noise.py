@@ -27,13 +27,13 @@ one `np.add.reduceat` over the stacked rows, steps of different K side by side."
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 from lorascope.errors import UsageError
 
-__all__ = ["STATUSES", "StepGroups", "step_groups", "within_step"]
+__all__ = ["has_micro_step_gradients", "STATUSES", "StepGroups", "step_groups", "within_step"]
 
 STATUSES = {
     "ok": "every number defined",
@@ -78,6 +78,13 @@ def step_groups(steps: np.ndarray) -> StepGroups:
     unique, counts = np.unique(steps[order], return_counts=True)
     keep = counts >= 2
     return StepGroups(unique[keep], counts[keep], order[np.repeat(keep, counts)])
+
+
+def has_micro_step_gradients(recording: Any) -> bool:
+    """Whether `recording` holds two or more micro-step gradients of some optimizer step (gradients
+    recorded with accumulation): what the grad_noise table, its figure and its sentence need."""
+    steps = getattr(recording, "grad_steps", None)
+    return steps is not None and len(step_groups(np.asarray(steps)).steps) > 0
 
 
 def within_step(G: np.ndarray, counts: np.ndarray) -> dict[str, np.ndarray]:

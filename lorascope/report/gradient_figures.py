@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from lorascope.analysis.grad_noise import step_groups
+from lorascope.analysis.grad_noise import has_micro_step_gradients
 from lorascope.report import MODULE_FIGURES, figures
 from lorascope.report.html import FigureRef
 from lorascope.report.module_figures import MATRICES, FigureContext, FigureKind, save_figure
@@ -23,11 +23,7 @@ NO_MICRO_STEPS = ("no recording holds two or more micro-step gradients of one op
 def missing_micro_steps(recs: Sequence[Any]) -> str | None:
     """Why the recordings have no gradient noise to draw, or None when one of them has a step
     with two or more micro-step gradients."""
-    for rec in recs:
-        steps = getattr(rec, "grad_steps", None)
-        if steps is not None and len(step_groups(np.asarray(steps)).steps):
-            return None
-    return NO_MICRO_STEPS
+    return None if any(has_micro_step_gradients(rec) for rec in recs) else NO_MICRO_STEPS
 
 
 @dataclass(frozen=True)

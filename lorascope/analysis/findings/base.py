@@ -56,6 +56,7 @@ class RunFacts:
     group: str
     scalars: Mapping[str, np.ndarray]
     wall_time: float = math.nan
+    micro_step_gradients: bool = False  # two or more micro-step gradients of some step recorded
 
 
 @dataclass(frozen=True)
@@ -85,6 +86,9 @@ class Maker:
     tables (and the runs and health findings every evidence has)."""
     build: Callable[[Evidence], list[Sentence]]
     needs: tuple[str, ...] = ()
+    # whether the runs hold what the kind is about at all (gradient noise needs micro-step
+    # gradients): a kind that does not apply is neither built nor named as left out
+    applies: Callable[[Evidence], bool] = lambda ev: True
 
 
 def number(value: Any, digits: int = 3) -> str:

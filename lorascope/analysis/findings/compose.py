@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from lorascope.analysis.findings import SENTENCES
 from lorascope.analysis.findings.base import Evidence, RunFacts, Sentence
+from lorascope.analysis.grad_noise import has_micro_step_gradients
 from lorascope.analysis.health import Finding
 from lorascope.analysis.overview import wall_time
 from lorascope.analysis.seeds import seed_groups
@@ -65,7 +66,8 @@ def evidence(recordings: Sequence[Any], tables: Mapping[str, pd.DataFrame] | Non
     groups = seed_groups(recordings)
     groups = [replace(g, label=short) for g, short in zip(groups, short_labels([g.label for g in groups]))]
     label = {run: g.label for g in groups for run in g.runs}
-    runs = tuple(RunFacts(r.run_name, label[r.run_name], r.scalar_columns, wall_time(r)) for r in recordings)
+    runs = tuple(RunFacts(r.run_name, label[r.run_name], r.scalar_columns, wall_time(r), has_micro_step_gradients(r))
+                 for r in recordings)
     return Evidence(runs, tuple(groups), dict(tables or {}), tuple(health))
 
 
@@ -75,6 +77,8 @@ def find(ev: Evidence, kinds: Sequence[str] | None = None) -> Findings:
     left_out: dict[str, tuple[str, ...]] = {}
     for kind in kinds or SENTENCES.names():
         maker = SENTENCES.get(kind)
+        if not maker.applies(ev):
+            continue
         missing = tuple(t for t in maker.needs if t not in ev.tables)
         if missing:
             left_out[kind] = missing

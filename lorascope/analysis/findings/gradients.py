@@ -72,4 +72,5 @@ def grad_noise(ev: Evidence) -> list[Sentence]:
     return out
 
 
-SENTENCES.register("grad_noise")(Maker(grad_noise, ("grad_noise",)))
+SENTENCES.register("grad_noise")(Maker(grad_noise, ("grad_noise",),
+                                        applies=lambda ev: any(run.micro_step_gradients for run in ev.runs)))
