@@ -366,3 +366,18 @@ def test_every_check_is_documented():
         assert f"| `{name}` |" in doc, name
     for name in Thresholds.__dataclass_fields__:
         assert f"`{name} = {getattr(Thresholds(), name):g}`" in doc, name
+
+
+def test_a_rank_collapse_in_one_module_of_many_is_a_note():
+    """Known answer both ways: one collapsed module of 24 is a note (a one-directional gradient,
+    as the last block's query of a [CLS] classifier has); collapses in a quarter of them or more
+    are warnings, each with its message unchanged."""
+    s = series(dW__effective_rank=[np.nan, 3, 1.4, 1.3, 1.3, 1.3])
+    collapsed = health.check_module(s, checks=("rank_collapse",))
+    other = health.Finding("warning", "m1", "B", 30, "something else", check="norm_blowup")
+    (note, kept) = health.scope_across_modules(collapsed + [other], modules=24)
+    assert note.severity == "note" and "1 of the run's 24 modules" in note.message and "fell to 1.40" in note.message
+    assert kept == other
+    assert health.scope_across_modules(collapsed * 6, modules=24) == collapsed * 6
+    assert health.scope_across_modules(collapsed, modules=2) == collapsed
+    assert health.scope_across_modules([], modules=24) == []

@@ -132,7 +132,9 @@ def analyze(
             per_run[run].append(finding)
         for note in module.notes:
             noted[note] = noted.get(note, 0) + 1
-    findings = [f for run_findings in per_run for f in run_findings]
+    modules_checked = [sum(item.run == run for item in todo) for run in range(len(recs))]
+    findings = [f for run, run_findings in enumerate(per_run)
+                for f in _health.scope_across_modules(run_findings, modules_checked[run], o.thresholds)]
     built = {t: concat([f for _, f in sorted(frames[t], key=lambda kf: kf[0])], streamed[t].columns)
              for t in streamed}
     for t, spec in specs.items():

@@ -14,6 +14,7 @@ from typing import Any, Callable, Sequence
 import pandas as pd
 
 from lorascope.analysis import analyze
+from lorascope.analysis.health import Finding, scope_across_modules
 from lorascope.analysis.labels import run_labels
 from lorascope.analysis.overview import eval_columns, runs_table, scalar_series
 from lorascope.analysis.selection import common_modules
@@ -130,17 +131,22 @@ def build_report(
         for i, result in render_modules(recs, shown, plan, workers=workers, canvas=canvas, scheduler=scheduler,
                                         on_done=lambda done, name: tick(1 + done, total, name)):
             results[i] = result
-        # the run-level findings (the loss); each module's come with its result
-        warnings: dict[str, list[str]] = {r.run_name: [] for r in recs}
+        # the run-level findings (the loss), then each module's, which came with its result and
+        # are scoped here, where every drawn module of the run is in view (`scope_across_modules`)
+        by_run: dict[str, list[Finding]] = {r.run_name: [] for r in recs}
         run_health = analyze(recs, (), options, health=True, modules=[]).findings
-        for f in run_health:
+        for result in results:
+            for f in result.health:
+                by_run[f.run].append(f)
+        health = [*run_health, *(f for found in by_run.values()
+                                 for f in scope_across_modules(found, len(shown), options.thresholds))]
+        warnings: dict[str, list[str]] = {r.run_name: [] for r in recs}
+        for f in health:
             warnings[f.run].append(str(replace(f, run=None)))
         groups: dict[Any, list[ModuleBlock]] = {}
         summary_rows = []
         for result in results:
             groups.setdefault(result.layer, []).append(result.block)
-            for run, found in result.findings.items():
-                warnings[run].extend(found)
             summary_rows.extend(result.summary)
 
         notes = [
@@ -169,7 +175,7 @@ def build_report(
             seed_note=seeds.note,
             warnings=warnings,
             notes=notes,
-            findings=finding_lines(recs, results, [*training, *seeds.figures], run_health),
+            findings=finding_lines(recs, results, [*training, *seeds.figures], health),
             generated=f"generated {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC} from "
             f"{len(recs)} recording(s), {len(shown)} of {len(names)} common modules",
         )

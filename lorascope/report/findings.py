@@ -50,11 +50,10 @@ def _anchor(link: Link | None, page: dict[str, str], modules: dict[str, ModuleRe
 
 
 def finding_lines(recs: Sequence[Any], results: Sequence[ModuleResult], page_figures: Sequence[FigureRef],
-                  run_health: Sequence[Finding]) -> list[FindingLine]:
-    """The sentences for the runs in `recs`, from the modules' rows of the tables and their
-    health findings (after the run-level ones), each with the id of its figure."""
-    health = [*run_health, *(f for r in results for f in r.health)]
-    found = find(evidence(recs, _tables(results), health))
+                  health: Sequence[Finding]) -> list[FindingLine]:
+    """The sentences for the runs in `recs`, from the modules' rows of the tables and the health
+    findings (the run-level ones first), each with the id of its figure."""
+    found = find(evidence(recs, _tables(results), list(health)))
     page = {**PAGE_ANCHORS, **{ref.anchor: ref.anchor for ref in page_figures}}
     modules = {r.block.name: r for r in results}
     lines = []

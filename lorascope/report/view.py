@@ -4,7 +4,7 @@ first and last kept, plus the steps whose histograms are drawn side by side). Fi
 summary table read these rows; none computes a number of its own."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
@@ -76,8 +76,7 @@ class ModuleView:
     runs: list[str]
     ranks: dict[str, int]
     tables: dict[str, pd.DataFrame]
-    findings: dict[str, list[str]]  # run -> this module's health findings
-    health: list = field(default_factory=list)  # the same findings as `Finding`s, for the page's Findings
+    health: list = field(default_factory=list)  # this module's health `Finding`s, every run (unscoped: one module in view)
     _groups: dict = field(default_factory=dict, repr=False)
 
     def rows(self, table: str, run: str, matrix: str) -> pd.DataFrame:
@@ -97,14 +96,11 @@ class ModuleView:
 def module_view(recs: Sequence[Any], name: str, tables: Sequence[str], options: Options) -> ModuleView:
     """Analyses module `name` of every run (one `analyze` call) and keeps its tables' rows."""
     result = analyze(recs, tuple(dict.fromkeys(tables)), options, health=True, modules=[name])
-    findings: dict[str, list[str]] = {r.run_name: [] for r in recs}
     health = [f for f in result.findings if f.module is not None]  # run-level ones (the loss) are the page's
-    for f in health:
-        findings[f.run].append(str(replace(f, run=None)))
     first = recs[0].modules[name]
     return ModuleView(
         name=name, layer=first.layer_index, role=role(name, first.layer_index),
         in_features=int(first.in_features), out_features=int(first.out_features),
         runs=[r.run_name for r in recs], ranks={r.run_name: int(r.modules[name].rank) for r in recs},
-        tables=result.tables, findings=findings, health=health,
+        tables=result.tables, health=health,
     )

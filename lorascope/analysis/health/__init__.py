@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from lorascope.analysis.health.base import Finding, ModuleSeries, Thresholds
 from lorascope.analysis.health.loss import LOSS_CHECKS, check_loss, check_scalars
-from lorascope.analysis.health.weights import CHECKS, check_module
+from lorascope.analysis.health.weights import CHECKS, check_module, scope_across_modules
 
 __all__ = ["Finding", "Thresholds", "ModuleSeries", "CHECKS", "LOSS_CHECKS", "check_module", "check_loss",
-           "check_scalars"]
+           "check_scalars", "scope_across_modules"]

@@ -37,6 +37,10 @@ class Thresholds:
     # ΔW's effective rank below this: it has collapsed onto about one direction (a fraction of the
     # rank would flag large ranks for being large: LoRA updates concentrate in a few directions)
     rank_collapse_below: float = 1.5
+    # ... in at least this share of a run's modules: a warning (an lr that drives every update onto
+    # one direction). Fewer: a note each, since one module can have a one-directional gradient by
+    # construction (the last block's query under a [CLS] classifier sees the loss at one position).
+    rank_collapse_share: float = 0.25
     # A spike: a rise of ΔW's top-direction energy share between two snapshots that is an outlier
     # (robust z-score) against the series' own step-to-step rises, and large in itself.
     spike_z: float = 10.0

@@ -12,7 +12,7 @@ from lorascope.analysis.health.base import Finding, ModuleSeries, Thresholds
 from lorascope.analysis.health.series import first, growth_exponents, outlying_rises
 from lorascope.registry import Registry
 
-__all__ = ["CHECKS", "check_module"]
+__all__ = ["CHECKS", "check_module", "scope_across_modules"]
 
 Check = Callable[[ModuleSeries, Thresholds], list[Finding]]
 CHECKS: Registry[Check] = Registry("health check")
@@ -153,3 +153,20 @@ def check_module(series: ModuleSeries, thresholds: Thresholds | None = None,
     for name in checks or CHECKS.names():
         found.extend(replace(f, check=name) for f in CHECKS.get(name)(series, th))
     return found
+
+
+def scope_across_modules(findings: list[Finding], modules: int, thresholds: Thresholds | None = None) -> list[Finding]:
+    """One run's module findings, with what only the run as a whole tells: a rank collapse in
+    fewer than `rank_collapse_share` of the run's `modules` is a note, not a warning. An lr too
+    high for B collapses the updates across the run; an isolated one-directional ΔW is usually a
+    one-directional gradient (in a classifier the last block's query reaches the loss only at
+    the [CLS] position, so its update is nearly rank one in a healthy run)."""
+    th = thresholds or Thresholds()
+    collapsed = sum(f.check == "rank_collapse" for f in findings)
+    if not collapsed or collapsed >= th.rank_collapse_share * modules:
+        return findings
+    isolated = (f": about one direction holds the update, in {collapsed} of the run's {modules} modules (a warning "
+                f"from {th.rank_collapse_share:.0%} of them: an lr too high for B collapses the updates across the "
+                "run, while one module alone usually has a one-directional gradient)")
+    return [replace(f, severity="note", message=f.message.split(": the update")[0] + isolated)
+            if f.check == "rank_collapse" else f for f in findings]
