@@ -34,6 +34,31 @@ def test_equal_the_dense_definition(shape):
     assert got["count"][0] == 0 and got["count"][-1] > 0
 
 
+@pytest.mark.parametrize("spectrum", ["decaying", "flat"])
+def test_both_paths_of_a_large_weight_equal_the_dense_definition(spectrum, monkeypatch):
+    """A decaying spectrum is solved on a small head of W0's directions (the secular equation);
+    a flat one, as small encoders' attention weights have, by one eigendecomposition of the whole
+    core: both give the definition's numbers."""
+    rng = np.random.default_rng(1)
+    out_f, in_f, q = 200, 160, 3
+    U0 = np.linalg.qr(rng.normal(size=(out_f, in_f)))[0]
+    V0 = np.linalg.qr(rng.normal(size=(in_f, in_f)))[0]
+    S0 = 0.8 ** np.arange(in_f) if spectrum == "decaying" else 1.0 + 0.05 * rng.random(in_f)
+    W0 = (U0 * S0) @ V0.T
+    A, B = rng.normal(size=(4, q, in_f)) / np.sqrt(in_f), 0.01 * rng.normal(size=(4, out_f, q))
+    P, Q = lowrank.update_factors(A, B, 1.0)
+    whole = []
+    monkeypatch.setattr(intruders, "_whole", lambda *a: whole.append(1) or _whole(*a))
+    got = intruders.intruder_dimensions(intruders.pretrained_svd(W0), P, Q, k=6, epsilon=0.6)
+    want = _dense(W0, P, Q, 6, 0.6)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-8, atol=1e-10, err_msg=key)
+    assert bool(whole) == (spectrum == "flat")
+
+
+_whole = intruders._whole
+
+
 def test_planted_intruders_orthogonal_to_w0s_top_space_appear_exactly():
     # ΔW = U0_G H Σ Hᵀ V0_Gᵀ writes into a group G of 8 of W0's weak directions (σ ≈ 0.5), mixed by
     # an 8×8 Hadamard H: W_eff's block on G has singular vectors ≈ U0_G h_j (to ~0.07/80), whose

@@ -77,8 +77,10 @@ def _top_left(S: np.ndarray, L: np.ndarray, Rm: np.ndarray, k: int) -> tuple[np.
     S(λ) = M_HH + Z_H C Z_Rᵀ (λ − M_RR)⁻¹ Z_R C Z_Hᵀ a small |H|×|H| matrix: the tail enters through
     the 2q×2q matrix Γ = Z_Rᵀ (λ − d_R)⁻¹ Z_R (Woodbury), so the cost is O(m·q²) per λ instead of
     O(m³). Newton's method on λ − μ_j(S(λ)) (its slope is −(1 + ‖v_R‖²)) inside a bracket finds
-    it; the eigenvector's tail is v_R = (λ − M_RR)⁻¹ M_RH v_H. Where the bound fails, h doubles,
-    up to h = m (no tail: the whole matrix, exactly)."""
+    it; the eigenvector's tail is v_R = (λ − M_RR)⁻¹ M_RH v_H. Where the bound fails, h doubles
+    while the head stays small against m; past a quarter of m (a flat spectrum, as attention
+    weights of small encoders have) one eigendecomposition of the whole K Kᵀ costs less than the
+    iteration's k decompositions of the head per Newton step, and is exact."""
     n, nl, q = L.shape
     m = len(S)
     d = np.r_[S**2, np.zeros(nl - m)]
@@ -93,11 +95,23 @@ def _top_left(S: np.ndarray, L: np.ndarray, Rm: np.ndarray, k: int) -> tuple[np.
     todo = np.arange(n)
     h = min(m, 2 * k + 2 * q)
     while len(todo):
+        if 4 * h >= m:
+            lam_out[todo], sim_out[todo] = _whole(d, Z[todo], C[todo], m, k)
+            break
         ok, lam, sim = _secular(d, Z[todo], C[todo], Cinv[todo], h, m, k)
         lam_out[todo[ok]], sim_out[todo[ok]] = lam, sim
         todo = todo[~ok]
-        h = m if 2 * h >= m else 2 * h
+        h *= 2
     return np.sqrt(np.maximum(lam_out, 0.0)), sim_out
+
+
+def _whole(d: np.ndarray, Z: np.ndarray, C: np.ndarray, m: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """`_top_left` without a tail: the top k eigenpairs of K Kᵀ = diag(d) + Z C Zᵀ from one
+    eigendecomposition per row, with each eigenvector's largest |coordinate| among the first m."""
+    M = Z @ C @ Z.transpose(0, 2, 1)
+    M[:, np.arange(len(d)), np.arange(len(d))] += d
+    lam, V = np.linalg.eigh(M)
+    return lam[:, ::-1][:, :k], np.abs(V[:, :m, ::-1][:, :, :k]).max(axis=1)
 
 
 def _secular(d, Z, C, Cinv, h: int, m: int, k: int):
