@@ -77,3 +77,37 @@ def test_info_shows_the_eval_set_size(recordings):
     with lorascope.open(recordings[3]) as rec:
         text = describe(rec, health=False)
     assert f"eval examples            {3 * BATCH} held-out examples in the last evaluation" in text
+
+
+def test_classification_metrics_against_a_count_by_hand():
+    import torch
+
+    from lorascope.train.evaluate import classification_metrics
+
+    labels = torch.tensor([1, 1, 1, 0, 1, 0, 2, 1])  # label 1 holds 5 of 8
+    predictions = torch.tensor([1, 0, 1, 0, 2, 0, 2, 1])
+    got = classification_metrics(predictions, labels, num_labels=3)
+    assert got["majority"] == 5 / 8 and got["accuracy"] == 6 / 8
+    # a model that answers the majority label to everything scores exactly that share
+    assert classification_metrics(torch.ones(8, dtype=torch.long), labels, 3)["accuracy"] == got["majority"]
+
+
+def test_every_evaluation_records_its_majority_label_share(recordings):
+    """The share of the most common label among the evaluated reviews, counted here from the
+    split the run used (the loaders' order is fixed: the first 3 batches are the same reviews)."""
+    from lorascope.config import config_from_dict
+    from lorascope.data.bundle import build_data
+    from lorascope.models.loaders import load_model
+
+    with lorascope.open(recordings[3]) as rec:
+        s, cfg = rec.scalars, config_from_dict(rec.config)
+    _, tokenizer = load_model(cfg.model, "classification", 2)
+    data = build_data(cfg.data, tokenizer, seed=cfg.seed)
+    labels = np.concatenate([b["labels"].numpy() for _, b in zip(range(3), data.val)])
+    want = np.bincount(labels).max() / len(labels)
+    evals = s[s["eval_accuracy"].notna()]
+    np.testing.assert_allclose(evals["eval_majority"].to_numpy(), [want, want])
+    with lorascope.open(recordings[3]) as a:
+        assert "eval_majority" not in eval_columns(a.scalar_columns)  # about the eval set, not a metric
+        assert runs_table([a]).loc["eval majority"].tolist() == [want]
+

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "EVAL_EXAMPLES", "HIGHLIGHTS", "QUICK", "flatten_config", "config_differences", "is_bookkeeping",
+    "EVAL_EXAMPLES", "EVAL_MAJORITY", "EVAL_SET_COLUMNS", "eval_set_rows", "HIGHLIGHTS", "QUICK", "flatten_config", "config_differences", "is_bookkeeping",
     "eval_columns", "final_value",
     "best_value", "lora_parameters", "wall_time", "runs_table", "scalar_series", "quick_findings", "describe",
 ]
@@ -80,8 +80,12 @@ def _display(value: Any) -> Any:
 # machine and the schedule, so no figure or table treats them as a finding.
 BOOKKEEPING_NAMES = frozenset({"epoch", "total_flos"})
 BOOKKEEPING_SUFFIXES = ("_runtime", "_samples_per_second", "_steps_per_second", "_flos", "_epoch")
-# how many held-out examples an evaluation covered: logged beside the eval metrics, not one of them
+# What an evaluation logs about its held-out set beside the metrics, not one of them: how many
+# examples it covered, and for classification the share of the most common label among them
+# (the accuracy of answering that label to everything).
 EVAL_EXAMPLES = "eval_examples"
+EVAL_MAJORITY = "eval_majority"
+EVAL_SET_COLUMNS = (EVAL_EXAMPLES, EVAL_MAJORITY)
 
 
 def is_bookkeeping(column: str) -> bool:
@@ -92,9 +96,16 @@ def is_bookkeeping(column: str) -> bool:
 
 def eval_columns(scalars: Mapping) -> list[str]:
     """The evaluation metrics among the scalar columns (`eval_<metric>`), in their order: the one
-    definition every figure, table and summary reads, without the trainer's bookkeeping and the
-    eval set size (`EVAL_EXAMPLES`)."""
-    return [c for c in scalars if str(c).startswith("eval_") and c != EVAL_EXAMPLES and not is_bookkeeping(c)]
+    definition every figure, table and summary reads, without the trainer's bookkeeping and what
+    is logged about the eval set (`EVAL_SET_COLUMNS`)."""
+    return [c for c in scalars if str(c).startswith("eval_") and c not in EVAL_SET_COLUMNS and not is_bookkeeping(c)]
+
+
+def eval_set_rows(scalars: Sequence[Mapping]) -> dict[str, list[float]]:
+    """The rows a table of runs gives their last evaluation's held-out set, where any run logged
+    them: its size and, for classification, its majority-label share."""
+    return {f"eval {column.removeprefix('eval_')}": [final_value(s, column) for s in scalars]
+            for column in EVAL_SET_COLUMNS if any(column in s for s in scalars)}
 
 
 def _values(scalars: Mapping, column: str) -> np.ndarray:
@@ -154,8 +165,7 @@ def runs_table(recordings: Sequence[Any], labels: Mapping[str, str] | None = Non
     rows["best loss"] = [best_value(s, "loss") for s in scalars]
     for column in dict.fromkeys(c for s in scalars for c in eval_columns(s)):
         rows[f"final {column}"] = [final_value(s, column) for s in scalars]
-    if any(EVAL_EXAMPLES in s for s in scalars):
-        rows["eval examples"] = [final_value(s, EVAL_EXAMPLES) for s in scalars]
+    rows.update(eval_set_rows(scalars))
     rows["trainable parameters"] = [
         (r.environment or {}).get("trainable_parameters", math.nan) for r in recordings
     ]
@@ -243,9 +253,12 @@ def describe(rec: Any, path: Path | None = None, *, health: bool = True, max_ste
     scalars = rec.scalar_columns
     training = [f"  {c:<24} final {final_value(scalars, c):.4g}   best {best_value(scalars, c):.4g}"
                 for c in ("loss", *eval_columns(scalars)) if math.isfinite(final_value(scalars, c))]
-    examples = final_value(scalars, EVAL_EXAMPLES)
+    examples, majority = final_value(scalars, EVAL_EXAMPLES), final_value(scalars, EVAL_MAJORITY)
     if math.isfinite(examples):
         training.append(f"  {'eval examples':<24} {examples:.0f} held-out examples in the last evaluation")
+    if math.isfinite(majority):
+        training.append(f"  {'eval majority':<24} {majority:.4g}: the accuracy of answering the most common "
+                        "label to every one of them")
     if training:
         lines.append("training")
         lines.extend(training)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
-from lorascope.analysis.overview import EVAL_EXAMPLES, best_value, eval_columns, final_value, flatten_config, scalar_series, wall_time
+from lorascope.analysis.overview import best_value, eval_columns, eval_set_rows, final_value, flatten_config, scalar_series, wall_time
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -118,8 +118,7 @@ def summary_quantities(recordings: Sequence[Any]) -> dict[str, list[float]]:
     }
     for column in dict.fromkeys(c for s in scalars for c in eval_columns(s)):
         quantities[f"final {column}"] = [final_value(s, column) for s in scalars]
-    if any(EVAL_EXAMPLES in s for s in scalars):
-        quantities["eval examples"] = [final_value(s, EVAL_EXAMPLES) for s in scalars]
+    quantities.update(eval_set_rows(scalars))
     quantities["wall time (s)"] = [wall_time(r) for r in recordings]
     return quantities
 

@@ -13,8 +13,12 @@ __all__ = ["evaluate", "classification_metrics", "generate_samples"]
 
 
 def classification_metrics(predictions: torch.Tensor, labels: torch.Tensor, num_labels: int) -> dict[str, float]:
-    """Accuracy, and F1: of the positive class for two labels, macro-averaged otherwise."""
+    """Accuracy; F1, of the positive class for two labels, macro-averaged otherwise; and
+    ``majority``, the share of the most common label among these examples: the accuracy of a
+    model that learned nothing but to answer that label, against which accuracy is read."""
     accuracy = float((predictions == labels).float().mean()) if labels.numel() else math.nan
+    counts = torch.bincount(labels.long(), minlength=num_labels)
+    majority = float(counts.max()) / labels.numel() if labels.numel() else math.nan
     f1s = []
     for cls in range(num_labels):
         tp = int(((predictions == cls) & (labels == cls)).sum())
@@ -22,7 +26,7 @@ def classification_metrics(predictions: torch.Tensor, labels: torch.Tensor, num_
         fn = int(((predictions != cls) & (labels == cls)).sum())
         f1s.append(2 * tp / (2 * tp + fp + fn) if tp + fp + fn else 0.0)
     f1 = f1s[1] if num_labels == 2 else sum(f1s) / len(f1s)
-    return {"accuracy": accuracy, "f1": f1}
+    return {"accuracy": accuracy, "f1": f1, "majority": majority}
 
 
 @torch.no_grad()

@@ -12,16 +12,11 @@ import numpy as np
 from lorascope.analysis.findings import SENTENCES
 from lorascope.analysis.findings.base import Evidence, Link, Maker, RunFacts, Sentence, number
 from lorascope.analysis.findings.spread import Spread, ranked, weigh
-from lorascope.analysis.overview import final_value
+from lorascope.analysis.overview import EVAL_EXAMPLES, EVAL_MAJORITY, eval_columns, final_value
 
 __all__ = ["metrics", "stall", "wall_time", "metric_columns", "lower_is_better", "reach_step", "level",
-           "STALL_FRACTION", "LOSS_SHARE", "MIN_STALL_SHARE", "MIN_EVALUATIONS", "EVAL_EXAMPLES"]
+           "STALL_FRACTION", "LOSS_SHARE", "MIN_STALL_SHARE", "MIN_EVALUATIONS"]
 
-# How many held-out examples an evaluation covered: logged beside the eval metrics, not one of them.
-EVAL_EXAMPLES = "eval_examples"
-# What Hugging Face's Trainer logs beside the metrics about the evaluation itself (its speed, its
-# size): bookkeeping, not a finding.
-NOT_METRICS = (EVAL_EXAMPLES, "eval_samples", "eval_runtime", "eval_samples_per_second", "eval_steps_per_second")
 # Metrics where lower is better; every other eval metric (accuracy, F1, ...) is better higher.
 LOWER_IS_BETTER = ("loss", "perplexity", "error")
 
@@ -37,9 +32,8 @@ LOSS_SHARE = 0.1
 
 
 def metric_columns(runs: list[RunFacts]) -> list[str]:
-    """The eval metrics any run logged, in order of first appearance."""
-    return [c for c in dict.fromkeys(c for r in runs for c in r.scalars)
-            if str(c).startswith("eval_") and c not in NOT_METRICS]
+    """The eval metrics any run logged (`overview.eval_columns`), in order of first appearance."""
+    return list(dict.fromkeys(c for r in runs for c in eval_columns(r.scalars)))
 
 
 def lower_is_better(column: str) -> bool:
@@ -59,16 +53,27 @@ def _series(scalars: Mapping[str, np.ndarray], column: str) -> tuple[np.ndarray,
     return x[keep], y[keep]
 
 
+def _logged(runs: list[RunFacts], column: str) -> list[float]:
+    """The distinct finite values the runs' last evaluations logged in `column`, ascending."""
+    return sorted({v for v in (final_value(r.scalars, column) for r in runs) if math.isfinite(v)})
+
+
 def _examples(runs: list[RunFacts]) -> tuple[str, dict[str, float]]:
     """'eval set 872 examples' where the recordings logged the eval set size (the last
-    evaluation's), else ''."""
-    sizes = sorted({v for v in (final_value(r.scalars, EVAL_EXAMPLES) for r in runs) if math.isfinite(v)})
-    if not sizes:
-        return "", {}
-    if len(sizes) == 1:
-        return f"eval set {number(sizes[0])} examples", {"eval_examples": sizes[0]}
-    return (f"eval sets of {number(sizes[0])}–{number(sizes[-1])} examples",
-            {"eval_examples_min": sizes[0], "eval_examples_max": sizes[-1]})
+    evaluation's), with ', majority label 0.6' where they logged its majority-label share (the
+    accuracy of a model that learned nothing); '' when neither was logged."""
+    parts, numbers = [], {}
+    for column, one, several in ((EVAL_EXAMPLES, "eval set {} examples", "eval sets of {}–{} examples"),
+                                 (EVAL_MAJORITY, "majority label {}", "majority label {}–{}")):
+        values = _logged(runs, column)
+        if len(values) == 1:
+            parts.append(one.format(number(values[0])))
+            numbers[column.removeprefix("eval_")] = values[0]
+        elif values:
+            parts.append(several.format(number(values[0]), number(values[-1])))
+            numbers.update({f"{column.removeprefix('eval_')}_min": values[0],
+                            f"{column.removeprefix('eval_')}_max": values[-1]})
+    return ", ".join(parts), {f"eval_{k}": v for k, v in numbers.items()}
 
 
 def level(finals: list[float], lower: bool) -> float:
