@@ -62,16 +62,21 @@ def _task_kwargs(task: str, num_labels: int) -> dict:
 
 @contextmanager
 def quiet_transformers() -> Iterator[None]:
-    """Silences transformers' 'newly initialized weights' notice: a fresh classification head is
-    what we asked for, and the warning would read like a fault to a user."""
+    """Silences transformers' 'newly initialized weights' notice (a fresh classification head is
+    what we asked for, and the warning would read like a fault to a user) and its per-tensor
+    "Loading weights" bar, which a model of 100 tensors loads in a blink and a sweep would print
+    once per run between lorascope's own lines."""
     from transformers.utils import logging as hf_logging
 
-    before = hf_logging.get_verbosity()
+    before, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
     hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
     try:
         yield
     finally:
         hf_logging.set_verbosity(before)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 # --- locating installed packages' files ----------------------------------------------------------
