@@ -167,6 +167,23 @@ def test_svd_reaches_the_level_before_kaiming_and_ends_higher_beyond_the_seed_sp
     assert first.link.figure == "training_seeds"
 
 
+def test_an_accuracy_level_at_the_majority_rate_is_reached_by_no_one():
+    """Runs that end at or below the majority label's share (a model answering that label to
+    everything) "reach" such a level at their first evaluation: no step-to-reach sentence then;
+    the finals still carry the majority rate beside the eval set size."""
+    def at_chance(run: SimpleNamespace, final: float) -> SimpleNamespace:
+        acc = run.scalar_columns["eval_accuracy"]
+        run.scalar_columns["eval_accuracy"] = np.where(np.isnan(acc), np.nan, 0.6)
+        run.scalar_columns["eval_accuracy"][EVAL_STEPS.astype(int)[-1] - 1] = final
+        run.scalar_columns["eval_majority"] = np.where(np.isnan(acc), np.nan, 0.6)
+        return run
+
+    recs = [at_chance(_eval_run("r16", "r16", 0, 20, 0.8), 0.67), at_chance(_eval_run("r1", "r1", 0, 20, 0.8), 0.59)]
+    texts = _texts(find(evidence(recs), ["metrics"]), "metrics")
+    assert texts[0] == "final eval accuracy: r16 0.67 (one seed), r1 0.59 (one seed) (eval set 872 examples, majority label 0.6)"
+    assert not any("reaches" in t for t in texts)
+
+
 def test_reach_step_and_level():
     steps, values = np.array([10.0, 20, 30]), np.array([0.5, 0.8, 0.9])
     assert reach_step(steps, values, 0.75, lower=False) == 20

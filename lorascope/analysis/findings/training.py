@@ -22,6 +22,8 @@ LOWER_IS_BETTER = ("loss", "perplexity", "error")
 
 # Evaluations every run needs before the step a level is reached at says anything.
 MIN_EVALUATIONS = 3
+# The classification accuracy, the metric the majority-label share is the chance level of.
+ACCURACY = "eval_accuracy"
 
 # A stall: ΔW's update per step stays below this share of its peak from some step to the end ...
 STALL_FRACTION = 0.05
@@ -155,9 +157,13 @@ def _final_sentences(ev: Evidence, column: str, finals: dict[str, Spread]) -> li
 
 def _reach_sentences(ev: Evidence, column: str, finals: dict[str, Spread]) -> list[Sentence]:
     """The step at which each group's seeds first reach the level every group's mean ends at
-    (`level`), then the earliest weighed against the others."""
+    (`level`), then the earliest weighed against the others. Not for an accuracy level that a
+    model answering the majority label reaches without learning (`eval_majority`): every run
+    "reaches" it at its first evaluation."""
     lower, name = lower_is_better(column), _name(column)
     target = level([s.mean for s in finals.values()], lower)
+    if column == ACCURACY and target <= max(_logged(list(ev.runs), EVAL_MAJORITY), default=-math.inf):
+        return []
     reached = _reaching(ev, column, target, lower)
     if len(reached) < 2:
         return []
