@@ -6,7 +6,7 @@ import sys
 import time
 from typing import TextIO
 
-__all__ = ["StepProgress"]
+__all__ = ["StepProgress", "ReportProgress"]
 
 
 def _duration(seconds: float) -> str:
@@ -50,3 +50,22 @@ class StepProgress:
         elif done % self.every == 0 or done == self.total:
             self.stream.write(self.line(done, detail) + "\n")
             self.stream.flush()
+
+
+class ReportProgress:
+    """Adapts build_report's (done, total, what) calls to the shared one-line progress display."""
+
+    def __init__(self) -> None:
+        self.bar: StepProgress | None = None
+
+    def __call__(self, done: int, total: int, what: str) -> None:
+        if self.bar is None:
+            self.bar = StepProgress(total, label="module", stream=sys.stderr)
+        line = self.bar.line(done, what[-40:])
+        if self.bar.interactive:
+            self.bar.stream.write("\r" + line[:100].ljust(100))
+            if done == total:
+                self.bar.stream.write("\n")
+        else:
+            self.bar.stream.write(line + "\n")
+        self.bar.stream.flush()

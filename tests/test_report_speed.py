@@ -103,3 +103,26 @@ def test_worker_processes_write_the_same_report(tmp_path):
     assert len(pngs) == 1 + 4 * 3 and pngs == sorted(p.name for p in parallel.parent.glob("*.png"))
     for name in pngs:
         assert (serial.parent / name).read_bytes() == (parallel.parent / name).read_bytes(), name
+
+
+def _threads_seen(_: int) -> tuple[str | None, str | None]:
+    import os
+
+    return os.environ.get("OMP_NUM_THREADS"), os.environ.get("OPENBLAS_NUM_THREADS")
+
+
+def test_report_workers_start_with_their_share_of_the_math_threads(monkeypatch):
+    """Each of n workers gets cores // n BLAS/OpenMP threads (at least one), not the parent's
+    count: several workers' BLAS threads spinning for the same cores slow every one of them.
+    The parent's own settings come back afterwards, unset ones unset."""
+    import multiprocessing
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+
+    from lorascope.report import render
+
+    monkeypatch.setenv("OMP_NUM_THREADS", "8")
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    with render._math_threads(3), ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        assert pool.submit(_threads_seen, 0).result() == ("3", "3")
+    assert os.environ["OMP_NUM_THREADS"] == "8" and "OPENBLAS_NUM_THREADS" not in os.environ

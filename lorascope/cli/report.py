@@ -2,7 +2,6 @@
 (`lorascope.report.build_report`, which draws the tables of `lorascope.analysis`)."""
 from __future__ import annotations
 
-import sys
 from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Optional
@@ -11,7 +10,7 @@ import typer
 
 from lorascope.cli.app import app
 from lorascope.errors import UsageError
-from lorascope.progress import StepProgress
+from lorascope.progress import ReportProgress
 from lorascope.report import DEFAULT_MAX_MODULES, DEFAULT_MAX_STEPS, MODULE_FIGURES
 
 __all__ = ["report", "parse_figure_kinds"]
@@ -30,25 +29,6 @@ def parse_figure_kinds(text: str) -> list[str]:
 def _figures_help() -> str:
     return "Figure kinds per module, or all. " + "; ".join(
         f"{n}: {MODULE_FIGURES.description(n)}" for n in MODULE_FIGURES.names()) + "."
-
-
-class _Progress:
-    """Adapts build_report's (done, total, what) calls to the shared one-line progress display."""
-
-    def __init__(self) -> None:
-        self.bar: StepProgress | None = None
-
-    def __call__(self, done: int, total: int, what: str) -> None:
-        if self.bar is None:
-            self.bar = StepProgress(total, label="module", stream=sys.stderr)
-        line = self.bar.line(done, what[-40:])
-        if self.bar.interactive:
-            self.bar.stream.write("\r" + line[:100].ljust(100))
-            if done == total:
-                self.bar.stream.write("\n")
-        else:
-            self.bar.stream.write(line + "\n")
-        self.bar.stream.flush()
 
 
 @app.command()
@@ -79,5 +59,5 @@ def report(
             output = Path("reports") / default_report_name([r.run_name for r in recs])
         index = build_report(recs, output, modules=modules, max_modules=max_modules,
                              max_steps=max_steps, figure_kinds=kinds, bins=bins, title=title,
-                             progress=_Progress(), workers=workers, scheduler=scheduler)
+                             progress=ReportProgress(), workers=workers, scheduler=scheduler)
     typer.echo(f"report written to {index}")

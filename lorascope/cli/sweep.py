@@ -3,6 +3,7 @@ The grid, the skipping of finished runs and the report are `lorascope.runs.sweep
 # No `from __future__ import annotations` here: Typer would evaluate every option's annotation
 # string again when the command is built (about 20 ms of each `--help`).
 
+import os
 import signal
 from pathlib import Path
 from typing import Annotated, Optional
@@ -19,6 +20,7 @@ from lorascope.train import OPTIMIZERS, SCHEDULES
 
 __all__ = ["sweep"]
 
+_CORES = min(os.cpu_count() or 1, 4)
 _DEFAULT = " x ".join(", ".join(values) for values in DEFAULT_AXES.values())
 
 
@@ -49,7 +51,9 @@ def sweep(
     recordings: Annotated[Path, typer.Option(help="Folder for the sweep's recordings.")] = Path("recordings"),
     report: Annotated[bool, typer.Option(help="Render the comparison report when the runs are done.")] = True,
     set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Any base config field, dotted (repeatable).")] = None,
+    report_workers: Annotated[int, typer.Option(help="Processes drawing the report's modules side by side; the cores are idle once the runs are done. Default: the machine's cores, at most 4.", min=1)] = _CORES,
 ) -> None:
+    from lorascope.progress import ReportProgress
     from lorascope.runs.sweep import run_sweep
 
     base, file_axes = load_sweep_file(config) if config else (RunConfig(), {})
@@ -64,7 +68,8 @@ def sweep(
         file_axes.pop("seed", None)
     result = run_sweep(cfg, {**file_axes, **flag_axes} or None, name=name, folder=recordings,
                        report=Path("reports") / name if report else None,
-                       log=lambda line: typer.echo(line, err=True), seeds=seeds or 1)
+                       log=lambda line: typer.echo(line, err=True), seeds=seeds or 1,
+                       report_progress=ReportProgress(), report_workers=report_workers)
     if result.interrupted is not None:
         typer.echo(f"sweep interrupted during {result.interrupted.name}; run the same command again to resume", err=True)
         raise typer.Exit(128 + (result.stop_signal or signal.SIGINT))

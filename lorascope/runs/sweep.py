@@ -179,14 +179,17 @@ def _eta(durations: list[float], left: int) -> str:
 
 def run_sweep(base: RunConfig, axes: dict[str, list[Any]] | None = None, *, name: str = "sweep",
               folder: Path = Path("recordings"), report: Path | None = None,
-              log: Callable[[str], None] = print, seeds: int = 1) -> SweepResult:
+              log: Callable[[str], None] = print, seeds: int = 1,
+              report_progress: Callable[[int, int, str], None] | None = None,
+              report_workers: int = 1) -> SweepResult:
     """Runs the grid of ``axes`` (``DEFAULT_AXES`` when None) over ``base`` into
     ``folder/name/``, one recording per run. A run whose recording is complete is skipped;
     an unfinished one is deleted and redone. A signal (Ctrl-C, SIGTERM, SIGHUP) stops the sweep after
     the run it interrupted, which keeps what it recorded; running the same sweep again resumes.
     With ``report`` (a folder) a finished sweep ends with the comparison report of all its runs.
     ``seeds`` > 1 runs every grid point that many times, with seeds ``base.seed``, +1, ...
-    ``log`` gets one line per run, with an estimate of the time left."""
+    ``log`` gets one line per run, with an estimate of the time left; ``report_progress`` gets
+    the report's (done, total, what) as it draws, which ``report_workers`` processes share."""
     from lorascope.runs.session import run
 
     axes = with_seeds(dict(DEFAULT_AXES) if axes is None else axes, base.seed, seeds)
@@ -215,5 +218,6 @@ def run_sweep(base: RunConfig, axes: dict[str, list[Any]] | None = None, *, name
     if report is not None:
         from lorascope.report.build import build_report
 
-        result.report = build_report(result.paths, report)
+        log(f"report of the {len(runs)} runs -> {report}/")
+        result.report = build_report(result.paths, report, progress=report_progress, workers=report_workers)
     return result
