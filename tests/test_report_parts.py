@@ -269,3 +269,14 @@ def test_recording_without_snapshots_is_refused(tmp_path):
     empty.steps = empty.steps[:0]
     with pytest.raises(UsageError, match="no snapshot yet"):
         build_report([empty], tmp_path)
+
+
+@pytest.mark.parametrize("found, heading", [
+    ({}, "No health findings."),
+    ({"a": ["note: dW at step 3: about one direction holds the update"]}, "<h3>Health notes</h3>"),
+    ({"a": ["note: x"], "b": ["warning: dW at step 5: the loss diverges"]}, "<h3>Health warnings</h3>"),
+])
+def test_the_health_list_is_headed_by_what_it_holds(found, heading):
+    page = Page(title="t", run_colors={}, run_labels={}, runs_table=pd.DataFrame(), training_figures=[],
+                groups=[], summary_table=pd.DataFrame(), warnings=found, notes=[])
+    assert heading in render_page(page)

@@ -137,11 +137,14 @@ def _run_legend(colors: dict[str, str], labels: dict[str, str]) -> str:
 
 
 def _warnings(warnings: dict[str, list[str]]) -> str:
+    """The health findings per run, headed by what they hold: a note (expected, worth knowing)
+    listed under "Health warnings" would read as an alarm."""
     rows = [(run, w) for run, ws in warnings.items() for w in ws]
     if not rows:
-        return '<p class="muted">No health warnings.</p>'
+        return '<p class="muted">No health findings.</p>'
+    alarming = any(not w.startswith("note") for _, w in rows)
     items = "".join(f'<li class="warn"><b>{escape(run)}</b>: {escape(w)}</li>' for run, w in rows)
-    return f"<h3>Health warnings</h3><ul>{items}</ul>"
+    return f"<h3>{'Health warnings' if alarming else 'Health notes'}</h3><ul>{items}</ul>"
 
 
 def _findings(lines: list[FindingLine]) -> str:
