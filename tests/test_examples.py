@@ -49,6 +49,10 @@ def test_study_001_records_every_micro_steps_gradient():
 
 
 @pytest.mark.parametrize("name", CLASSIFICATION)
-def test_the_classification_studies_run_three_seeds(name):
-    _, axes = load_sweep_file(ROOT / "examples" / name)
-    assert axes["seed"] == [0, 1, 2]
+def test_the_classification_studies_fit_one_seed_in_the_budget_and_say_how_to_run_three(name):
+    """150 steps per run leave room for one seed in ~10 minutes on 2 cores (docs/studies.md);
+    the file's header says what three take, and the seed axis comes from the flag."""
+    path = ROOT / "examples" / name
+    _, axes = load_sweep_file(path)
+    assert "seed" not in axes
+    assert "--seeds 3" in path.read_text()
