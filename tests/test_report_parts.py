@@ -280,3 +280,24 @@ def test_the_health_list_is_headed_by_what_it_holds(found, heading):
     page = Page(title="t", run_colors={}, run_labels={}, runs_table=pd.DataFrame(), training_figures=[],
                 groups=[], summary_table=pd.DataFrame(), warnings=found, notes=[])
     assert heading in render_page(page)
+
+
+def test_the_chance_level_of_accuracy_is_a_dashed_line():
+    """One grey line, named with its value, where every run evaluated the same set; one line per
+    run in its colour where the sets differ (other seeds split other reviews); none without one."""
+    import matplotlib.pyplot as plt
+
+    from lorascope.report import figures
+
+    colors = {"a": "#0072b2", "b": "#d55e00"}
+    fig, axes = plt.subplots(1, 3)
+    figures.mark_chance(axes[0], {"a": 0.602, "b": 0.602}, colors)
+    figures.mark_chance(axes[1], {"a": 0.602, "b": 0.531}, colors)
+    figures.mark_chance(axes[2], {"a": float("nan")}, colors)
+    (line,) = axes[0].get_lines()
+    assert line.get_linestyle() == "--" and line.get_ydata()[0] == 0.602
+    assert [t.get_text() for t in axes[0].texts] == ["majority label 0.602"]
+    assert sorted((ln.get_ydata()[0], ln.get_color()) for ln in axes[1].get_lines()) == [
+        (0.531, "#d55e00"), (0.602, "#0072b2")]
+    assert axes[2].get_lines() == []
+    plt.close(fig)

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "EVAL_EXAMPLES", "EVAL_MAJORITY", "EVAL_SET_COLUMNS", "eval_set_rows", "HIGHLIGHTS", "QUICK", "flatten_config", "config_differences", "is_bookkeeping",
+    "EVAL_EXAMPLES", "EVAL_MAJORITY", "EVAL_SET_COLUMNS", "CHANCE_LEVEL", "eval_set_rows", "HIGHLIGHTS", "QUICK", "flatten_config", "config_differences", "is_bookkeeping",
     "eval_columns", "final_value",
     "best_value", "lora_parameters", "wall_time", "runs_table", "scalar_series", "quick_findings", "describe",
 ]
@@ -86,6 +86,8 @@ BOOKKEEPING_SUFFIXES = ("_runtime", "_samples_per_second", "_steps_per_second", 
 EVAL_EXAMPLES = "eval_examples"
 EVAL_MAJORITY = "eval_majority"
 EVAL_SET_COLUMNS = (EVAL_EXAMPLES, EVAL_MAJORITY)
+# The eval metrics that have a chance level, and the column that logs it.
+CHANCE_LEVEL = {"eval_accuracy": EVAL_MAJORITY}
 
 
 def is_bookkeeping(column: str) -> bool:

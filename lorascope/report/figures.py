@@ -417,6 +417,23 @@ def log_colorbar(figure, mappable, cax: Axes, label: str) -> None:
     bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 
 
+def mark_chance(ax: Axes, levels: Mapping[str, float], colors: Mapping[str, str]) -> None:
+    """A metric's chance level (accuracy's: the majority label's share of the eval set) as a dashed
+    line: one grey line named with its value where every run has the same eval set, else one per
+    run in its colour."""
+    values = {run: v for run, v in levels.items() if np.isfinite(v)}
+    if not values:
+        return
+    if len(set(values.values())) == 1:
+        level = next(iter(values.values()))
+        ax.axhline(level, color="0.45", linestyle="--", linewidth=1.0)
+        ax.annotate(f"majority label {level:.3g}", (0.02, level), xycoords=("axes fraction", "data"),
+                    xytext=(0, 3), textcoords="offset points", fontsize=8.5, color="0.35")
+        return
+    for run, level in values.items():
+        ax.axhline(level, color=colors[run], linestyle="--", linewidth=0.9)
+
+
 def mark_levels(cax: Axes, levels: Sequence[float]) -> None:
     """Reference values (a random baseline) as lines across a colour bar: white with a dark edge,
     visible on every colour of the map."""

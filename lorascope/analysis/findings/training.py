@@ -12,7 +12,7 @@ import numpy as np
 from lorascope.analysis.findings import SENTENCES
 from lorascope.analysis.findings.base import Evidence, Link, Maker, RunFacts, Sentence, number
 from lorascope.analysis.findings.spread import Spread, ranked, weigh
-from lorascope.analysis.overview import EVAL_EXAMPLES, EVAL_MAJORITY, eval_columns, final_value
+from lorascope.analysis.overview import CHANCE_LEVEL, EVAL_EXAMPLES, EVAL_MAJORITY, eval_columns, final_value
 
 __all__ = ["metrics", "stall", "wall_time", "metric_columns", "lower_is_better", "reach_step", "level",
            "STALL_FRACTION", "LOSS_SHARE", "MIN_STALL_SHARE", "MIN_EVALUATIONS"]
@@ -22,8 +22,6 @@ LOWER_IS_BETTER = ("loss", "perplexity", "error")
 
 # Evaluations every run needs before the step a level is reached at says anything.
 MIN_EVALUATIONS = 3
-# The classification accuracy, the metric the majority-label share is the chance level of.
-ACCURACY = "eval_accuracy"
 
 # A stall: ΔW's update per step stays below this share of its peak from some step to the end ...
 STALL_FRACTION = 0.05
@@ -157,12 +155,13 @@ def _final_sentences(ev: Evidence, column: str, finals: dict[str, Spread]) -> li
 
 def _reach_sentences(ev: Evidence, column: str, finals: dict[str, Spread]) -> list[Sentence]:
     """The step at which each group's seeds first reach the level every group's mean ends at
-    (`level`), then the earliest weighed against the others. Not for an accuracy level that a
-    model answering the majority label reaches without learning (`eval_majority`): every run
-    "reaches" it at its first evaluation."""
+    (`level`), then the earliest weighed against the others. Not for a level at or below the
+    metric's chance level (`CHANCE_LEVEL`: accuracy's is the majority label's share), which a
+    model that learned nothing reaches: every run "reaches" it at its first evaluation."""
     lower, name = lower_is_better(column), _name(column)
     target = level([s.mean for s in finals.values()], lower)
-    if column == ACCURACY and target <= max(_logged(list(ev.runs), EVAL_MAJORITY), default=-math.inf):
+    chance = CHANCE_LEVEL.get(column)
+    if chance is not None and target <= max(_logged(list(ev.runs), chance), default=-math.inf):
         return []
     reached = _reaching(ev, column, target, lower)
     if len(reached) < 2:
