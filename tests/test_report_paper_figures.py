@@ -6,6 +6,8 @@ whose scales differ by more than 10× on bins of their own; φ between runs besi
 baseline, which a Monte-Carlo estimate confirms."""
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -247,10 +249,19 @@ def test_histogram_strips_wrap_within_a_slide(steps):
 
 
 def test_columns_that_fit_a_slide():
-    assert columns_that_fit(12, 1.0) == 5  # never more than five in a row
+    assert columns_that_fit(10, 1.0) == 5  # never more than five in a row
     assert columns_that_fit(2, 1.0) == 2
-    assert columns_that_fit(4, 20.0) == columns_that_fit(4, MIN_PANEL_IN) == 3  # wide panels are narrowed
+    assert columns_that_fit(3, 20.0) == columns_that_fit(3, MIN_PANEL_IN) == 3  # wide panels are narrowed
     assert columns_that_fit(1, 20.0) == 1
+
+
+@pytest.mark.parametrize("count, width, ncols", [(4, 20.0, 2), (5, 20.0, 3), (12, 1.0, 4), (6, 20.0, 3)])
+def test_wrapped_rows_are_balanced(count, width, ncols):
+    """4 panels where 3 fit are 2 + 2, not 3 + 1 with a row left mostly empty; 12 where 5 fit
+    are 4 + 4 + 4; no row holds more than one panel more than another."""
+    assert columns_that_fit(count, width) == ncols
+    rows = math.ceil(count / ncols)
+    assert count - (rows - 1) * ncols >= ncols - 1
 
 
 # --- runs of different scales -----------------------------------------------------------------

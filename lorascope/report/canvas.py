@@ -9,6 +9,7 @@ puts back what they change (scales, locators, limits, labels, aspect, tick-label
 the ticks. A test draws every figure kind on a used canvas and on a fresh one and compares pixels."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -56,13 +57,16 @@ def fitted_panel_width(ncols: int, panel_width: float, *, colorbar: bool = False
 
 def columns_that_fit(count: int, panel_width: float, *, colorbar: bool = False, legend: bool = False,
                      left: float = _LEFT, most: int = MAX_COLUMNS) -> int:
-    """How many of `count` panels to put in a row: as many as fit a slide's width (`SLIDE_IN`)
-    with panels narrowed no further than `MIN_PANEL_IN`, at most `most`, at least one; the rest
-    wrap to more rows."""
+    """How many of `count` panels to put in a row: at most as many as fit a slide's width
+    (`SLIDE_IN`) with panels narrowed no further than `MIN_PANEL_IN`, at most `most`, at least
+    one; the rest wrap to more rows, which are balanced (4 panels where 3 fit: 2 + 2, not 3 + 1
+    with a row left mostly empty)."""
     width = min(panel_width, MIN_PANEL_IN)
     fits = [n for n in range(1, min(count, most) + 1)
             if figure_width(n, width, colorbar=colorbar, legend=legend, left=left) <= SLIDE_IN]
-    return max(fits, default=1)
+    widest = max(fits, default=1)
+    rows = math.ceil(max(count, 1) / widest)
+    return math.ceil(max(count, 1) / rows)
 
 
 @dataclass
