@@ -79,6 +79,11 @@ class Evidence:
         """Whether more than one run is in view (sentences then name the run they are about)."""
         return len(self.runs) > 1
 
+    def about(self, label: str) -> str:
+        """'label: ', how a sentence about one group starts where several groups are in view;
+        '' where there is one."""
+        return f"{label}: " if len(self.groups) > 1 else ""
+
 
 @dataclass(frozen=True)
 class Maker:

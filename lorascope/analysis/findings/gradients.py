@@ -20,10 +20,6 @@ _UNDEFINED = {"zero_signal": "a zero mean gradient (as A's while B = 0)",
               "nonfinite": "an Inf/NaN micro-step (an fp16 overflow)"}
 
 
-def _prefix(ev: Evidence, label: str) -> str:
-    return f"{label}: " if len(ev.groups) > 1 else ""
-
-
 def _sentence(ev: Evidence, label: str, matrix: str, rows: pd.DataFrame) -> Sentence:
     """One matrix of one group: the median ratio over its defined module-steps, the micro-steps
     per step, and the roles (medians over their modules and steps) where it is highest and lowest."""
@@ -33,7 +29,7 @@ def _sentence(ev: Evidence, label: str, matrix: str, rows: pd.DataFrame) -> Sent
     by_role = ok.groupby("role", sort=True)["ratio"].median().sort_values(kind="stable")
     steps, modules = int(rows["step"].nunique()), int(rows[["run", "module"]].drop_duplicates().shape[0])
     numbers = {"median_ratio": median, "micro_steps": float(K), "steps": float(steps), "modules": float(modules)}
-    text = (_prefix(ev, label) + f"{matrix}'s gradient noise within a step: the micro-batches' variance is "
+    text = (ev.about(label) + f"{matrix}'s gradient noise within a step: the micro-batches' variance is "
             f"{number(median, 2)}× the squared norm of their mean (median over {steps} steps of {modules} "
             f"modules; pure noise gives K = {K})")
     if len(by_role) > 1:
@@ -65,7 +61,7 @@ def grad_noise(ev: Evidence) -> list[Sentence]:
                 out.append(_sentence(ev, group.label, str(matrix), rows))
                 continue
             statuses = ", ".join(sorted(set(rows["status"])))
-            out.append(Sentence("grad_noise", _prefix(ev, group.label) + f"{matrix}'s gradient noise within a "
+            out.append(Sentence("grad_noise", ev.about(group.label) + f"{matrix}'s gradient noise within a "
                                 f"step has no ratio at any of its {len(rows)} module-steps ({statuses})",
                                 {"undefined": float(len(rows))}, Link("grad_noise", str(rows["module"].iloc[0])),
                                 group.label))

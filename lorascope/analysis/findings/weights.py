@@ -19,10 +19,6 @@ KEYS = ["run", "module", "matrix"]
 SHAPE_NAMES = {"gennorm": "β", "t": "ν"}
 
 
-def _prefix(ev: Evidence, label: str) -> str:
-    return f"{label}: " if len(ev.groups) > 1 else ""
-
-
 def _modules(n: int, runs: int) -> str:
     """'modules', 'module', or 'modules across 3 seeds': what a count of modules counts."""
     return f"module{'s' if n != 1 else ''}" + (f" across {runs} seeds" if runs > 1 else "")
@@ -57,7 +53,7 @@ def zero_start(ev: Evidence) -> list[Sentence]:
             left = rows[rows["left"].notna()]
             n, k = len(rows), len(left)
             total = int(((modules["matrix"] == matrix) & modules["run"].isin(group.runs)).sum())
-            text = _prefix(ev, group.label)
+            text = ev.about(group.label)
             numbers = {"modules_at_zero": float(n), "modules": float(total), "left": float(k)}
             if k:
                 first, last = int(left["left"].min()), int(left["left"].max())
@@ -122,7 +118,7 @@ def families(ev: Evidence) -> list[Sentence]:
             ended = rows[rows["end"] == end]
             first, last = int(rows["first_step"].min()), int(rows["last_step"].max())
             shape = float(ended["shape"].median())
-            text = _prefix(ev, group.label) + f"{matrix}'s best family: "
+            text = ev.about(group.label) + f"{matrix}'s best family: "
             numbers = {"modules": float(n), "ending_in_family": float(len(ended)), "last_step": float(last)}
             if end in SHAPE_NAMES:
                 numbers["shape"] = shape
