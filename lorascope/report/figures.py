@@ -428,7 +428,7 @@ def mark_chance(ax: Axes, levels: Mapping[str, float], colors: Mapping[str, str]
         level = next(iter(values.values()))
         ax.axhline(level, color="0.45", linestyle="--", linewidth=1.0)
         ax.annotate(f"majority label {level:.3g}", (0.02, level), xycoords=("axes fraction", "data"),
-                    xytext=(0, 3), textcoords="offset points", fontsize=8.5, color="0.35")
+                    xytext=(0, 3), textcoords="offset points", fontsize=SMALL_FONT, color="0.35")
         return
     for run, level in values.items():
         ax.axhline(level, color=colors[run], linestyle="--", linewidth=0.9)

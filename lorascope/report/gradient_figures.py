@@ -74,8 +74,8 @@ def grad_noise(view: ModuleView, slug: str, ctx: FigureContext) -> list[FigureRe
                             title=f"{matrix}: gradient noise within a step", logy=True)
         for steps, K in panel.levels:
             ax.plot(steps, K, color="grey", linewidth=1.0, linestyle="--", drawstyle="steps-mid")
-        ax.text(0.98, 0.03, f"dashed: pure noise, K = {_levels(panel)}", transform=ax.transAxes, fontsize=7,
-                ha="right", va="bottom", color="dimgrey")
+        ax.text(0.98, 0.03, f"dashed: pure noise, K = {_levels(panel)}", transform=ax.transAxes,
+                fontsize=figures.SMALL_FONT, ha="right", va="bottom", color="dimgrey")
     panels.figure.suptitle(figures.plain_text(f"{view.name} · gradient noise within a step", 90))
     caption = ("The gradient noise within an optimizer step: over the K micro-batches of a step, the "
                "variance of their gradients (summed over the entries) divided by the squared norm of "

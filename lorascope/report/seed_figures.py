@@ -12,7 +12,6 @@ from typing import Any, Mapping, Sequence
 
 import pandas as pd
 from matplotlib.axes import Axes
-from matplotlib.ticker import MaxNLocator
 
 from lorascope.analysis.labels import run_labels
 from lorascope.analysis.overview import eval_columns
@@ -38,7 +37,7 @@ class SeedView:
 
 
 def plot_band(ax: Axes, curves: pd.DataFrame, colors: Mapping[str, str], *, ylabel: str,
-              title: str = "", xlabel: str = "optimizer step") -> None:
+              title: str = "", xlabel: str = figures.STEP_LABEL) -> None:
     """One line per group (its mean over `step`) with the min–max band behind it; a group whose
     curve has a few points (evaluations) gets markers and error bars instead of a band."""
     for group, rows in curves.groupby("group", sort=False):
@@ -51,8 +50,7 @@ def plot_band(ax: Axes, curves: pd.DataFrame, colors: Mapping[str, str], *, ylab
         else:
             ax.fill_between(x, low, high, color=color, alpha=0.2, linewidth=0)
             ax.plot(x, mean, color=color, linewidth=1.3)
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # optimizer steps are whole numbers
-    ax.set_xlabel(xlabel)
+    figures.step_axis(ax, xlabel)
     ax.set_ylabel(figures.plain_text(ylabel, 40))
     if title:
         ax.set_title(figures.plain_text(title, 60), fontsize=10, y=1.0, pad=4)
