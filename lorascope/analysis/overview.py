@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "EVAL_EXAMPLES", "EVAL_MAJORITY", "EVAL_SET_COLUMNS", "CHANCE_LEVEL", "eval_set_rows", "HIGHLIGHTS", "QUICK", "flatten_config", "config_differences", "is_bookkeeping",
-    "eval_columns", "final_value",
+    "eval_columns", "eval_label", "final_value",
     "best_value", "lora_parameters", "wall_time", "runs_table", "scalar_series", "quick_findings", "describe",
 ]
 
@@ -101,6 +101,11 @@ def eval_columns(scalars: Mapping) -> list[str]:
     definition every figure, table and summary reads, without the trainer's bookkeeping and what
     is logged about the eval set (`EVAL_SET_COLUMNS`)."""
     return [c for c in scalars if str(c).startswith("eval_") and c not in EVAL_SET_COLUMNS and not is_bookkeeping(c)]
+
+
+def eval_label(column: str) -> str:
+    """How figures and sentences name an eval column: `eval_f1` → 'eval f1'."""
+    return "eval " + str(column).removeprefix("eval_").replace("_", " ")
 
 
 def eval_set_rows(scalars: Sequence[Mapping]) -> dict[str, list[float]]:

@@ -16,7 +16,7 @@ import pandas as pd
 from lorascope.analysis import analyze
 from lorascope.analysis.health import Finding, scope_across_modules
 from lorascope.analysis.labels import run_labels
-from lorascope.analysis.overview import CHANCE_LEVEL, eval_columns, runs_table, scalar_series
+from lorascope.analysis.overview import CHANCE_LEVEL, eval_columns, eval_label, runs_table, scalar_series
 from lorascope.analysis.selection import common_modules
 from lorascope.errors import UsageError
 from lorascope.outputs import OutputGuard, writing
@@ -190,10 +190,6 @@ def _group_title(layer: int | None, blocks: list[ModuleBlock]) -> str:
     return f"{where} · {roles}"
 
 
-def _eval_label(column: str) -> str:
-    return "eval " + column.removeprefix("eval_").replace("_", " ")
-
-
 def split_evaluations(recs: Sequence[Any]) -> tuple[list[str], list[str]]:
     """The evaluation metrics drawn as curves over steps (some run evaluated them more than once)
     and those every run evaluated at most once (at the end), which shared panels show as markers
@@ -208,8 +204,8 @@ def _training_figures(recs: Sequence[Any], ctx: FigureContext) -> list[FigureRef
     metrics evaluated once per run share the last panel (one per scale of metric)."""
     curves, once = split_evaluations(recs)
     columns = [("loss", "training loss"), ("lr", "learning rate")]
-    columns += [(c, _eval_label(c)) for c in curves]
-    finals = {_eval_label(c): {run: float(y[-1]) for run, (_, y) in scalar_series(recs, c).items()}
+    columns += [(c, eval_label(c)) for c in curves]
+    finals = {eval_label(c): {run: float(y[-1]) for run, (_, y) in scalar_series(recs, c).items()}
               for c in once}
     groups = figures.scale_groups(finals)
     count = len(columns) + len(groups)

@@ -14,7 +14,7 @@ import pandas as pd
 from matplotlib.axes import Axes
 
 from lorascope.analysis.labels import run_labels
-from lorascope.analysis.overview import eval_columns
+from lorascope.analysis.overview import eval_columns, eval_label
 from lorascope.analysis.seeds import SeedGroup, has_seed_groups, seed_curves, seed_groups, seed_summary
 from lorascope.report import figures
 from lorascope.report.canvas import Canvas, columns_that_fit
@@ -90,7 +90,7 @@ def seed_view(recs: Sequence[Any], out: Path, canvas: Canvas) -> SeedView:
         return SeedView()
     columns = [("loss", "training loss")]
     evals = dict.fromkeys(c for r in recs for c in eval_columns(r.scalar_columns))
-    columns += [(c, "eval " + c.removeprefix("eval_").replace("_", " ")) for c in evals]
+    columns += [(c, eval_label(c)) for c in evals]
     tables = {column: seed_curves(recs, column, groups) for column, _ in columns}
     colors = figures.run_colors([g.label for g in groups])
     ncols = columns_that_fit(len(columns), 4.0, legend=True)

@@ -12,7 +12,7 @@ import numpy as np
 from lorascope.analysis.findings import SENTENCES
 from lorascope.analysis.findings.base import Evidence, Link, Maker, RunFacts, Sentence, number
 from lorascope.analysis.findings.spread import Spread, ranked, weigh
-from lorascope.analysis.overview import CHANCE_LEVEL, EVAL_EXAMPLES, EVAL_MAJORITY, eval_columns, final_value
+from lorascope.analysis.overview import CHANCE_LEVEL, EVAL_EXAMPLES, EVAL_MAJORITY, eval_columns, eval_label, final_value
 
 __all__ = ["metrics", "stall", "wall_time", "metric_columns", "lower_is_better", "reach_step", "level",
            "STALL_FRACTION", "LOSS_SHARE", "MIN_STALL_SHARE", "MIN_EVALUATIONS"]
@@ -38,10 +38,6 @@ def metric_columns(runs: list[RunFacts]) -> list[str]:
 
 def lower_is_better(column: str) -> bool:
     return any(word in column for word in LOWER_IS_BETTER)
-
-
-def _name(column: str) -> str:
-    return "eval " + column.removeprefix("eval_").replace("_", " ")
 
 
 def _series(scalars: Mapping[str, np.ndarray], column: str) -> tuple[np.ndarray, np.ndarray]:
@@ -106,7 +102,7 @@ def _one_run(ev: Evidence, column: str) -> list[Sentence]:
     lower = lower_is_better(column)
     best = int(np.argmin(values) if lower else np.argmax(values))
     size, size_numbers = _examples([run])
-    text = (f"final {_name(column)} {number(values[-1])} at step {int(steps[-1])} "
+    text = (f"final {eval_label(column)} {number(values[-1])} at step {int(steps[-1])} "
             f"(best {number(values[best])} at step {int(steps[best])}" + (f"; {size})" if size else ")"))
     numbers = {"final": float(values[-1]), "final_step": float(steps[-1]), "best": float(values[best]),
                "best_step": float(steps[best]), **size_numbers}
@@ -142,7 +138,7 @@ def _reaching(ev: Evidence, column: str, target: float, lower: bool) -> dict[str
 def _final_sentences(ev: Evidence, column: str, finals: dict[str, Spread]) -> list[Sentence]:
     """Each group's final value with its seed spread (and the eval set size where recorded), then
     the leader weighed against the others."""
-    lower, name = lower_is_better(column), _name(column)
+    lower, name = lower_is_better(column), eval_label(column)
     order = ranked(finals, lower)
     size, size_numbers = _examples(list(ev.runs))
     numbers = {k: v for label, s in order for k, v in s.numbers(f"{label}.").items()}
@@ -158,7 +154,7 @@ def _reach_sentences(ev: Evidence, column: str, finals: dict[str, Spread]) -> li
     (`level`), then the earliest weighed against the others. Not for a level at or below the
     metric's chance level (`CHANCE_LEVEL`: accuracy's is the majority label's share), which a
     model that learned nothing reaches: every run "reaches" it at its first evaluation."""
-    lower, name = lower_is_better(column), _name(column)
+    lower, name = lower_is_better(column), eval_label(column)
     target = level([s.mean for s in finals.values()], lower)
     chance = CHANCE_LEVEL.get(column)
     if chance is not None and target <= max(_logged(list(ev.runs), chance), default=-math.inf):
