@@ -111,7 +111,7 @@ def eval_label(column: str) -> str:
 def eval_set_rows(scalars: Sequence[Mapping]) -> dict[str, list[float]]:
     """The rows a table of runs gives their last evaluation's held-out set, where any run logged
     them: its size and, for classification, its majority-label share."""
-    return {f"eval {column.removeprefix('eval_')}": [final_value(s, column) for s in scalars]
+    return {eval_label(column): [final_value(s, column) for s in scalars]
             for column in EVAL_SET_COLUMNS if any(column in s for s in scalars)}
 
 
