@@ -64,12 +64,11 @@ def _examples(runs: list[RunFacts]) -> tuple[str, dict[str, float]]:
         values = _logged(runs, column)
         if len(values) == 1:
             parts.append(one.format(number(values[0])))
-            numbers[column.removeprefix("eval_")] = values[0]
+            numbers[column] = values[0]
         elif values:
             parts.append(several.format(number(values[0]), number(values[-1])))
-            numbers.update({f"{column.removeprefix('eval_')}_min": values[0],
-                            f"{column.removeprefix('eval_')}_max": values[-1]})
-    return ", ".join(parts), {f"eval_{k}": v for k, v in numbers.items()}
+            numbers.update({f"{column}_min": values[0], f"{column}_max": values[-1]})
+    return ", ".join(parts), numbers
 
 
 def level(finals: list[float], lower: bool) -> float:
