@@ -119,10 +119,10 @@ def test_report_workers_start_with_their_share_of_the_math_threads(monkeypatch):
     import os
     from concurrent.futures import ProcessPoolExecutor
 
-    from lorascope.report import render
+    from lorascope.workers import math_threads
 
     monkeypatch.setenv("OMP_NUM_THREADS", "8")
     monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
-    with render._math_threads(3), ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with math_threads(3), ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
         assert pool.submit(_threads_seen, 0).result() == ("3", "3")
     assert os.environ["OMP_NUM_THREADS"] == "8" and "OPENBLAS_NUM_THREADS" not in os.environ

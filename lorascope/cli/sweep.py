@@ -3,7 +3,6 @@ The grid, the skipping of finished runs and the report are `lorascope.runs.sweep
 # No `from __future__ import annotations` here: Typer would evaluate every option's annotation
 # string again when the command is built (about 20 ms of each `--help`).
 
-import os
 import signal
 from pathlib import Path
 from typing import Annotated, Optional
@@ -17,10 +16,11 @@ from lorascope.lora import INITS
 from lorascope.models import MODELS
 from lorascope.runs.sweep import DEFAULT_AXES, load_sweep_file
 from lorascope.train import OPTIMIZERS, SCHEDULES
+from lorascope.workers import cores
 
 __all__ = ["sweep"]
 
-_CORES = min(os.cpu_count() or 1, 4)
+_CORES = min(cores(), 4)
 _DEFAULT = " x ".join(", ".join(values) for values in DEFAULT_AXES.values())
 
 
@@ -51,6 +51,7 @@ def sweep(
     recordings: Annotated[Path, typer.Option(help="Folder for the sweep's recordings.")] = Path("recordings"),
     report: Annotated[bool, typer.Option(help="Render the comparison report when the runs are done.")] = True,
     set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Any base config field, dotted (repeatable).")] = None,
+    jobs: Annotated[int, typer.Option(help="Runs trained at a time, in processes that share the cores equally. On a CPU, small runs side by side finish a grid sooner than one after another (docs/studies.md measures it); each process holds its own model in memory.", min=1)] = 1,
     report_workers: Annotated[int, typer.Option(help="Processes drawing the report's modules side by side; the cores are idle once the runs are done. Default: the machine's cores, at most 4.", min=1)] = _CORES,
 ) -> None:
     from lorascope.progress import ReportProgress
@@ -68,7 +69,7 @@ def sweep(
         file_axes.pop("seed", None)
     result = run_sweep(cfg, {**file_axes, **flag_axes} or None, name=name, folder=recordings,
                        report=Path("reports") / name if report else None,
-                       log=lambda line: typer.echo(line, err=True), seeds=seeds or 1,
+                       log=lambda line: typer.echo(line, err=True), seeds=seeds or 1, jobs=jobs,
                        report_progress=ReportProgress(), report_workers=report_workers)
     if result.interrupted is not None:
         typer.echo(f"sweep interrupted during {result.interrupted.name}; run the same command again to resume", err=True)

@@ -7,10 +7,9 @@ and keeps one Canvas, so figures are reused inside each worker as they are in a 
 from __future__ import annotations
 
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
@@ -18,6 +17,7 @@ from typing import Any, Callable, Iterator, Sequence
 from lorascope.analysis import Options
 from lorascope.analysis.findings import TABLES_NEEDED
 from lorascope.errors import UsageError
+from lorascope.workers import math_threads, threads_each
 from lorascope.outputs import OutputGuard
 from lorascope.report import MODULE_FIGURES
 from lorascope.report.canvas import Canvas
@@ -144,7 +144,7 @@ def render_modules(
     # spawn, not fork: a forked child would share the parent's open HDF5 handles
     context = multiprocessing.get_context("spawn")
     try:
-        with _math_threads(max(1, (os.cpu_count() or 1) // workers)), \
+        with math_threads(threads_each(workers)), \
                 ProcessPoolExecutor(workers, mp_context=context, initializer=_start_worker,
                                     initargs=(paths, run_names, plan)) as pool:
             futures = {pool.submit(_render_in_worker, i, name): (i, name) for i, name in enumerate(names)}
@@ -163,28 +163,6 @@ def render_modules(
             finished.add(i)
             yield i, render_module(recs, name, i, plan, canvas)
             on_done(len(finished), name)
-
-
-# The variables the BLAS libraries (OpenBLAS, MKL) and OpenMP read at import for their thread count.
-_THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
-
-
-@contextmanager
-def _math_threads(count: int) -> Iterator[None]:
-    """Processes spawned inside this block start with `count` math-library threads. Each worker
-    would otherwise start as many as the parent has (all the cores), and several workers' BLAS
-    threads spin for the same cores: study 003's report took 356 s on two such workers against
-    294 s in one process, and 174 s on two workers of one thread each."""
-    before = {name: os.environ.get(name) for name in _THREAD_VARIABLES}
-    os.environ.update({name: str(count) for name in _THREAD_VARIABLES})
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def _on_cluster(address: str, recs: Sequence[Any], names: Sequence[str], plan: RenderPlan,

@@ -179,7 +179,7 @@ def _eta(durations: list[float], left: int) -> str:
 
 def run_sweep(base: RunConfig, axes: dict[str, list[Any]] | None = None, *, name: str = "sweep",
               folder: Path = Path("recordings"), report: Path | None = None,
-              log: Callable[[str], None] = print, seeds: int = 1,
+              log: Callable[[str], None] = print, seeds: int = 1, jobs: int = 1,
               report_progress: Callable[[int, int, str], None] | None = None,
               report_workers: int = 1) -> SweepResult:
     """Runs the grid of ``axes`` (``DEFAULT_AXES`` when None) over ``base`` into
@@ -188,10 +188,12 @@ def run_sweep(base: RunConfig, axes: dict[str, list[Any]] | None = None, *, name
     the run it interrupted, which keeps what it recorded; running the same sweep again resumes.
     With ``report`` (a folder) a finished sweep ends with the comparison report of all its runs.
     ``seeds`` > 1 runs every grid point that many times, with seeds ``base.seed``, +1, ...
-    ``log`` gets one line per run, with an estimate of the time left; ``report_progress`` gets
-    the report's (done, total, what) as it draws, which ``report_workers`` processes share."""
-    from lorascope.runs.session import run
-
+    ``jobs`` > 1 trains that many runs at a time, in worker processes that share the cores
+    (``lorascope.runs.parallel``). ``log`` gets one line per run, with an estimate of the time
+    left; ``report_progress`` gets the report's (done, total, what) as it draws, which
+    ``report_workers`` processes share."""
+    if jobs < 1:
+        raise UsageError(f"--jobs must be at least 1 (got {jobs}): the number of runs trained at a time")
     axes = with_seeds(dict(DEFAULT_AXES) if axes is None else axes, base.seed, seeds)
     out_dir = Path(folder) / name
     runs = expand(base, axes, out_dir, name)
@@ -199,25 +201,71 @@ def run_sweep(base: RunConfig, axes: dict[str, list[Any]] | None = None, *, name
     out_dir.mkdir(parents=True, exist_ok=True)
     log(f"sweep {name}: {len(runs)} runs over {', '.join(axes)} -> {out_dir}/")
     result = SweepResult(runs)
-    durations: list[float] = []
     complete = {planned.name for planned in runs if is_complete(planned)}  # refusals come before any run
     for i, planned in enumerate(runs, 1):
         if planned.name in complete:
             log(f"[{i}/{len(runs)}] {planned.name}: complete, skipped")
             result.skipped.append(planned.name)
-            continue
-        with OutputLock(planned.path):  # never remove what another process is writing
-            remove_owned(planned.path)
-        log(f"[{i}/{len(runs)}] {planned.name}{_eta(durations, len(runs) - i + 1)}")
-        started = time.perf_counter()
-        summary = run(planned.config, log=lambda line: None)
-        if summary.interrupted:  # Ctrl-C stops the sweep, not just this run
-            result.interrupted, result.stop_signal = planned, summary.stop_signal
-            return result
-        durations.append(time.perf_counter() - started)
-    if report is not None:
+    pending = [planned for planned in runs if planned.name not in complete]
+    if jobs > 1 and len(pending) > 1:
+        _side_by_side(pending, min(jobs, len(pending)), len(runs), result, log)
+    else:
+        _one_by_one(pending, runs, result, log)
+    if report is not None and result.interrupted is None:
         from lorascope.report.build import build_report
 
         log(f"report of the {len(runs)} runs -> {report}/")
         result.report = build_report(result.paths, report, progress=report_progress, workers=report_workers)
     return result
+
+
+def _clear(planned: SweepRun) -> None:
+    with OutputLock(planned.path):  # never remove what another process is writing
+        remove_owned(planned.path)
+
+
+def _one_by_one(pending: list[SweepRun], runs: list[SweepRun], result: SweepResult,
+                log: Callable[[str], None]) -> None:
+    from lorascope.runs.session import run
+
+    durations: list[float] = []
+    for planned in pending:
+        _clear(planned)
+        i = runs.index(planned) + 1
+        log(f"[{i}/{len(runs)}] {planned.name}{_eta(durations, len(runs) - i + 1)}")
+        started = time.perf_counter()
+        summary = run(planned.config, log=lambda line: None)
+        if summary.interrupted:  # Ctrl-C stops the sweep, not just this run
+            result.interrupted, result.stop_signal = planned, summary.stop_signal
+            return
+        durations.append(time.perf_counter() - started)
+
+
+def _side_by_side(pending: list[SweepRun], jobs: int, total: int, result: SweepResult,
+                  log: Callable[[str], None]) -> None:
+    from lorascope.runs.parallel import run_side_by_side
+    from lorascope.workers import threads_each
+
+    for planned in pending:
+        _clear(planned)
+    log(f"training {len(pending)} runs, {jobs} at a time with {threads_each(jobs)} thread(s) each")
+    started = time.perf_counter()
+    done = [total - len(pending)]
+
+    def finished(planned: SweepRun, summary) -> None:
+        if summary is None or summary.interrupted:
+            if summary is not None:
+                log(f"{planned.name}: interrupted")
+                if result.interrupted is None:
+                    result.interrupted, result.stop_signal = planned, summary.stop_signal
+            return
+        done[0] += 1
+        ran = done[0] - (total - len(pending))
+        left = total - done[0]
+        eta = f", about {(time.perf_counter() - started) / ran * left / 60:.0f} min left" if left else ""
+        log(f"[{done[0]}/{total}] {planned.name}: done{eta}")
+
+    stop_signal = run_side_by_side(pending, jobs, finished)
+    if stop_signal is not None and result.interrupted is None:
+        # the signal came before any run had started: nothing was recorded, and the sweep stops
+        result.interrupted, result.stop_signal = pending[0], stop_signal
