@@ -14,6 +14,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from lorascope.analysis import Options
+from lorascope.analysis.health import Finding
 from lorascope.analysis.overview import config_differences, runs_table, scalar_series
 from lorascope.analysis.selection import common_modules, evenly, role
 from lorascope.errors import UsageError
@@ -216,7 +217,8 @@ def test_page_escapes_every_recording_string():
         title=f"report {evil}", run_colors={evil: "#000000"}, runs_table=table,
         training_figures=[FigureRef("training.png", evil)],
         groups=[ModuleGroup(f"layer 0 · {evil}", [ModuleBlock(evil, "rank 2", [FigureRef('a".png', evil)])])],
-        summary_table=pd.DataFrame({"run": [evil]}), warnings={evil: [evil]}, notes=[evil],
+        summary_table=pd.DataFrame({"run": [evil]}), notes=[evil],
+        health={evil: [Finding("warning", evil, "dW", 3, evil)]},
     )
     text = render_page(page)
     parser = _Collect()
@@ -271,14 +273,18 @@ def test_recording_without_snapshots_is_refused(tmp_path):
         build_report([empty], tmp_path)
 
 
+_NOTE = Finding("note", "q", "dW", 3, "about one direction holds the update")
+_WARNING = Finding("warning", None, None, 5, "the loss diverges")
+
+
 @pytest.mark.parametrize("found, heading", [
     ({}, "No health findings."),
-    ({"a": ["note: dW at step 3: about one direction holds the update"]}, "<h3>Health notes</h3>"),
-    ({"a": ["note: x"], "b": ["warning: dW at step 5: the loss diverges"]}, "<h3>Health warnings</h3>"),
+    ({"a": [_NOTE]}, "<h3>Health notes</h3>"),
+    ({"a": [_NOTE], "b": [_WARNING]}, "<h3>Health warnings</h3>"),
 ])
 def test_the_health_list_is_headed_by_what_it_holds(found, heading):
     page = Page(title="t", run_colors={}, run_labels={}, runs_table=pd.DataFrame(), training_figures=[],
-                groups=[], summary_table=pd.DataFrame(), warnings=found, notes=[])
+                groups=[], summary_table=pd.DataFrame(), health=found, notes=[])
     assert heading in render_page(page)
 
 

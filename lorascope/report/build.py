@@ -140,9 +140,9 @@ def build_report(
                 by_run[f.run].append(f)
         health = [*run_health, *(f for found in by_run.values()
                                  for f in scope_across_modules(found, len(shown), options.thresholds))]
-        warnings: dict[str, list[str]] = {r.run_name: [] for r in recs}
+        health_by_run: dict[str, list[Finding]] = {r.run_name: [] for r in recs}
         for f in health:
-            warnings[f.run].append(str(replace(f, run=None)))
+            health_by_run[f.run].append(replace(f, run=None))  # listed under its run's name
         groups: dict[Any, list[ModuleBlock]] = {}
         summary_rows = []
         for result in results:
@@ -173,7 +173,7 @@ def build_report(
             seed_table=seeds.table,
             seed_figures=seeds.figures,
             seed_note=seeds.note,
-            warnings=warnings,
+            health=health_by_run,
             notes=notes,
             findings=finding_lines(recs, results, [*training, *seeds.figures], health),
             generated=f"generated {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M UTC} from "

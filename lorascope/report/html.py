@@ -7,7 +7,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from html import escape
+
 import pandas as pd
+
+from lorascope.analysis.health import Finding
 
 __all__ = [
     "FigureRef", "FindingLine", "ModuleBlock", "ModuleGroup", "Page", "render_page", "render_table", "format_number",
@@ -62,7 +65,7 @@ class Page:
     seed_table: pd.DataFrame | None = None
     seed_figures: list[FigureRef] = field(default_factory=list)
     seed_note: str = ""
-    warnings: dict[str, list[str]] = field(default_factory=dict)
+    health: dict[str, list[Finding]] = field(default_factory=dict)  # run name → its findings
     notes: list[str] = field(default_factory=list)
     generated: str = ""
     run_labels: dict[str, str] = field(default_factory=dict)  # run name → its label in the figures
@@ -107,7 +110,7 @@ def render_page(page: Page) -> str:
         parts.append(f'<p class="muted">{escape(page.seed_note)}</p>')
         parts.append(render_table(page.seed_table, index_header=""))
         parts.extend(_figure(f) for f in page.seed_figures)
-    parts.append(_warnings(page.warnings))
+    parts.append(_health(page.health))
     parts.append("<h2>Training</h2>")
     parts.extend(_figure(f) for f in page.training_figures)
     if page.comparison_figures:
@@ -136,14 +139,14 @@ def _run_legend(colors: dict[str, str], labels: dict[str, str]) -> str:
     return f'<ul class="runs">{items}</ul>'
 
 
-def _warnings(warnings: dict[str, list[str]]) -> str:
+def _health(health: dict[str, list[Finding]]) -> str:
     """The health findings per run, headed by what they hold: a note (expected, worth knowing)
     listed under "Health warnings" would read as an alarm."""
-    rows = [(run, w) for run, ws in warnings.items() for w in ws]
+    rows = [(run, f) for run, found in health.items() for f in found]
     if not rows:
         return '<p class="muted">No health findings.</p>'
-    alarming = any(not w.startswith("note") for _, w in rows)
-    items = "".join(f'<li class="warn"><b>{escape(run)}</b>: {escape(w)}</li>' for run, w in rows)
+    alarming = any(f.severity != "note" for _, f in rows)
+    items = "".join(f'<li class="warn"><b>{escape(run)}</b>: {escape(str(f))}</li>' for run, f in rows)
     return f"<h3>{'Health warnings' if alarming else 'Health notes'}</h3><ul>{items}</ul>"
 
 
