@@ -11,7 +11,7 @@ import pytest
 
 from lorascope.analysis.findings import SENTENCES, Sentence, evidence, find
 from lorascope.analysis.findings.spread import DIFFER, UNKNOWN, WITHIN, Spread, compare
-from lorascope.analysis.findings.training import LOSS_SHARE, STALL_FRACTION, level, reach_step
+from lorascope.analysis.findings.training import LOSS_SHARE, STALL_FRACTION, chance_floor, level, reach_step
 from lorascope.analysis.health import Finding
 
 
@@ -182,6 +182,25 @@ def test_an_accuracy_level_at_the_majority_rate_is_reached_by_no_one():
     texts = _texts(find(evidence(recs), ["metrics"]), "metrics")
     assert texts[0] == "final eval accuracy: r16 0.67 (one seed), r1 0.59 (one seed) (eval set 872 examples, majority label 0.6)"
     assert not any("reaches" in t for t in texts)
+
+
+def test_a_group_within_chance_never_reaches_the_level_the_learners_end_at():
+    """The level is the worst final of the groups that learned: a group whose accuracy ends
+    within two binomial standard errors of the majority rate (0.6 on 872 examples: below 0.633)
+    would pull the level down to chance, where every run 'reaches' it at once; it is named as
+    never reaching the level instead."""
+    def with_majority(run: SimpleNamespace) -> SimpleNamespace:
+        acc = run.scalar_columns["eval_accuracy"]
+        run.scalar_columns["eval_majority"] = np.where(np.isnan(acc), np.nan, 0.6)
+        return run
+
+    flat = with_majority(_eval_run("flat", "flat", 0, 200, 0.62))  # 0.5 throughout, 0.62 at the end
+    recs = [with_majority(_eval_run("svd", "svd", 0, 20, 0.80)), with_majority(_eval_run("kaiming", "kaiming", 0, 60, 0.76)), flat]
+    facts = evidence(recs)
+    assert chance_floor(list(facts.runs), "eval_accuracy") == pytest.approx(0.6 + 2 * math.sqrt(0.24 / 872))
+    texts = _texts(find(facts, ["metrics"]), "metrics")
+    assert "eval accuracy reaches 0.76: svd at step 20 (one seed), kaiming at step 60 (one seed); flat never reaches it" in texts
+    assert chance_floor(list(facts.runs), "eval_loss") == -math.inf  # no chance level logged for it
 
 
 def test_reach_step_and_level():

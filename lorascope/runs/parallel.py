@@ -33,7 +33,7 @@ _SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 # --- in each worker ------------------------------------------------------------------------------
 
-_stop_before_start: list[int] = []  # a signal that reached this worker between runs
+_stop_requested: list[int] = []  # the signals that reached this worker: it starts no run after one
 
 
 class _Labelled:
@@ -72,11 +72,12 @@ class _Labelled:
 
 
 def _note_stop(signum: int, frame: Any) -> None:
-    _stop_before_start.append(signum)
+    _stop_requested.append(signum)
 
 
 def _start_worker(threads: int) -> None:
-    os.setsid()  # the terminal's Ctrl-C reaches the sweep's process only, which passes it on once
+    if hasattr(os, "setsid"):  # POSIX: the terminal's Ctrl-C reaches the sweep's process only, which passes it on once
+        os.setsid()
     for sig in _SIGNALS:
         signal.signal(sig, _note_stop)
     import torch
@@ -86,7 +87,7 @@ def _start_worker(threads: int) -> None:
 
 
 def _run_in_worker(cfg: Any) -> "RunSummary | None":
-    if _stop_before_start:
+    if _stop_requested:
         return None
     from lorascope.runs import session
 
@@ -94,7 +95,7 @@ def _run_in_worker(cfg: Any) -> "RunSummary | None":
         sys.stderr.label = cfg.name
     summary = session.run(cfg, log=lambda line: None)
     if summary.interrupted:  # the run's own handler took the signal: start nothing after it
-        _stop_before_start.append(summary.stop_signal or signal.SIGINT)
+        _stop_requested.append(summary.stop_signal or signal.SIGINT)
     return summary
 
 

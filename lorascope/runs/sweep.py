@@ -171,8 +171,8 @@ def _check_names(runs: list[SweepRun]) -> None:
         INITS.get(run.config.lora.init)
 
 
-def _eta(durations: list[float], left: int) -> str:
-    if not durations:
+def _eta(durations: list[float], left: float) -> str:
+    if not durations or not left:
         return ""
     return f", about {sum(durations) / len(durations) * left / 60:.0f} min left"
 
@@ -249,8 +249,8 @@ def _side_by_side(pending: list[SweepRun], jobs: int, total: int, result: SweepR
     for planned in pending:
         _clear(planned)
     log(f"training {len(pending)} runs, {jobs} at a time with {threads_each(jobs)} thread(s) each")
-    started = time.perf_counter()
     done = [total - len(pending)]
+    durations: list[float] = []
 
     def finished(planned: SweepRun, summary) -> None:
         if summary is None or summary.interrupted:
@@ -260,10 +260,9 @@ def _side_by_side(pending: list[SweepRun], jobs: int, total: int, result: SweepR
                     result.interrupted, result.stop_signal = planned, summary.stop_signal
             return
         done[0] += 1
-        ran = done[0] - (total - len(pending))
-        left = total - done[0]
-        eta = f", about {(time.perf_counter() - started) / ran * left / 60:.0f} min left" if left else ""
-        log(f"[{done[0]}/{total}] {planned.name}: done{eta}")
+        durations.append(summary.wall_time)
+        # the runs left share the jobs: each slot takes about one run's time per run it holds
+        log(f"[{done[0]}/{total}] {planned.name}: done{_eta(durations, (total - done[0]) / jobs)}")
 
     stop_signal = run_side_by_side(pending, jobs, finished)
     if stop_signal is not None and result.interrupted is None:

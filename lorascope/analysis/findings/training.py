@@ -14,7 +14,7 @@ from lorascope.analysis.findings.base import Evidence, Link, Maker, RunFacts, Se
 from lorascope.analysis.findings.spread import Spread, ranked, weigh
 from lorascope.analysis.overview import CHANCE_LEVEL, EVAL_EXAMPLES, EVAL_MAJORITY, eval_columns, eval_label, final_value
 
-__all__ = ["metrics", "stall", "wall_time", "metric_columns", "lower_is_better", "reach_step", "level",
+__all__ = ["metrics", "stall", "wall_time", "metric_columns", "lower_is_better", "reach_step", "level", "chance_floor",
            "STALL_FRACTION", "LOSS_SHARE", "MIN_STALL_SHARE", "MIN_EVALUATIONS"]
 
 # Metrics where lower is better; every other eval metric (accuracy, F1, ...) is better higher.
@@ -22,6 +22,10 @@ LOWER_IS_BETTER = ("loss", "perplexity", "error")
 
 # Evaluations every run needs before the step a level is reached at says anything.
 MIN_EVALUATIONS = 3
+
+# A level tells learning from chance only this many binomial standard errors above the chance
+# level: a model that learned nothing scores within two of them on about 95% of eval sets.
+CHANCE_MARGIN_SE = 2.0
 
 # A stall: ΔW's update per step stays below this share of its peak from some step to the end ...
 STALL_FRACTION = 0.05
@@ -148,15 +152,31 @@ def _final_sentences(ev: Evidence, column: str, finals: dict[str, Spread]) -> li
     return out
 
 
-def _reach_sentences(ev: Evidence, column: str, finals: dict[str, Spread]) -> list[Sentence]:
-    """The step at which each group's seeds first reach the level every group's mean ends at
-    (`level`), then the earliest weighed against the others. Not for a level at or below the
-    metric's chance level (`CHANCE_LEVEL`: accuracy's is the majority label's share), which a
-    model that learned nothing reaches: every run "reaches" it at its first evaluation."""
-    lower, name = lower_is_better(column), eval_label(column)
-    target = level([s.mean for s in finals.values()], lower)
+def chance_floor(runs: list[RunFacts], column: str) -> float:
+    """The lowest level of `column` that tells learning from chance: its chance level
+    (`CHANCE_LEVEL`: the majority label's share, for accuracy) plus CHANCE_MARGIN_SE binomial
+    standard errors of that share on the smallest eval set; -inf where no chance level was logged."""
     chance = CHANCE_LEVEL.get(column)
-    if chance is not None and target <= max(_logged(list(ev.runs), chance), default=-math.inf):
+    rates = _logged(runs, chance) if chance else []
+    if not rates:
+        return -math.inf
+    p, sizes = rates[-1], _logged(runs, EVAL_EXAMPLES)
+    return p + (CHANCE_MARGIN_SE * math.sqrt(p * (1 - p) / sizes[0]) if sizes else 0.0)
+
+
+def _reach_sentences(ev: Evidence, column: str, finals: dict[str, Spread]) -> list[Sentence]:
+    """The step at which each group's seeds first reach the level every group that learned ends
+    at (`level` of their final means), then the earliest weighed against the others. A group
+    whose final mean is within chance (`chance_floor`) did not learn: it is named as never
+    reaching the level rather than pulling the level down to chance, which every run "reaches"
+    at its first evaluation."""
+    lower, name = lower_is_better(column), eval_label(column)
+    floor = chance_floor(list(ev.runs), column)
+    learned = [s.mean for s in finals.values() if lower or s.mean > floor]
+    if len(learned) < 2:
+        return []
+    target = level(learned, lower)
+    if not lower and target <= floor:
         return []
     reached = _reaching(ev, column, target, lower)
     if len(reached) < 2:
@@ -167,8 +187,11 @@ def _reach_sentences(ev: Evidence, column: str, finals: dict[str, Spread]) -> li
         _, k, n = reached[label]
         missed = f", {n - k} of {n} seeds never reach it" if k < n else ""
         parts.append(f"{label} at step {s.text(note=missed)}")
+    never = [label for label in finals if label not in reached]
+    text = f"{name} reaches {number(target)}: " + ", ".join(parts)
+    text += f"; {', '.join(never)} never {'reaches' if len(never) == 1 else 'reach'} it" if never else ""
     numbers = {"level": target, **{k: v for label, s in steps for k, v in s.numbers(f"{label}.step_").items()}}
-    out = [Sentence("metrics", f"{name} reaches {number(target)}: " + ", ".join(parts), numbers, _link(ev))]
+    out = [Sentence("metrics", text, numbers, _link(ev))]
     out.extend(Sentence("metrics", t, n, _link(ev))
                for t, n in weigh(f"step to reach {name} {number(target)}", steps, "earlier"))
     return out
