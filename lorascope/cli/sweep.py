@@ -51,7 +51,7 @@ def sweep(
     recordings: Annotated[Path, typer.Option(help="Folder for the sweep's recordings.")] = Path("recordings"),
     report: Annotated[bool, typer.Option(help="Render the comparison report when the runs are done.")] = True,
     set_: Annotated[Optional[list[str]], typer.Option("--set", metavar="KEY=VALUE", help="Any base config field, dotted (repeatable).")] = None,
-    jobs: Annotated[int, typer.Option(help="Runs trained at a time, in processes that share the cores equally. On a CPU, small runs side by side finish a grid sooner than one after another (docs/studies.md measures it); each process holds its own model in memory.", min=1)] = 1,
+    jobs: Annotated[int, typer.Option(help="Runs trained at a time, in processes that share the cores equally. Whether that is faster than one after another depends on the model (the README measures it: 1.1x for a MiniLM encoder on 2 cores, nothing for SmolLM2-135M); each process holds its own model in memory.", min=1)] = 1,
     report_workers: Annotated[int, typer.Option(help="Processes drawing the report's modules side by side; the cores are idle once the runs are done. Default: the machine's cores, at most 4.", min=1)] = _CORES,
 ) -> None:
     from lorascope.progress import ReportProgress

@@ -1,7 +1,7 @@
 """A sweep's runs trained side by side: ``jobs`` worker processes, each with an equal share of the
-cores. On a CPU one small run does not keep every core busy (small matrices, Python between the
-kernels), so runs of one thread each, side by side, finish a grid sooner than the same runs one
-after another on all the threads (docs/scale.md has the measurements).
+cores. A small run on a CPU may not keep all its threads busy (small matrices, Python between the
+kernels); whether runs of fewer threads side by side finish a grid sooner depends on the model:
+1.1x for two MiniLM runs on 2 cores, nothing for SmolLM2-135M (the README's measurements).
 
 Signals: the workers run in a session of their own, out of reach of the terminal's Ctrl-C, and
 the sweep's process hands each signal it receives on to every worker, once. So the first Ctrl-C
@@ -107,6 +107,7 @@ class _PassSignalsOn:
 
     def __init__(self) -> None:
         self.futures: list[Future] = []
+        self.pool: ProcessPoolExecutor | None = None
         self.signum: int | None = None
         self._previous: dict[int, Any] = {}
 
@@ -117,10 +118,14 @@ class _PassSignalsOn:
     def stop_all(self, signum: int) -> None:
         for future in self.futures:
             future.cancel()
-        for child in multiprocessing.active_children():
+        # The pool's own workers, not every child of this process: a caller's other children
+        # (a pool of its own, a local cluster) are not ours to signal. The executor keeps them in
+        # `_processes` (pid -> process) and offers no public way to reach them.
+        workers = dict(getattr(self.pool, "_processes", None) or {})
+        for pid in workers:
             try:
-                os.kill(child.pid, signum)
-            except (ProcessLookupError, TypeError):  # already gone, or not started yet
+                os.kill(pid, signum)
+            except ProcessLookupError:  # already gone
                 pass
 
     def __enter__(self) -> "_PassSignalsOn":
@@ -146,6 +151,7 @@ def run_side_by_side(runs: Sequence["SweepRun"], jobs: int,
     # terminal, so a Ctrl-C that this process did not pass on would wait for whole runs.
     with _PassSignalsOn() as signals, math_threads(threads), ProcessPoolExecutor(
             jobs, mp_context=context, initializer=_start_worker, initargs=(threads,)) as pool:
+        signals.pool = pool
         planned = {pool.submit(_run_in_worker, run.config): run for run in runs}
         signals.futures = list(planned)
         if signals.signum is not None:
