@@ -17,7 +17,6 @@ from typing import Any, Callable, Iterator, Sequence
 from lorascope.analysis import Options
 from lorascope.analysis.findings import TABLES_NEEDED
 from lorascope.errors import UsageError
-from lorascope.workers import math_threads, threads_each
 from lorascope.outputs import OutputGuard
 from lorascope.report import MODULE_FIGURES
 from lorascope.report.canvas import Canvas
@@ -26,6 +25,7 @@ from lorascope.report.module_figures import FigureContext
 from lorascope.report.paths import safe_name
 from lorascope.report.summary import summary_rows
 from lorascope.report.view import SUMMARY_TABLES, module_view
+from lorascope.workers import math_threads, threads_each
 
 __all__ = [
     "RenderPlan", "ModuleResult", "NamedRecording", "render_module", "render_modules",
