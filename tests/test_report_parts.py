@@ -297,9 +297,9 @@ def test_the_chance_level_of_accuracy_is_a_dashed_line():
 
     colors = {"a": "#0072b2", "b": "#d55e00"}
     fig, axes = plt.subplots(1, 3)
-    figures.mark_chance(axes[0], {"a": 0.602, "b": 0.602}, colors)
-    figures.mark_chance(axes[1], {"a": 0.602, "b": 0.531}, colors)
-    figures.mark_chance(axes[2], {"a": float("nan")}, colors)
+    figures.mark_chance(axes[0], {"a": 0.602, "b": 0.602}, colors, "majority label")
+    figures.mark_chance(axes[1], {"a": 0.602, "b": 0.531}, colors, "majority label")
+    figures.mark_chance(axes[2], {"a": float("nan")}, colors, "majority label")
     (line,) = axes[0].get_lines()
     assert line.get_linestyle() == "--" and line.get_ydata()[0] == 0.602
     assert [t.get_text() for t in axes[0].texts] == ["majority label 0.602"]

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
-    "EVAL_EXAMPLES", "EVAL_MAJORITY", "EVAL_SET_COLUMNS", "CHANCE_LEVEL", "eval_set_rows", "HIGHLIGHTS", "QUICK", "flatten_config", "config_differences", "is_bookkeeping",
+    "EVAL_EXAMPLES", "EVAL_MAJORITY", "EVAL_SET_COLUMNS", "CHANCE_LEVEL", "CHANCE_NAME", "eval_set_rows", "HIGHLIGHTS", "QUICK", "flatten_config", "config_differences", "is_bookkeeping",
     "eval_columns", "eval_label", "final_value",
     "best_value", "lora_parameters", "wall_time", "runs_table", "scalar_series", "quick_findings", "describe",
 ]
@@ -88,6 +88,8 @@ EVAL_MAJORITY = "eval_majority"
 EVAL_SET_COLUMNS = (EVAL_EXAMPLES, EVAL_MAJORITY)
 # The eval metrics that have a chance level, and the column that logs it.
 CHANCE_LEVEL = {"eval_accuracy": EVAL_MAJORITY}
+# What figures and sentences call each chance level's value.
+CHANCE_NAME = {EVAL_MAJORITY: "majority label"}
 
 
 def is_bookkeeping(column: str) -> bool:

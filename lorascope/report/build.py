@@ -16,7 +16,7 @@ import pandas as pd
 from lorascope.analysis import analyze
 from lorascope.analysis.health import Finding, scope_across_modules
 from lorascope.analysis.labels import run_labels
-from lorascope.analysis.overview import CHANCE_LEVEL, eval_columns, eval_label, runs_table, scalar_series
+from lorascope.analysis.overview import CHANCE_LEVEL, CHANCE_NAME, eval_columns, eval_label, runs_table, scalar_series
 from lorascope.analysis.selection import common_modules
 from lorascope.errors import UsageError
 from lorascope.outputs import OutputGuard, writing
@@ -222,7 +222,7 @@ def _training_figures(recs: Sequence[Any], ctx: FigureContext) -> list[FigureRef
             figures.mark_empty(ax, f"no {label} recorded")
         if column in CHANCE_LEVEL:
             chance = {run: float(y[-1]) for run, (_, y) in scalar_series(recs, CHANCE_LEVEL[column]).items()}
-            figures.mark_chance(ax, chance, ctx.colors)
+            figures.mark_chance(ax, chance, ctx.colors, CHANCE_NAME[CHANCE_LEVEL[column]])
     caption = "Training loss, learning rate" + (" and evaluation metrics" if curves else "") + " over optimizer steps"
     for ax, group in zip(axes[len(columns):], groups):
         figures.plot_final_metrics(ax, {m: finals[m] for m in group}, ctx.colors,

@@ -417,17 +417,17 @@ def log_colorbar(figure, mappable, cax: Axes, label: str) -> None:
     bar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
 
 
-def mark_chance(ax: Axes, levels: Mapping[str, float], colors: Mapping[str, str]) -> None:
+def mark_chance(ax: Axes, levels: Mapping[str, float], colors: Mapping[str, str], name: str) -> None:
     """A metric's chance level (accuracy's: the majority label's share of the eval set) as a dashed
-    line: one grey line named with its value where every run has the same eval set, else one per
-    run in its colour."""
+    line: one grey line labelled `name` and its value where every run has the same eval set, else
+    one per run in its colour."""
     values = {run: v for run, v in levels.items() if np.isfinite(v)}
     if not values:
         return
     if len(set(values.values())) == 1:
         level = next(iter(values.values()))
         ax.axhline(level, color="0.45", linestyle="--", linewidth=1.0)
-        ax.annotate(f"majority label {level:.3g}", (0.02, level), xycoords=("axes fraction", "data"),
+        ax.annotate(f"{name} {level:.3g}", (0.02, level), xycoords=("axes fraction", "data"),
                     xytext=(0, 3), textcoords="offset points", fontsize=SMALL_FONT, color="0.35")
         return
     for run, level in values.items():

@@ -12,7 +12,7 @@ import numpy as np
 from lorascope.analysis.findings import SENTENCES
 from lorascope.analysis.findings.base import Evidence, Link, Maker, RunFacts, Sentence, number
 from lorascope.analysis.findings.spread import Spread, ranked, weigh
-from lorascope.analysis.overview import CHANCE_LEVEL, EVAL_EXAMPLES, EVAL_MAJORITY, eval_columns, eval_label, final_value
+from lorascope.analysis.overview import CHANCE_LEVEL, CHANCE_NAME, EVAL_EXAMPLES, EVAL_MAJORITY, eval_columns, eval_label, final_value
 
 __all__ = ["metrics", "stall", "wall_time", "metric_columns", "lower_is_better", "reach_step", "level", "chance_floor",
            "STALL_FRACTION", "LOSS_SHARE", "MIN_STALL_SHARE", "MIN_EVALUATIONS"]
@@ -64,7 +64,8 @@ def _examples(runs: list[RunFacts]) -> tuple[str, dict[str, float]]:
     accuracy of a model that learned nothing); '' when neither was logged."""
     parts, numbers = [], {}
     for column, one, several in ((EVAL_EXAMPLES, "eval set {} examples", "eval sets of {}–{} examples"),
-                                 (EVAL_MAJORITY, "majority label {}", "majority label {}–{}")):
+                                 (EVAL_MAJORITY, CHANCE_NAME[EVAL_MAJORITY] + " {}",
+                                  CHANCE_NAME[EVAL_MAJORITY] + " {}–{}")):
         values = _logged(runs, column)
         if len(values) == 1:
             parts.append(one.format(number(values[0])))
